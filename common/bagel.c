@@ -1,0 +1,523 @@
+/* bagel.c — BAGEL language model: config, weight loading, MoT forward with KV cache, decoding.
+ *
+ * Token order inside one forward: the tokens of a forward are processed in expert-contiguous
+ * runs (und rows first, then gen rows).  Inside an image block every token sees every other and
+ * all share one position, so moving its two marker tokens next to each other changes nothing;
+ * this lets each expert's norms, projections and MLP run on one contiguous row range. */
+#include "bagel.h"
+#include "jsonl.h"
+#include "safetensors.h"
+#include "util.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  void *q_w, *k_w, *v_w, *o_w, *gate, *up, *down;   /* mm */
+  float *q_b, *k_b, *v_b, *q_norm, *k_norm, *in_norm, *post_norm;  /* f32 */
+} expert_w;
+
+typedef struct { expert_w e[2]; } layer_w;   /* e[0] = und, e[1] = gen (*_moe_gen) */
+
+struct usbx_bagel {
+  usbx_bagel_config cfg;
+  usbx_backend *be;
+  unsigned parts;
+  void *embed, *lm_head;           /* mm [V, D] */
+  float *norm[2];                  /* final norms (und, gen) */
+  layer_w *layers;
+  /* scratch, grown on demand */
+  int cap_T;
+  float *x, *q, *k, *v, *tmp, *gate, *up;     /* f32 */
+  void *h_mm, *q_mm, *o_mm, *act_mm;         /* mm */
+  int32_t *d_ids, *d_pos;
+  float *logits; int cap_logits_T;
+};
+
+struct usbx_ctx {
+  int len, pos, cap;
+  void **k, **v;   /* per layer, [cap, Hkv, d] mm */
+};
+
+/* ---------------------------------------------------------------- config */
+
+static int json_file(const char *path, jv *out, char *err, size_t errlen) {
+  size_t n;
+  char *s = usbx_read_file(path, &n);
+  if (!s) { snprintf(err, errlen, "%s: cannot read", path); return -1; }
+  jv v = jv_parse_sized(s, (int)n);
+  free(s);
+  if (!jv_is_valid(v)) {
+    jv m = jv_invalid_get_msg(v);
+    snprintf(err, errlen, "%s: %s", path, jv_get_kind(m) == JV_KIND_STRING ? jv_string_value(m) : "invalid JSON");
+    jv_free(m);
+    return -1;
+  }
+  if (jv_get_kind(v) != JV_KIND_OBJECT) { jv_free(v); snprintf(err, errlen, "%s: not a JSON object", path); return -1; }
+  *out = v;
+  return 0;
+}
+
+static int get_int(jv o, const char *file, const char *key, int def, bool required, int *out, char *err, size_t errlen) {
+  double d;
+  if (!usbx_jv_num(o, key, &d)) {
+    if (required) { snprintf(err, errlen, "%s: missing numeric field \"%s\"", file, key); return -1; }
+    *out = def;
+    return 0;
+  }
+  if (d != floor(d) || d < 0 || d > 1e9) { snprintf(err, errlen, "%s: field \"%s\" is not a valid size", file, key); return -1; }
+  *out = (int)d;
+  return 0;
+}
+
+static bool get_bool(jv o, const char *key, bool def) {
+  if (!usbx_jv_has(o, key)) return def;
+  jv v = jv_object_get(jv_copy(o), jv_string(key));
+  bool r = jv_get_kind(v) == JV_KIND_TRUE ? true : jv_get_kind(v) == JV_KIND_FALSE ? false : def;
+  jv_free(v);
+  return r;
+}
+
+int usbx_bagel_read_config(const char *dir, usbx_bagel_config *c, char *err, size_t errlen) {
+  memset(c, 0, sizeof *c);
+  char *p = usbx_path_join(dir, "llm_config.json");
+  jv o;
+  int rc = json_file(p, &o, err, errlen);
+  if (rc == 0) {
+    double d;
+    rc |= get_int(o, p, "vocab_size", 0, true, &c->vocab, err, errlen);
+    if (!rc) rc |= get_int(o, p, "hidden_size", 0, true, &c->hidden, err, errlen);
+    if (!rc) rc |= get_int(o, p, "intermediate_size", 0, true, &c->inter, err, errlen);
+    if (!rc) rc |= get_int(o, p, "num_hidden_layers", 0, true, &c->layers, err, errlen);
+    if (!rc) rc |= get_int(o, p, "num_attention_heads", 0, true, &c->heads, err, errlen);
+    if (!rc) rc |= get_int(o, p, "num_key_value_heads", c->heads, false, &c->kv_heads, err, errlen);
+    c->eps = usbx_jv_num(o, "rms_norm_eps", &d) ? (float)d : 1e-6f;
+    c->theta = usbx_jv_num(o, "rope_theta", &d) ? (float)d : 10000.0f;
+    if (!rc) {
+      jv rs = jv_object_get(jv_copy(o), jv_string("rope_scaling"));
+      if (jv_get_kind(rs) != JV_KIND_NULL && jv_get_kind(rs) != JV_KIND_INVALID) {
+        snprintf(err, errlen, "%s: rope_scaling is set; only the default RoPE is supported", p);
+        rc = -1;
+      }
+      jv_free(rs);
+    }
+    if (!rc && (c->heads == 0 || c->hidden % c->heads || c->kv_heads == 0 || c->heads % c->kv_heads)) {
+      snprintf(err, errlen, "%s: hidden_size %d, %d heads and %d kv heads do not divide", p, c->hidden, c->heads, c->kv_heads);
+      rc = -1;
+    }
+    if (!rc) c->head_dim = c->hidden / c->heads;
+    if (!rc && (c->head_dim % 2 || c->head_dim > 256)) { snprintf(err, errlen, "%s: head_dim %d unsupported", p, c->head_dim); rc = -1; }
+    jv_free(o);
+  }
+  free(p);
+  if (rc) return -1;
+
+  /* BagelConfig: bagel_config.json when present, else the values the inference scripts hard-code. */
+  c->visual_gen = c->visual_und = true;
+  c->latent_patch = 2; c->max_latent = 64; c->vit_max_patch = 70; c->timestep_shift = 1.0f;
+  c->bos = c->eos = c->vis_start = c->vis_end = -1;
+  p = usbx_path_join(dir, "bagel_config.json");
+  if (usbx_file_exists(p)) {
+    if (json_file(p, &o, err, errlen)) { free(p); return -1; }
+    double d;
+    c->visual_gen = get_bool(o, "visual_gen", true);
+    c->visual_und = get_bool(o, "visual_und", true);
+    rc |= get_int(o, p, "latent_patch_size", 2, false, &c->latent_patch, err, errlen);
+    if (!rc) rc |= get_int(o, p, "max_latent_size", 64, false, &c->max_latent, err, errlen);
+    if (!rc) rc |= get_int(o, p, "vit_max_num_patch_per_side", 70, false, &c->vit_max_patch, err, errlen);
+    if (usbx_jv_num(o, "timestep_shift", &d)) c->timestep_shift = (float)d;
+    jv st = jv_object_get(jv_copy(o), jv_string("special_token_ids"));
+    if (jv_get_kind(st) == JV_KIND_OBJECT) {
+      if (usbx_jv_num(st, "bos_token_id", &d)) c->bos = (int32_t)d;
+      if (usbx_jv_num(st, "eos_token_id", &d)) c->eos = (int32_t)d;
+      if (usbx_jv_num(st, "start_of_image", &d)) c->vis_start = (int32_t)d;
+      if (usbx_jv_num(st, "end_of_image", &d)) c->vis_end = (int32_t)d;
+    }
+    jv_free(st);
+    jv_free(o);
+    if (rc) { free(p); return -1; }
+  }
+  free(p);
+
+  p = usbx_path_join(dir, "vit_config.json");
+  if (usbx_file_exists(p)) {
+    if (json_file(p, &o, err, errlen)) { free(p); return -1; }
+    double d;
+    rc |= get_int(o, p, "hidden_size", 0, true, &c->vit_hidden, err, errlen);
+    if (!rc) rc |= get_int(o, p, "intermediate_size", 0, true, &c->vit_inter, err, errlen);
+    if (!rc) rc |= get_int(o, p, "num_hidden_layers", 0, true, &c->vit_layers, err, errlen);
+    if (!rc) rc |= get_int(o, p, "num_attention_heads", 0, true, &c->vit_heads, err, errlen);
+    if (!rc) rc |= get_int(o, p, "patch_size", 14, false, &c->vit_patch, err, errlen);
+    if (!rc) rc |= get_int(o, p, "image_size", 980, false, &c->vit_image_size, err, errlen);
+    c->vit_eps = usbx_jv_num(o, "layer_norm_eps", &d) ? (float)d : 1e-6f;
+    /* Upstream builds num_hidden_layers - 1 layers (vit_select_layer -2 with the last dropped). */
+    if (!rc) c->vit_layers -= 1;
+    jv_free(o);
+    if (rc) { free(p); return -1; }
+  } else {
+    c->visual_und = false;
+  }
+  free(p);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- loading */
+
+typedef struct {
+  usbx_st_file *files;
+  int nfiles;
+  char *err;
+  size_t errlen;
+  const char *dir;
+  int missing;
+} loader;
+
+static const usbx_st_tensor *find_checked(loader *L, const char *name, int ndim, const int64_t *shape) {
+  for (int f = 0; f < L->nfiles; f++) {
+    const usbx_st_tensor *t = usbx_st_find(&L->files[f], name);
+    if (!t) continue;
+    bool ok = t->ndim == ndim && usbx_dtype_is_float(t->dtype);
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+      char a[96], b[96];
+      if (!L->missing)
+        snprintf(L->err, L->errlen, "%s: tensor %s has shape %s dtype %s, expected %s (float)", L->files[f].path, name,
+                 usbx_shape_str(t->ndim, t->shape, a, sizeof a), usbx_dtype_name(t->dtype), usbx_shape_str(ndim, shape, b, sizeof b));
+      L->missing++;
+      return NULL;
+    }
+    return t;
+  }
+  if (!L->missing)
+    snprintf(L->err, L->errlen, "%s: checkpoint lacks tensor %s (a fine-tune saved without it? run `usbx-ckpt complete --base BASE_DIR %s`)",
+             L->dir, name, L->dir);
+  L->missing++;
+  return NULL;
+}
+
+/* Each weight is described once; pass 1 checks, pass 2 uploads. */
+typedef struct { char name[160]; int ndim; int64_t shape[2]; void **dst; bool mm; } wdesc;
+
+static void add_w(wdesc **list, int *n, int *cap, void **dst, bool mm, int ndim, int64_t a, int64_t b, const char *fmt, ...) {
+  if (*n == *cap) { *cap = *cap ? *cap * 2 : 256; *list = xrealloc(*list, sizeof **list * (size_t)*cap); }
+  wdesc *w = &(*list)[(*n)++];
+  va_list ap; va_start(ap, fmt);
+  vsnprintf(w->name, sizeof w->name, fmt, ap);
+  va_end(ap);
+  w->ndim = ndim; w->shape[0] = a; w->shape[1] = b; w->dst = dst; w->mm = mm;
+}
+
+usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen) {
+  usbx_bagel *m = xcalloc(1, sizeof *m);
+  if (usbx_bagel_read_config(dir, &m->cfg, err, errlen)) { free(m); return NULL; }
+  m->be = be;
+  m->parts = parts;
+  const usbx_bagel_config *c = &m->cfg;
+  int D = c->hidden, F = c->inter, Hd = c->heads * c->head_dim, KVd = c->kv_heads * c->head_dim, d = c->head_dim;
+
+  loader L = {0};
+  L.err = err; L.errlen = errlen; L.dir = dir;
+  L.files = xcalloc(2, sizeof *L.files);
+  const char *names[] = {"model.safetensors", "ema.safetensors"};
+  for (int i = 0; i < 2 && L.nfiles == 0; i++) {
+    char *p = usbx_path_join(dir, names[i]);
+    if (usbx_file_exists(p)) {
+      if (usbx_st_open(p, &L.files[0], err, errlen)) { free(p); free(L.files); free(m); return NULL; }
+      L.nfiles = 1;
+    }
+    free(p);
+  }
+  if (!L.nfiles) { snprintf(err, errlen, "%s: neither model.safetensors nor ema.safetensors found", dir); free(L.files); free(m); return NULL; }
+
+  wdesc *W = NULL; int nW = 0, capW = 0;
+  m->layers = xcalloc((size_t)c->layers, sizeof *m->layers);
+  if (parts & USBX_PART_LLM) {
+    add_w(&W, &nW, &capW, &m->embed, true, 2, c->vocab, D, "language_model.model.embed_tokens.weight");
+    add_w(&W, &nW, &capW, &m->lm_head, true, 2, c->vocab, D, "language_model.lm_head.weight");
+    add_w(&W, &nW, &capW, (void **)&m->norm[0], false, 1, D, 0, "language_model.model.norm.weight");
+    add_w(&W, &nW, &capW, (void **)&m->norm[1], false, 1, D, 0, "language_model.model.norm_moe_gen.weight");
+    for (int l = 0; l < c->layers; l++) {
+      for (int e = 0; e < 2; e++) {
+        expert_w *x = &m->layers[l].e[e];
+        const char *s = e ? "_moe_gen" : "";
+        const char *pre = "language_model.model.layers";
+        add_w(&W, &nW, &capW, (void **)&x->in_norm, false, 1, D, 0, "%s.%d.input_layernorm%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, (void **)&x->post_norm, false, 1, D, 0, "%s.%d.post_attention_layernorm%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, &x->q_w, true, 2, Hd, D, "%s.%d.self_attn.q_proj%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, (void **)&x->q_b, false, 1, Hd, 0, "%s.%d.self_attn.q_proj%s.bias", pre, l, s);
+        add_w(&W, &nW, &capW, &x->k_w, true, 2, KVd, D, "%s.%d.self_attn.k_proj%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, (void **)&x->k_b, false, 1, KVd, 0, "%s.%d.self_attn.k_proj%s.bias", pre, l, s);
+        add_w(&W, &nW, &capW, &x->v_w, true, 2, KVd, D, "%s.%d.self_attn.v_proj%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, (void **)&x->v_b, false, 1, KVd, 0, "%s.%d.self_attn.v_proj%s.bias", pre, l, s);
+        add_w(&W, &nW, &capW, &x->o_w, true, 2, D, Hd, "%s.%d.self_attn.o_proj%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, (void **)&x->q_norm, false, 1, d, 0, "%s.%d.self_attn.q_norm%s.weight", pre, l, s);
+        add_w(&W, &nW, &capW, (void **)&x->k_norm, false, 1, d, 0, "%s.%d.self_attn.k_norm%s.weight", pre, l, s);
+        const char *mlp = e ? "mlp_moe_gen" : "mlp";
+        add_w(&W, &nW, &capW, &x->gate, true, 2, F, D, "%s.%d.%s.gate_proj.weight", pre, l, mlp);
+        add_w(&W, &nW, &capW, &x->up, true, 2, F, D, "%s.%d.%s.up_proj.weight", pre, l, mlp);
+        add_w(&W, &nW, &capW, &x->down, true, 2, D, F, "%s.%d.%s.down_proj.weight", pre, l, mlp);
+      }
+    }
+  }
+  /* pass 1: every tensor present with its shape, before any upload */
+  const usbx_st_tensor **src = xcalloc((size_t)(nW ? nW : 1), sizeof *src);
+  for (int i = 0; i < nW; i++) src[i] = find_checked(&L, W[i].name, W[i].ndim, W[i].shape);
+  if (L.missing) {
+    if (L.missing > 1) {
+      size_t k = strlen(err);
+      snprintf(err + k, errlen - k, " (and %d more missing or mis-shaped tensors)", L.missing - 1);
+    }
+    for (int f = 0; f < L.nfiles; f++) usbx_st_close(&L.files[f]);
+    free(L.files); free(src); free(W); free(m->layers); free(m);
+    return NULL;
+  }
+  /* pass 2: upload tensor by tensor, dropping each one's pages after use */
+  for (int i = 0; i < nW; i++) {
+    const usbx_st_tensor *t = src[i];
+    size_t n = (size_t)usbx_shape_numel(t->ndim, t->shape);
+    size_t bytes = n * (W[i].mm ? usbx_dtype_size(be->mm_dtype) : sizeof(float));
+    void *p = be->alloc(be, bytes);
+    be->upload_convert(be, p, W[i].mm, t->data, t->dtype, n);
+    *W[i].dst = p;
+    usbx_st_dontneed(&L.files[0], t);
+  }
+  be->sync(be);
+  for (int f = 0; f < L.nfiles; f++) usbx_st_close(&L.files[f]);
+  free(L.files); free(src); free(W);
+  return m;
+}
+
+static void release(usbx_bagel *m, void **p) { if (*p) m->be->free(m->be, *p); *p = NULL; }
+
+void usbx_bagel_free(usbx_bagel *m) {
+  if (!m) return;
+  release(m, &m->embed); release(m, &m->lm_head);
+  release(m, (void **)&m->norm[0]); release(m, (void **)&m->norm[1]);
+  for (int l = 0; l < m->cfg.layers && m->layers; l++)
+    for (int e = 0; e < 2; e++) {
+      expert_w *x = &m->layers[l].e[e];
+      void **all[] = {&x->q_w, &x->k_w, &x->v_w, &x->o_w, &x->gate, &x->up, &x->down, (void **)&x->q_b, (void **)&x->k_b,
+                      (void **)&x->v_b, (void **)&x->q_norm, (void **)&x->k_norm, (void **)&x->in_norm, (void **)&x->post_norm};
+      for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) release(m, all[i]);
+    }
+  void **scr[] = {(void **)&m->x, (void **)&m->q, (void **)&m->k, (void **)&m->v, (void **)&m->tmp, (void **)&m->gate,
+                  (void **)&m->up, &m->h_mm, &m->q_mm, &m->o_mm, &m->act_mm, (void **)&m->d_ids, (void **)&m->d_pos,
+                  (void **)&m->logits};
+  for (size_t i = 0; i < sizeof scr / sizeof scr[0]; i++) release(m, scr[i]);
+  free(m->layers);
+  free(m);
+}
+
+const usbx_bagel_config *usbx_bagel_cfg(const usbx_bagel *m) { return &m->cfg; }
+usbx_backend *usbx_bagel_backend(const usbx_bagel *m) { return m->be; }
+
+/* ---------------------------------------------------------------- contexts */
+
+usbx_ctx *usbx_ctx_new(usbx_bagel *m) {
+  usbx_ctx *c = xcalloc(1, sizeof *c);
+  c->k = xcalloc((size_t)m->cfg.layers, sizeof *c->k);
+  c->v = xcalloc((size_t)m->cfg.layers, sizeof *c->v);
+  return c;
+}
+
+static size_t kv_row_bytes(const usbx_bagel *m) {
+  return (size_t)m->cfg.kv_heads * (size_t)m->cfg.head_dim * usbx_dtype_size(m->be->mm_dtype);
+}
+
+static void ctx_reserve(usbx_bagel *m, usbx_ctx *c, int need) {
+  if (need <= c->cap) return;
+  int cap = c->cap ? c->cap : 64;
+  while (cap < need) cap *= 2;
+  size_t rb = kv_row_bytes(m);
+  for (int l = 0; l < m->cfg.layers; l++) {
+    void *nk = m->be->alloc(m->be, rb * (size_t)cap), *nv = m->be->alloc(m->be, rb * (size_t)cap);
+    if (c->len) { m->be->copy(m->be, nk, c->k[l], rb * (size_t)c->len); m->be->copy(m->be, nv, c->v[l], rb * (size_t)c->len); }
+    if (c->k[l]) { m->be->free(m->be, c->k[l]); m->be->free(m->be, c->v[l]); }
+    c->k[l] = nk; c->v[l] = nv;
+  }
+  c->cap = cap;
+}
+
+usbx_ctx *usbx_ctx_copy(usbx_bagel *m, const usbx_ctx *src) {
+  usbx_ctx *c = usbx_ctx_new(m);
+  c->pos = src->pos;
+  ctx_reserve(m, c, src->len > 0 ? src->len : 1);
+  size_t rb = kv_row_bytes(m);
+  for (int l = 0; l < m->cfg.layers && src->len; l++) {
+    m->be->copy(m->be, c->k[l], src->k[l], rb * (size_t)src->len);
+    m->be->copy(m->be, c->v[l], src->v[l], rb * (size_t)src->len);
+  }
+  c->len = src->len;
+  return c;
+}
+
+void usbx_ctx_free(usbx_bagel *m, usbx_ctx *c) {
+  if (!c) return;
+  for (int l = 0; l < m->cfg.layers; l++) if (c->k[l]) { m->be->free(m->be, c->k[l]); m->be->free(m->be, c->v[l]); }
+  free(c->k); free(c->v); free(c);
+}
+int usbx_ctx_len(const usbx_ctx *c) { return c->len; }
+int usbx_ctx_pos(const usbx_ctx *c) { return c->pos; }
+
+/* ---------------------------------------------------------------- forward */
+
+static void scratch(usbx_bagel *m, int T) {
+  if (T <= m->cap_T) return;
+  int cap = m->cap_T ? m->cap_T : 16;
+  while (cap < T) cap *= 2;
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *c = &m->cfg;
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  size_t D = (size_t)c->hidden, Hd = (size_t)c->heads * c->head_dim, KVd = (size_t)c->kv_heads * c->head_dim, F = (size_t)c->inter;
+  size_t wide = F > Hd ? F : Hd;
+  if (D > wide) wide = D;
+  void **f32s[] = {(void **)&m->x, (void **)&m->tmp};
+  for (int i = 0; i < 2; i++) { release(m, f32s[i]); *f32s[i] = be->alloc(be, sizeof(float) * (size_t)cap * wide); }
+  release(m, (void **)&m->q); m->q = be->alloc(be, sizeof(float) * (size_t)cap * Hd);
+  release(m, (void **)&m->k); m->k = be->alloc(be, sizeof(float) * (size_t)cap * KVd);
+  release(m, (void **)&m->v); m->v = be->alloc(be, sizeof(float) * (size_t)cap * KVd);
+  release(m, (void **)&m->gate); m->gate = be->alloc(be, sizeof(float) * (size_t)cap * F);
+  release(m, (void **)&m->up); m->up = be->alloc(be, sizeof(float) * (size_t)cap * F);
+  release(m, &m->h_mm); m->h_mm = be->alloc(be, mm * (size_t)cap * wide);
+  release(m, &m->q_mm); m->q_mm = be->alloc(be, mm * (size_t)cap * Hd);
+  release(m, &m->o_mm); m->o_mm = be->alloc(be, mm * (size_t)cap * Hd);
+  release(m, &m->act_mm); m->act_mm = be->alloc(be, mm * (size_t)cap * F);
+  release(m, (void **)&m->d_ids); m->d_ids = be->alloc(be, sizeof(int32_t) * (size_t)cap);
+  release(m, (void **)&m->d_pos); m->d_pos = be->alloc(be, sizeof(int32_t) * (size_t)cap);
+  m->cap_T = cap;
+}
+
+/* One forward of T tokens against context c.  Rows [0, n_und) use the und expert, rows
+ * [n_und, T) the gen expert.  m->x must hold the input embeddings (f32 [T, D]) and m->d_pos the
+ * positions.  K/V are written at cache rows [c->len, c->len + T); the context grows only when
+ * update_cache.  On return m->x holds the final-normed hidden states. */
+static void forward(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool causal, bool update_cache) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  int D = cf->hidden, F = cf->inter, H = cf->heads, Hkv = cf->kv_heads, d = cf->head_dim;
+  int Hd = H * d, KVd = Hkv * d;
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  ctx_reserve(m, c, c->len + T);
+  typedef struct { int r0, n, e; } run;
+  run runs[2];
+  int nr = 0;
+  if (n_und > 0) runs[nr++] = (run){0, n_und, 0};
+  if (T - n_und > 0) runs[nr++] = (run){n_und, T - n_und, 1};
+  usbx_attn_args aa = {.n_q = T, .q_start = c->len, .kv_len = c->len + T, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .causal = causal};
+
+  for (int l = 0; l < cf->layers; l++) {
+    char *kc = (char *)c->k[l] + (size_t)c->len * KVd * mm, *vc = (char *)c->v[l] + (size_t)c->len * KVd * mm;
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, n = runs[r].n;
+      char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
+      be->rmsnorm(be, h, true, m->x + (size_t)r0 * D, w->in_norm, n, D, cf->eps);
+      be->matmul(be, m->q + (size_t)r0 * Hd, h, w->q_w, w->q_b, n, Hd, D, false);
+      be->matmul(be, m->k + (size_t)r0 * KVd, h, w->k_w, w->k_b, n, KVd, D, false);
+      be->matmul(be, m->v + (size_t)r0 * KVd, h, w->v_w, w->v_b, n, KVd, D, false);
+      be->qk_norm_rope(be, (char *)m->q_mm + (size_t)r0 * Hd * mm, Hd, m->q + (size_t)r0 * Hd, w->q_norm, m->d_pos + r0, n, H, d, cf->eps, cf->theta);
+      be->qk_norm_rope(be, kc + (size_t)r0 * KVd * mm, KVd, m->k + (size_t)r0 * KVd, w->k_norm, m->d_pos + r0, n, Hkv, d, cf->eps, cf->theta);
+      be->to_mm(be, vc + (size_t)r0 * KVd * mm, KVd, m->v + (size_t)r0 * KVd, n, KVd);
+    }
+    be->attention(be, m->o_mm, m->q_mm, c->k[l], c->v[l], &aa);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, n = runs[r].n;
+      float *x = m->x + (size_t)r0 * D;
+      be->matmul(be, x, (char *)m->o_mm + (size_t)r0 * Hd * mm, w->o_w, NULL, n, D, Hd, true);
+      char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
+      be->rmsnorm(be, h, true, x, w->post_norm, n, D, cf->eps);
+      be->matmul(be, m->gate + (size_t)r0 * F, h, w->gate, NULL, n, F, D, false);
+      be->matmul(be, m->up + (size_t)r0 * F, h, w->up, NULL, n, F, D, false);
+      char *act = (char *)m->act_mm + (size_t)r0 * F * mm;
+      be->silu_mul(be, act, m->gate + (size_t)r0 * F, m->up + (size_t)r0 * F, n, F);
+      be->matmul(be, x, act, w->down, NULL, n, D, F, true);
+    }
+  }
+  for (int r = 0; r < nr; r++) {
+    int r0 = runs[r].r0, n = runs[r].n;
+    /* final norm per expert, in place (f32) */
+    be->rmsnorm(be, m->x + (size_t)r0 * D, false, m->x + (size_t)r0 * D, m->norm[runs[r].e], n, D, cf->eps);
+  }
+  if (update_cache) c->len += T;
+}
+
+/* lm_head over the first T rows of m->x (already final-normed), into m->logits (device f32). */
+static void lm_head(usbx_bagel *m, int T) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  if (T > m->cap_logits_T) {
+    release(m, (void **)&m->logits);
+    m->logits = be->alloc(be, sizeof(float) * (size_t)T * cf->vocab);
+    m->cap_logits_T = T;
+  }
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  (void)mm;
+  be->to_mm(be, m->h_mm, cf->hidden, m->x, T, cf->hidden);
+  be->matmul(be, m->logits, m->h_mm, m->lm_head, NULL, T, cf->vocab, cf->hidden, false);
+}
+
+void usbx_bagel_prefill_text(usbx_bagel *m, usbx_ctx *c, const int32_t *ids, int T, float *logits) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  for (int i = 0; i < T; i++)
+    if (ids[i] < 0 || ids[i] >= cf->vocab) usbx_die("token id %d out of range (vocab %d)", ids[i], cf->vocab);
+  scratch(m, T);
+  int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
+  for (int i = 0; i < T; i++) pos[i] = c->pos + i;
+  be->upload(be, m->d_ids, ids, sizeof(int32_t) * (size_t)T);
+  be->upload(be, m->d_pos, pos, sizeof(int32_t) * (size_t)T);
+  free(pos);
+  be->embed(be, m->x, m->embed, m->d_ids, T, cf->hidden);
+  forward(m, c, T, T, true, true);
+  c->pos += T;
+  if (logits) {
+    lm_head(m, T);
+    be->download(be, logits, m->logits, sizeof(float) * (size_t)T * cf->vocab);
+  }
+  be->sync(be);
+}
+
+int usbx_bagel_generate_text(usbx_bagel *m, usbx_ctx *c, int max_length, double temperature, uint64_t seed,
+                             int32_t *out, float *step_logits) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  if (cf->bos < 0 || cf->eos < 0) usbx_die("the model has no <|im_start|>/<|im_end|> ids (no bagel_config.json special_token_ids and no tokenizer)");
+  scratch(m, 1);
+  usbx_rng rng;
+  usbx_rng_seed(&rng, seed);
+  float *host_logits = temperature > 0 ? xmalloc(sizeof(float) * (size_t)cf->vocab) : NULL;
+  int32_t tok = cf->bos;
+  int n = 0;
+  for (int step = 0; step < max_length; step++) {
+    int32_t pos = c->pos;
+    be->upload(be, m->d_ids, &tok, sizeof tok);
+    be->upload(be, m->d_pos, &pos, sizeof pos);
+    be->embed(be, m->x, m->embed, m->d_ids, 1, cf->hidden);
+    forward(m, c, 1, 1, true, true);
+    c->pos += 1;
+    lm_head(m, 1);
+    if (step_logits) be->download(be, step_logits + (size_t)step * cf->vocab, m->logits, sizeof(float) * (size_t)cf->vocab);
+    int32_t next;
+    if (temperature <= 0) {
+      be->argmax(be, m->d_ids, m->logits, 1, cf->vocab);
+      be->download(be, &next, m->d_ids, sizeof next);
+    } else {
+      be->download(be, host_logits, m->logits, sizeof(float) * (size_t)cf->vocab);
+      double mx = -INFINITY, sum = 0;
+      for (int i = 0; i < cf->vocab; i++) if (host_logits[i] > mx) mx = host_logits[i];
+      for (int i = 0; i < cf->vocab; i++) sum += exp((host_logits[i] - mx) / temperature);
+      double u = usbx_rng_uniform(&rng) * sum, acc = 0;
+      next = cf->vocab - 1;
+      for (int i = 0; i < cf->vocab; i++) { acc += exp((host_logits[i] - mx) / temperature); if (acc > u) { next = i; break; } }
+    }
+    be->sync(be);
+    /* upstream appends the fed token before predicting; the start token is not returned here */
+    if (next == cf->eos || step == max_length - 1) break;
+    out[n++] = next;
+    tok = next;
+  }
+  free(host_logits);
+  return n;
+}

@@ -1,0 +1,64 @@
+/* bagel.h — the BAGEL-7B-MoT model (Qwen2 MoT language model; generation and understanding
+ * parts follow) on a backend from kernels/ops.h.  Spec: ../shared/spec/bagel.md. */
+#ifndef USBX_BAGEL_H
+#define USBX_BAGEL_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "ops.h"
+
+typedef struct {
+  /* language model (llm_config.json) */
+  int vocab, hidden, inter, layers, heads, kv_heads, head_dim;
+  float eps, theta;
+  /* SigLIP ViT (vit_config.json; layers = JSON value - 1, as upstream builds it) */
+  int vit_hidden, vit_inter, vit_layers, vit_heads, vit_patch, vit_image_size;
+  float vit_eps;
+  /* BagelConfig (bagel_config.json where present, else the 7B-MoT inference values) */
+  bool visual_gen, visual_und;
+  int latent_patch, max_latent, vit_max_patch;
+  float timestep_shift;
+  /* special token ids: bagel_config.json special_token_ids, else from the tokenizer */
+  int32_t bos, eos, vis_start, vis_end;
+} usbx_bagel_config;
+
+/* Reads the configs of a checkpoint folder.  -1 with "<file>: <problem>" in err. */
+int usbx_bagel_read_config(const char *dir, usbx_bagel_config *cfg, char *err, size_t errlen);
+
+typedef struct usbx_bagel usbx_bagel;
+
+/* Which parts to load. */
+enum { USBX_PART_LLM = 1, USBX_PART_GEN = 2, USBX_PART_VIT = 4 };
+
+/* Loads weights from DIR/model.safetensors if present, else DIR/ema.safetensors.  Every tensor
+ * the requested parts need is checked by name and shape before anything is uploaded; a missing
+ * one is named, with a pointer to `usbx-ckpt complete`.  Tensors are uploaded one at a time
+ * from the memory map (no second host copy of the checkpoint). */
+usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen);
+void usbx_bagel_free(usbx_bagel *m);
+const usbx_bagel_config *usbx_bagel_cfg(const usbx_bagel *m);
+usbx_backend *usbx_bagel_backend(const usbx_bagel *m);
+
+/* A context: one KV cache (per layer K after k-norm+RoPE, V raw; mm dtype) with its length and
+ * next free RoPE position.  Copyable, as the upstream inferencer copies contexts. */
+typedef struct usbx_ctx usbx_ctx;
+usbx_ctx *usbx_ctx_new(usbx_bagel *m);
+usbx_ctx *usbx_ctx_copy(usbx_bagel *m, const usbx_ctx *c);
+void usbx_ctx_free(usbx_bagel *m, usbx_ctx *c);
+int usbx_ctx_len(const usbx_ctx *c);
+int usbx_ctx_pos(const usbx_ctx *c);
+
+/* Text prefill: ids (already wrapped, e.g. <|im_start|> text <|im_end|>) appended to the context
+ * as a causal und-mode segment at consecutive positions.  If logits is non-NULL, the lm_head
+ * logits of every position are copied there (host f32 [T, vocab]). */
+void usbx_bagel_prefill_text(usbx_bagel *m, usbx_ctx *c, const int32_t *ids, int T, float *logits);
+
+/* Text generation as upstream generate_text: feeds <|im_start|> at the context's next position,
+ * then each chosen token, appending K/V; stops when <|im_end|> is chosen (not emitted) or after
+ * max_length-1 new tokens.  Greedy when temperature <= 0 (ties to the lowest id), else softmax
+ * sampling with the seeded RNG.  Writes the new token ids (without the start token) to out and
+ * returns their count; step_logits (host [max_length, vocab]) receives each step's logits when
+ * non-NULL.  The context is extended (copy it first to keep the original). */
+int usbx_bagel_generate_text(usbx_bagel *m, usbx_ctx *c, int max_length, double temperature, uint64_t seed,
+                             int32_t *out, float *step_logits);
+
+#endif

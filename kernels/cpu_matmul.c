@@ -1,0 +1,20 @@
+/* cpu_matmul.c — y = x·Wᵀ (+b) through OpenBLAS sgemm. */
+#include "cpu_ops.h"
+#include <cblas.h>
+
+void usbx_cpu_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias, int M, int N, int K, bool acc) {
+  float beta = acc ? 1.0f : 0.0f;
+  if (bias) {
+    /* Seed y with the bias (or add it to the accumulator), then accumulate the product. */
+    for (int i = 0; i < M; i++) {
+      float *row = y + (size_t)i * N;
+      if (acc) for (int j = 0; j < N; j++) row[j] += bias[j];
+      else for (int j = 0; j < N; j++) row[j] = bias[j];
+    }
+    beta = 1.0f;
+  }
+  if (M == 1)
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, K, x, 1, beta, y, 1);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, beta, y, N);
+}

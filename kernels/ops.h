@@ -1,0 +1,99 @@
+/* ops.h — the operation API the BAGEL model is written against.  Every operation has a CPU
+ * implementation (kernels/<op>.c, fp32, the reference) and a CUDA one (kernels/<op>.cu) behind
+ * one backend table.  The model code calls be->op(...) and never branches on the device.
+ *
+ * Buffers are device pointers of the backend (host memory on CPU).  Two element types exist:
+ *   f32  — activations, residual stream, norm weights, biases, outputs of matrix products;
+ *   mm   — "matmul input" type: inputs and weights of matrix products and the KV cache.
+ *          fp32 on the CPU backend, bf16 on the CUDA backend (be->mm_dtype says which).
+ * Row-major everywhere.  Linear weights are [N, K] (out, in): y = x·Wᵀ + b.
+ * All ops are asynchronous on CUDA (one stream per backend); be->sync waits. */
+#ifndef USBX_OPS_H
+#define USBX_OPS_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "tensor.h"
+
+typedef struct usbx_backend usbx_backend;
+
+/* Attention over a packed query block against keys that already hold the block's own K/V.
+ * Keys/values: rows [0, kv_len) of K/V ([kv_len, Hkv, d] in mm type).  Queries: n_q rows that
+ * correspond to key rows [q_start, q_start + n_q).  Query i may see key j when
+ *   j <  q_start                       (the context: every earlier key), or
+ *   causal && j <= q_start + i, or      (causal text)
+ *   !causal && j < q_start + n_q        (a bidirectional image block).
+ * GQA: query head h reads KV head h / (H / Hkv).  Scale 1/sqrt(d).  Output [n_q, H, d] mm. */
+typedef struct {
+  int n_q, q_start, kv_len;
+  int n_heads, n_kv_heads, head_dim;
+  bool causal;
+} usbx_attn_args;
+
+/* General packed attention for training / packed batches: per query row a key range
+ * [lo, hi) plus, optionally, an extra range [lo2, hi2) (used for "own split" visibility).
+ * Described in kernels/attention.c.  */
+typedef struct {
+  int n_q, kv_len, n_heads, n_kv_heads, head_dim;
+  const int32_t *lo, *hi, *lo2, *hi2;   /* device arrays of n_q each */
+} usbx_attn_masked_args;
+
+struct usbx_backend {
+  usbx_device dev;
+  usbx_dtype mm_dtype;        /* USBX_F32 on CPU, USBX_BF16 on CUDA */
+  const char *name;           /* "cpu (OpenBLAS, N threads)" / "cuda (NVIDIA H100 ...)" */
+
+  /* memory */
+  void *(*alloc)(usbx_backend *be, size_t bytes);           /* dies on failure */
+  void (*free)(usbx_backend *be, void *p);
+  void (*upload)(usbx_backend *be, void *dst, const void *src, size_t bytes);
+  void (*download)(usbx_backend *be, void *dst, const void *src, size_t bytes);
+  void (*copy)(usbx_backend *be, void *dst, const void *src, size_t bytes);   /* device to device */
+  void (*memset0)(usbx_backend *be, void *p, size_t bytes);
+  void (*sync)(usbx_backend *be);
+  /* upload n host values of dtype src_dt into an mm (to_mm) or f32 buffer, converting */
+  void (*upload_convert)(usbx_backend *be, void *dst, bool to_mm, const void *src, usbx_dtype src_dt, size_t n);
+
+  /* y[M,N] (f32) = x[M,K] (mm) · W[N,K]ᵀ (mm) (+ bias[N] f32) ; accumulate: y += ... */
+  void (*matmul)(usbx_backend *be, float *y, const void *x, const void *w, const float *bias,
+                 int M, int N, int K, bool accumulate);
+  /* out[T,D] f32 = table[ids[t], :] (table mm [V,D]); ids is a device int32 array */
+  void (*embed)(usbx_backend *be, float *out, const void *table, const int32_t *ids, int T, int D);
+  /* out[rows,dim] (mm if out_mm else f32) = x / rms(x) * w, rms in fp32, eps */
+  void (*rmsnorm)(usbx_backend *be, void *out, bool out_mm, const float *x, const float *w, int rows, int dim, float eps);
+  /* LayerNorm with bias (ViT): out mm or f32 */
+  void (*layernorm)(usbx_backend *be, void *out, bool out_mm, const float *x, const float *w, const float *b, int rows, int dim, float eps);
+  /* Per-head RMSNorm (weight [d]) then rotate-half RoPE at positions pos[t] (device int32),
+   * on x [T, heads, d] f32, written to out (mm) at row stride out_stride (elements). */
+  void (*qk_norm_rope)(usbx_backend *be, void *out, int out_stride, const float *x, const float *norm_w,
+                       const int32_t *pos, int T, int heads, int d, float eps, float theta);
+  /* out (mm) [T, cols] = convert(x f32), row stride out_stride */
+  void (*to_mm)(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
+  /* out[T,F] (mm) = silu(gate) * up, gate/up f32 */
+  void (*silu_mul)(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
+  /* out (mm) = gelu_tanh(x) elementwise, n elements */
+  void (*gelu_tanh)(usbx_backend *be, void *out, const float *x, size_t n);
+  /* x[n] += y[n] (f32) */
+  void (*add)(usbx_backend *be, float *x, const float *y, size_t n);
+  /* rows: dst[idx[i], :] = src[i, :] (scatter) or dst[i, :] = src[idx[i], :] (gather); f32 */
+  void (*scatter_rows)(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
+  void (*gather_rows)(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
+  /* attention, out mm [n_q, H, d] */
+  void (*attention)(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);
+  /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
+  void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
+
+  void (*destroy)(usbx_backend *be);   /* frees handles/streams; NULL for the static CPU table */
+  void *impl;                 /* backend private state */
+};
+
+/* Backends. usbx_backend_cpu never fails; usbx_backend_cuda returns NULL (with a reason in
+ * err) when the build has no CUDA or no GPU is visible. */
+usbx_backend *usbx_backend_cpu(void);
+usbx_backend *usbx_backend_cuda(char *err, size_t errlen);
+/* "--device cpu|cuda|auto": auto = CUDA when a GPU is present, else CPU.  Dies on a request
+ * that cannot be met (--device cuda without a GPU). */
+usbx_backend *usbx_backend_open(const char *device);
+void usbx_backend_close(usbx_backend *be);
+
+#endif
