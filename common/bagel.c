@@ -5,6 +5,7 @@
  * all share one position, so moving its two marker tokens next to each other changes nothing;
  * this lets each expert's norms, projections and MLP run on one contiguous row range. */
 #include "bagel.h"
+#include "bagel_internal.h"
 #include "jsonl.h"
 #include "safetensors.h"
 #include "util.h"
@@ -12,33 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-  void *q_w, *k_w, *v_w, *o_w, *gate, *up, *down;   /* mm */
-  float *q_b, *k_b, *v_b, *q_norm, *k_norm, *in_norm, *post_norm;  /* f32 */
-} expert_w;
-
-typedef struct { expert_w e[2]; } layer_w;   /* e[0] = und, e[1] = gen (*_moe_gen) */
-
-struct usbx_bagel {
-  usbx_bagel_config cfg;
-  usbx_backend *be;
-  unsigned parts;
-  void *embed, *lm_head;           /* mm [V, D] */
-  float *norm[2];                  /* final norms (und, gen) */
-  layer_w *layers;
-  /* scratch, grown on demand */
-  int cap_T;
-  float *x, *q, *k, *v, *tmp, *gate, *up;     /* f32 */
-  void *h_mm, *q_mm, *o_mm, *act_mm;         /* mm */
-  int32_t *d_ids, *d_pos;
-  float *logits; int cap_logits_T;
-};
-
-struct usbx_ctx {
-  int len, pos, cap;
-  void **k, **v;   /* per layer, [cap, Hkv, d] mm */
-};
 
 /* ---------------------------------------------------------------- config */
 
@@ -140,6 +114,34 @@ int usbx_bagel_read_config(const char *dir, usbx_bagel_config *c, char *err, siz
   }
   free(p);
 
+  /* latent space */
+  c->has_vae = true; c->latent_channels = 16; c->vae_downsample = 8;
+  p = usbx_path_join(dir, "bagel_config.json");
+  if (usbx_file_exists(p) && json_file(p, &o, err, errlen) == 0) {
+    if (usbx_jv_has(o, "vae")) {
+      jv v = jv_object_get(jv_copy(o), jv_string("vae"));
+      if (jv_get_kind(v) == JV_KIND_NULL) {
+        c->has_vae = false; c->vae_downsample = 1;
+        rc |= get_int(o, p, "latent_channels", 3, false, &c->latent_channels, err, errlen);
+      }
+      jv_free(v);
+    }
+    jv_free(o);
+  }
+  free(p);
+  if (rc) return -1;
+  if (c->has_vae) {
+    p = usbx_path_join(dir, "ae_config.json");
+    if (usbx_file_exists(p)) {
+      if (json_file(p, &o, err, errlen)) { free(p); return -1; }
+      rc |= get_int(o, p, "z_channels", 16, false, &c->latent_channels, err, errlen);
+      if (!rc) rc |= get_int(o, p, "downsample", 8, false, &c->vae_downsample, err, errlen);
+      jv_free(o);
+    }
+    free(p);
+    if (rc) return -1;
+  }
+
   p = usbx_path_join(dir, "vit_config.json");
   if (usbx_file_exists(p)) {
     if (json_file(p, &o, err, errlen)) { free(p); return -1; }
@@ -160,6 +162,43 @@ int usbx_bagel_read_config(const char *dir, usbx_bagel_config *c, char *err, siz
   }
   free(p);
   return 0;
+}
+
+int usbx_ae_read_config(const char *dir, usbx_ae_config *a, char *err, size_t errlen) {
+  /* FLUX.1 values, as upstream load_ae hard-codes them */
+  *a = (usbx_ae_config){.in_channels = 3, .out_ch = 3, .ch = 128, .ch_mult = {1, 2, 4, 4}, .n_mult = 4,
+                        .num_res_blocks = 2, .z_channels = 16, .downsample = 8, .scale_factor = 0.3611f, .shift_factor = 0.1159f};
+  char *p = usbx_path_join(dir, "ae_config.json");
+  if (!usbx_file_exists(p)) { free(p); return 0; }
+  jv o;
+  if (json_file(p, &o, err, errlen)) { free(p); return -1; }
+  int rc = 0;
+  double d;
+  rc |= get_int(o, p, "in_channels", 3, false, &a->in_channels, err, errlen);
+  if (!rc) rc |= get_int(o, p, "out_ch", 3, false, &a->out_ch, err, errlen);
+  if (!rc) rc |= get_int(o, p, "ch", 128, false, &a->ch, err, errlen);
+  if (!rc) rc |= get_int(o, p, "num_res_blocks", 2, false, &a->num_res_blocks, err, errlen);
+  if (!rc) rc |= get_int(o, p, "z_channels", 16, false, &a->z_channels, err, errlen);
+  if (!rc) rc |= get_int(o, p, "downsample", 8, false, &a->downsample, err, errlen);
+  if (usbx_jv_num(o, "scale_factor", &d)) a->scale_factor = (float)d;
+  if (usbx_jv_num(o, "shift_factor", &d)) a->shift_factor = (float)d;
+  jv cm = jv_object_get(jv_copy(o), jv_string("ch_mult"));
+  if (!rc && jv_get_kind(cm) == JV_KIND_ARRAY) {
+    int n = jv_array_length(jv_copy(cm));
+    if (n < 1 || n > 8) { snprintf(err, errlen, "%s: ch_mult must have 1 to 8 entries", p); rc = -1; }
+    for (int i = 0; !rc && i < n; i++) {
+      jv e = jv_array_get(jv_copy(cm), i);
+      if (jv_get_kind(e) != JV_KIND_NUMBER || jv_number_value(e) < 1) { snprintf(err, errlen, "%s: ch_mult[%d] is not a positive number", p, i); rc = -1; }
+      else a->ch_mult[i] = (int)jv_number_value(e);
+      jv_free(e);
+    }
+    if (!rc) a->n_mult = n;
+  }
+  jv_free(cm);
+  if (!rc && (a->ch % 32 || a->ch < 32)) { snprintf(err, errlen, "%s: ch %d is not a multiple of 32 (GroupNorm has 32 groups)", p, a->ch); rc = -1; }
+  jv_free(o);
+  free(p);
+  return rc ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -196,26 +235,12 @@ static const usbx_st_tensor *find_checked(loader *L, const char *name, int ndim,
   return NULL;
 }
 
-/* Each weight is described once; pass 1 checks, pass 2 uploads. */
-typedef struct { char name[160]; int ndim; int64_t shape[2]; void **dst; bool mm; } wdesc;
-
-static void add_w(wdesc **list, int *n, int *cap, void **dst, bool mm, int ndim, int64_t a, int64_t b, const char *fmt, ...) {
-  if (*n == *cap) { *cap = *cap ? *cap * 2 : 256; *list = xrealloc(*list, sizeof **list * (size_t)*cap); }
-  wdesc *w = &(*list)[(*n)++];
-  va_list ap; va_start(ap, fmt);
-  vsnprintf(w->name, sizeof w->name, fmt, ap);
-  va_end(ap);
-  w->ndim = ndim; w->shape[0] = a; w->shape[1] = b; w->dst = dst; w->mm = mm;
-}
-
 usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen) {
   usbx_bagel *m = xcalloc(1, sizeof *m);
   if (usbx_bagel_read_config(dir, &m->cfg, err, errlen)) { free(m); return NULL; }
   m->be = be;
   m->parts = parts;
   const usbx_bagel_config *c = &m->cfg;
-  int D = c->hidden, F = c->inter, Hd = c->heads * c->head_dim, KVd = c->kv_heads * c->head_dim, d = c->head_dim;
-
   loader L = {0};
   L.err = err; L.errlen = errlen; L.dir = dir;
   L.files = xcalloc(2, sizeof *L.files);
@@ -230,36 +255,12 @@ usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, c
   }
   if (!L.nfiles) { snprintf(err, errlen, "%s: neither model.safetensors nor ema.safetensors found", dir); free(L.files); free(m); return NULL; }
 
-  wdesc *W = NULL; int nW = 0, capW = 0;
   m->layers = xcalloc((size_t)c->layers, sizeof *m->layers);
-  if (parts & USBX_PART_LLM) {
-    add_w(&W, &nW, &capW, &m->embed, true, 2, c->vocab, D, "language_model.model.embed_tokens.weight");
-    add_w(&W, &nW, &capW, &m->lm_head, true, 2, c->vocab, D, "language_model.lm_head.weight");
-    add_w(&W, &nW, &capW, (void **)&m->norm[0], false, 1, D, 0, "language_model.model.norm.weight");
-    add_w(&W, &nW, &capW, (void **)&m->norm[1], false, 1, D, 0, "language_model.model.norm_moe_gen.weight");
-    for (int l = 0; l < c->layers; l++) {
-      for (int e = 0; e < 2; e++) {
-        expert_w *x = &m->layers[l].e[e];
-        const char *s = e ? "_moe_gen" : "";
-        const char *pre = "language_model.model.layers";
-        add_w(&W, &nW, &capW, (void **)&x->in_norm, false, 1, D, 0, "%s.%d.input_layernorm%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, (void **)&x->post_norm, false, 1, D, 0, "%s.%d.post_attention_layernorm%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, &x->q_w, true, 2, Hd, D, "%s.%d.self_attn.q_proj%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, (void **)&x->q_b, false, 1, Hd, 0, "%s.%d.self_attn.q_proj%s.bias", pre, l, s);
-        add_w(&W, &nW, &capW, &x->k_w, true, 2, KVd, D, "%s.%d.self_attn.k_proj%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, (void **)&x->k_b, false, 1, KVd, 0, "%s.%d.self_attn.k_proj%s.bias", pre, l, s);
-        add_w(&W, &nW, &capW, &x->v_w, true, 2, KVd, D, "%s.%d.self_attn.v_proj%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, (void **)&x->v_b, false, 1, KVd, 0, "%s.%d.self_attn.v_proj%s.bias", pre, l, s);
-        add_w(&W, &nW, &capW, &x->o_w, true, 2, D, Hd, "%s.%d.self_attn.o_proj%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, (void **)&x->q_norm, false, 1, d, 0, "%s.%d.self_attn.q_norm%s.weight", pre, l, s);
-        add_w(&W, &nW, &capW, (void **)&x->k_norm, false, 1, d, 0, "%s.%d.self_attn.k_norm%s.weight", pre, l, s);
-        const char *mlp = e ? "mlp_moe_gen" : "mlp";
-        add_w(&W, &nW, &capW, &x->gate, true, 2, F, D, "%s.%d.%s.gate_proj.weight", pre, l, mlp);
-        add_w(&W, &nW, &capW, &x->up, true, 2, F, D, "%s.%d.%s.up_proj.weight", pre, l, mlp);
-        add_w(&W, &nW, &capW, &x->down, true, 2, D, F, "%s.%d.%s.down_proj.weight", pre, l, mlp);
-      }
-    }
-  }
+  m->vit = xcalloc((size_t)(c->vit_layers > 0 ? c->vit_layers : 1), sizeof *m->vit);
+  usbx_wlist wl = {0};
+  usbx_bagel_enumerate(c, parts, m, &wl);
+  usbx_wdesc *W = wl.v;
+  int nW = wl.n;
   /* pass 1: every tensor present with its shape, before any upload */
   const usbx_st_tensor **src = xcalloc((size_t)(nW ? nW : 1), sizeof *src);
   for (int i = 0; i < nW; i++) src[i] = find_checked(&L, W[i].name, W[i].ndim, W[i].shape);
@@ -269,7 +270,7 @@ usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, c
       snprintf(err + k, errlen - k, " (and %d more missing or mis-shaped tensors)", L.missing - 1);
     }
     for (int f = 0; f < L.nfiles; f++) usbx_st_close(&L.files[f]);
-    free(L.files); free(src); free(W); free(m->layers); free(m);
+    free(L.files); free(src); free(W); free(m->layers); free(m->vit); free(m);
     return NULL;
   }
   /* pass 2: upload tensor by tensor, dropping each one's pages after use */
@@ -292,20 +293,16 @@ static void release(usbx_bagel *m, void **p) { if (*p) m->be->free(m->be, *p); *
 
 void usbx_bagel_free(usbx_bagel *m) {
   if (!m) return;
-  release(m, &m->embed); release(m, &m->lm_head);
-  release(m, (void **)&m->norm[0]); release(m, (void **)&m->norm[1]);
-  for (int l = 0; l < m->cfg.layers && m->layers; l++)
-    for (int e = 0; e < 2; e++) {
-      expert_w *x = &m->layers[l].e[e];
-      void **all[] = {&x->q_w, &x->k_w, &x->v_w, &x->o_w, &x->gate, &x->up, &x->down, (void **)&x->q_b, (void **)&x->k_b,
-                      (void **)&x->v_b, (void **)&x->q_norm, (void **)&x->k_norm, (void **)&x->in_norm, (void **)&x->post_norm};
-      for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) release(m, all[i]);
-    }
   void **scr[] = {(void **)&m->x, (void **)&m->q, (void **)&m->k, (void **)&m->v, (void **)&m->tmp, (void **)&m->gate,
                   (void **)&m->up, &m->h_mm, &m->q_mm, &m->o_mm, &m->act_mm, (void **)&m->d_ids, (void **)&m->d_pos,
                   (void **)&m->logits};
   for (size_t i = 0; i < sizeof scr / sizeof scr[0]; i++) release(m, scr[i]);
+  usbx_wlist wl = {0};
+  usbx_bagel_enumerate(&m->cfg, m->parts, m, &wl);
+  for (int i = 0; i < wl.n; i++) release(m, wl.v[i].dst);
+  free(wl.v);
   free(m->layers);
+  free(m->vit);
   free(m);
 }
 
@@ -479,32 +476,51 @@ void usbx_bagel_prefill_text(usbx_bagel *m, usbx_ctx *c, const int32_t *ids, int
   be->sync(be);
 }
 
+/* Embeds one token, runs it through the model appending its K/V, leaves logits in m->logits. */
+static void step_forward(usbx_bagel *m, usbx_ctx *c, int32_t token) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  if (token < 0 || token >= cf->vocab) usbx_die("token id %d out of range (vocab %d)", token, cf->vocab);
+  scratch(m, 1);
+  int32_t pos = c->pos;
+  be->upload(be, m->d_ids, &token, sizeof token);
+  be->upload(be, m->d_pos, &pos, sizeof pos);
+  be->embed(be, m->x, m->embed, m->d_ids, 1, cf->hidden);
+  forward(m, c, 1, 1, true, true);
+  c->pos += 1;
+  lm_head(m, 1);
+}
+
+int32_t usbx_bagel_decode_step(usbx_bagel *m, usbx_ctx *c, int32_t token, float *logits) {
+  usbx_backend *be = m->be;
+  step_forward(m, c, token);
+  if (logits) be->download(be, logits, m->logits, sizeof(float) * (size_t)m->cfg.vocab);
+  int32_t next;
+  be->argmax(be, m->d_ids, m->logits, 1, m->cfg.vocab);
+  be->download(be, &next, m->d_ids, sizeof next);
+  be->sync(be);
+  return next;
+}
+
 int usbx_bagel_generate_text(usbx_bagel *m, usbx_ctx *c, int max_length, double temperature, uint64_t seed,
                              int32_t *out, float *step_logits) {
   usbx_backend *be = m->be;
   const usbx_bagel_config *cf = &m->cfg;
   if (cf->bos < 0 || cf->eos < 0) usbx_die("the model has no <|im_start|>/<|im_end|> ids (no bagel_config.json special_token_ids and no tokenizer)");
-  scratch(m, 1);
   usbx_rng rng;
   usbx_rng_seed(&rng, seed);
   float *host_logits = temperature > 0 ? xmalloc(sizeof(float) * (size_t)cf->vocab) : NULL;
   int32_t tok = cf->bos;
   int n = 0;
   for (int step = 0; step < max_length; step++) {
-    int32_t pos = c->pos;
-    be->upload(be, m->d_ids, &tok, sizeof tok);
-    be->upload(be, m->d_pos, &pos, sizeof pos);
-    be->embed(be, m->x, m->embed, m->d_ids, 1, cf->hidden);
-    forward(m, c, 1, 1, true, true);
-    c->pos += 1;
-    lm_head(m, 1);
-    if (step_logits) be->download(be, step_logits + (size_t)step * cf->vocab, m->logits, sizeof(float) * (size_t)cf->vocab);
     int32_t next;
     if (temperature <= 0) {
-      be->argmax(be, m->d_ids, m->logits, 1, cf->vocab);
-      be->download(be, &next, m->d_ids, sizeof next);
+      next = usbx_bagel_decode_step(m, c, tok, step_logits ? step_logits + (size_t)step * cf->vocab : NULL);
     } else {
+      step_forward(m, c, tok);
       be->download(be, host_logits, m->logits, sizeof(float) * (size_t)cf->vocab);
+      be->sync(be);
+      if (step_logits) memcpy(step_logits + (size_t)step * cf->vocab, host_logits, sizeof(float) * (size_t)cf->vocab);
       double mx = -INFINITY, sum = 0;
       for (int i = 0; i < cf->vocab; i++) if (host_logits[i] > mx) mx = host_logits[i];
       for (int i = 0; i < cf->vocab; i++) sum += exp((host_logits[i] - mx) / temperature);
@@ -512,7 +528,6 @@ int usbx_bagel_generate_text(usbx_bagel *m, usbx_ctx *c, int max_length, double 
       next = cf->vocab - 1;
       for (int i = 0; i < cf->vocab; i++) { acc += exp((host_logits[i] - mx) / temperature); if (acc > u) { next = i; break; } }
     }
-    be->sync(be);
     /* upstream appends the fed token before predicting; the start token is not returned here */
     if (next == cf->eos || step == max_length - 1) break;
     out[n++] = next;

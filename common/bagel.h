@@ -17,9 +17,20 @@ typedef struct {
   bool visual_gen, visual_und;
   int latent_patch, max_latent, vit_max_patch;
   float timestep_shift;
+  /* latent space: the FLUX autoencoder of ae_config.json (z_channels, downsample), or pixels
+   * when bagel_config.json says "vae": null (channels 3, downsample 1) */
+  bool has_vae;
+  int latent_channels, vae_downsample;
   /* special token ids: bagel_config.json special_token_ids, else from the tokenizer */
   int32_t bos, eos, vis_start, vis_end;
 } usbx_bagel_config;
+
+/* The FLUX autoencoder's parameters (ae_config.json; FLUX values when the file is absent). */
+typedef struct {
+  int in_channels, out_ch, ch, ch_mult[8], n_mult, num_res_blocks, z_channels, downsample;
+  float scale_factor, shift_factor;
+} usbx_ae_config;
+int usbx_ae_read_config(const char *dir, usbx_ae_config *ae, char *err, size_t errlen);
 
 /* Reads the configs of a checkpoint folder.  -1 with "<file>: <problem>" in err. */
 int usbx_bagel_read_config(const char *dir, usbx_bagel_config *cfg, char *err, size_t errlen);
@@ -51,6 +62,11 @@ int usbx_ctx_pos(const usbx_ctx *c);
  * as a causal und-mode segment at consecutive positions.  If logits is non-NULL, the lm_head
  * logits of every position are copied there (host f32 [T, vocab]). */
 void usbx_bagel_prefill_text(usbx_bagel *m, usbx_ctx *c, const int32_t *ids, int T, float *logits);
+
+/* One causal decoding step: feeds token at the context's next position (appending its K/V),
+ * returns the greedy next id (ties to the lowest id).  logits (host [vocab]) receives the step's
+ * logits when non-NULL; otherwise nothing but the id leaves the device. */
+int32_t usbx_bagel_decode_step(usbx_bagel *m, usbx_ctx *c, int32_t token, float *logits);
 
 /* Text generation as upstream generate_text: feeds <|im_start|> at the context's next position,
  * then each chosen token, appending K/V; stops when <|im_end|> is chosen (not emitted) or after

@@ -1,0 +1,364 @@
+/* cuda_attention.cu — flash attention (online softmax, no S×S matrix) for the rules of ops.h:
+ * a context prefix plus a causal or bidirectional query block, GQA, bf16 q/k/v/out, fp32 math.
+ *
+ * Layout of the work.  The G = H/Hkv query heads that share one KV head are packed into the row
+ * dimension: row r = i·G + g is query i of head kvh·G + g.  A block owns Br = 16·NW such rows of
+ * one KV head, so each K/V tile it loads serves G heads at once.  Each warp owns 16 rows and
+ * computes S = Q·Kᵀ and O += P·V with mma.sync m16n8k16 (bf16 in, fp32 accumulate); K/V tiles of
+ * 64 keys are double-buffered in shared memory through cp.async.  Visibility is a prefix per
+ * query: query i sees keys [0, lim_i) with lim_i = q_start+i+1 (causal) or q_start+n_q (block).
+ *
+ * When the grid would leave multiprocessors idle (decode: n_q = 1, G = 7 rows per KV head), the
+ * key tiles of each block are split over gridDim.z blocks (flash-decoding); each writes a
+ * normalised partial O and its log-sum-exp, and a second kernel merges them.
+ * Head dims that are not a multiple of 8 (or > 128) take a simple one-warp-per-row kernel. */
+#include "cuda_common.cuh"
+#include <math.h>
+#include <algorithm>
+
+#define BC 64          /* keys per tile */
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(s));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(s));
+}
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return (uint32_t)f32_to_bf16_bits(lo) | ((uint32_t)f32_to_bf16_bits(hi) << 16);
+}
+
+struct AttnP {
+  const bf16 *q, *k, *v;
+  bf16 *out;
+  float *part_o, *part_lse;     /* split mode only */
+  int n_q, q_start, kv_len, H, Hkv, G, d, R;
+  int causal, n_split;
+  float scale_log2;
+};
+
+__device__ __forceinline__ int row_lim(const AttnP &p, int r) {
+  if (r >= p.R) return 0;
+  int i = r / p.G;
+  int lim = p.causal ? p.q_start + i + 1 : p.q_start + p.n_q;
+  return min(lim, p.kv_len);
+}
+
+template <int DP, int NW>
+__global__ void __launch_bounds__(NW * 32) k_flash(AttnP p) {
+  constexpr int BR = 16 * NW, LD = DP + 8, NT = NW * 32, CH = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16 *sQ = (bf16 *)smem_raw;
+  bf16 *sK = sQ + BR * LD;             /* [2][BC][LD] */
+  bf16 *sV = sK + 2 * BC * LD;         /* [2][BC][LD] */
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int r0 = blockIdx.x * BR;
+  const int r_last = min(r0 + BR, p.R) - 1;
+  const int kv_end = row_lim(p, r_last);          /* the block's widest row */
+  const int n_tiles = (kv_end + BC - 1) / BC;
+  const int tps = (n_tiles + p.n_split - 1) / p.n_split;
+  const int t_begin = split * tps, t_end = min(n_tiles, t_begin + tps);
+
+  /* rows of this thread: lr (fragment rows g and g+8 of the warp's 16) */
+  const int ra = r0 + warp * 16 + (lane >> 2), rb = ra + 8;
+  const int lim_a = row_lim(p, ra), lim_b = row_lim(p, rb);
+  int wmax = max(lim_a, lim_b), wmin = min(ra < p.R ? lim_a : 1 << 30, rb < p.R ? lim_b : 1 << 30);
+  for (int o = 1; o < 32; o <<= 1) {
+    wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
+    wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
+  }
+
+  float o_acc[DP / 8][4];
+#pragma unroll
+  for (int j = 0; j < DP / 8; j++) o_acc[j][0] = o_acc[j][1] = o_acc[j][2] = o_acc[j][3] = 0.f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+
+  if (t_begin < t_end) {
+    /* Q tile */
+    for (int c = tid; c < BR * CH; c += NT) {
+      int rr = c / CH, cc = (c % CH) * 8, r = r0 + rr;
+      bool ok = r < p.R && cc < p.d;
+      const bf16 *src = p.q;
+      if (ok) { int i = r / p.G, h = kvh * p.G + r % p.G; src = p.q + ((size_t)i * p.H + h) * p.d + cc; }
+      cp_async16(sQ + rr * LD + cc, src, ok);
+    }
+    cp_commit();
+    auto load_kv = [&](int t, int buf) {
+      int j0 = t * BC;
+      for (int c = tid; c < BC * CH; c += NT) {
+        int jj = c / CH, cc = (c % CH) * 8, j = j0 + jj;
+        bool ok = j < kv_end && cc < p.d;
+        size_t off = ok ? ((size_t)j * p.Hkv + kvh) * p.d + cc : 0;
+        cp_async16(sK + (buf * BC + jj) * LD + cc, p.k + off, ok);
+        cp_async16(sV + (buf * BC + jj) * LD + cc, p.v + off, ok);
+      }
+      cp_commit();
+    };
+    load_kv(t_begin, 0);
+
+    uint32_t qf[DP / 16][4];
+    for (int t = t_begin; t < t_end; t++) {
+      const int buf = (t - t_begin) & 1;
+      if (t + 1 < t_end) { load_kv(t + 1, buf ^ 1); cp_wait<1>(); }
+      else cp_wait<0>();
+      __syncthreads();
+      if (t == t_begin) {
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; kk++)
+          ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+      }
+      const int j0 = t * BC;
+      if (j0 < wmax) {                  /* some row of this warp sees keys of this tile */
+        const bf16 *kb = sK + buf * BC * LD, *vb = sV + buf * BC * LD;
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; kk++) {
+#pragma unroll
+          for (int jp = 0; jp < 4; jp++) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4(b0, b1, b2, b3, kb + (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+            mma16816(s[2 * jp], qf[kk], b0, b1);
+            mma16816(s[2 * jp + 1], qf[kk], b2, b3);
+          }
+        }
+        const bool need_mask = j0 + BC > wmin;
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+          for (int e = 0; e < 2; e++) {
+            int key = j0 + j * 8 + 2 * (lane & 3) + e;
+            float xa = s[j][e] * p.scale_log2, xb = s[j][2 + e] * p.scale_log2;
+            if (need_mask) {
+              if (key >= lim_a) xa = -INFINITY;
+              if (key >= lim_b) xb = -INFINITY;
+            }
+            s[j][e] = xa; s[j][2 + e] = xb;
+            mx_a = fmaxf(mx_a, xa); mx_b = fmaxf(mx_b, xb);
+          }
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+        const float al_a = exp2f(m_a - mu_a), al_b = exp2f(m_b - mu_b);
+        m_a = mn_a; m_b = mn_b;
+        float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          s[j][0] = exp2f(s[j][0] - mu_a); s[j][1] = exp2f(s[j][1] - mu_a);
+          s[j][2] = exp2f(s[j][2] - mu_b); s[j][3] = exp2f(s[j][3] - mu_b);
+          sum_a += s[j][0] + s[j][1]; sum_b += s[j][2] + s[j][3];
+        }
+        l_a = l_a * al_a + sum_a; l_b = l_b * al_b + sum_b;
+#pragma unroll
+        for (int j = 0; j < DP / 8; j++) { o_acc[j][0] *= al_a; o_acc[j][1] *= al_a; o_acc[j][2] *= al_b; o_acc[j][3] *= al_b; }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+          uint32_t a[4];
+          a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+          a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+          a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+          a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+          for (int dp = 0; dp < DP / 16; dp++) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_t(b0, b1, b2, b3, vb + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * LD + dp * 16 + ((lane >> 4) << 3));
+            mma16816(o_acc[2 * dp], a, b0, b1);
+            mma16816(o_acc[2 * dp + 1], a, b2, b3);
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  /* epilogue */
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int r = half ? rb : ra;
+    if (r >= p.R) continue;
+    const float inv = half ? inv_b : inv_a;
+    if (p.n_split == 1) {
+      const int i = r / p.G, h = kvh * p.G + r % p.G;
+      bf16 *orow = p.out + ((size_t)i * p.H + h) * p.d;
+#pragma unroll
+      for (int j = 0; j < DP / 8; j++) {
+        int col = j * 8 + cb;
+        if (col < p.d) *(uint32_t *)(orow + col) = pack_bf16(o_acc[j][2 * half] * inv, o_acc[j][2 * half + 1] * inv);
+      }
+    } else {
+      size_t prow = ((size_t)split * p.Hkv + kvh) * p.R + r;
+      float *po = p.part_o + prow * DP;
+#pragma unroll
+      for (int j = 0; j < DP / 8; j++) {
+        int col = j * 8 + cb;
+        *(float2 *)(po + col) = make_float2(o_acc[j][2 * half] * inv, o_acc[j][2 * half + 1] * inv);
+      }
+      if ((lane & 3) == 0) {
+        float l = half ? l_b : l_a, m = half ? m_b : m_a;
+        p.part_lse[prow] = l > 0.f ? m + log2f(l) : -INFINITY;
+      }
+    }
+  }
+}
+
+/* Merge the n_split partial results of each (kvh, row): one warp per row. */
+template <int DP>
+__global__ void k_flash_combine(AttnP p) {
+  int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (w >= p.Hkv * p.R) return;
+  int kvh = w / p.R, r = w % p.R;
+  float mx = -INFINITY;
+  for (int s = 0; s < p.n_split; s++) mx = fmaxf(mx, p.part_lse[((size_t)s * p.Hkv + kvh) * p.R + r]);
+  constexpr int NC = (DP + 31) / 32;
+  float acc[NC];
+#pragma unroll
+  for (int c = 0; c < NC; c++) acc[c] = 0.f;
+  float wsum = 0.f;
+  for (int s = 0; s < p.n_split; s++) {
+    size_t prow = ((size_t)s * p.Hkv + kvh) * p.R + r;
+    float lse = p.part_lse[prow];
+    if (lse == -INFINITY) continue;
+    float wt = exp2f(lse - mx);
+    wsum += wt;
+    const float *po = p.part_o + prow * DP;
+#pragma unroll
+    for (int c = 0; c < NC; c++) if (lane + 32 * c < DP) acc[c] += wt * po[lane + 32 * c];
+  }
+  float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  int i = r / p.G, h = kvh * p.G + r % p.G;
+  bf16 *orow = p.out + ((size_t)i * p.H + h) * p.d;
+#pragma unroll
+  for (int c = 0; c < NC; c++) {
+    int col = lane + 32 * c;
+    if (col < p.d) orow[col] = f2bf(acc[c] * inv);
+  }
+}
+
+/* Fallback for any head dim <= 256: one warp per (query, head), keys one by one. */
+__global__ void k_attn_simple(AttnP p) {
+  int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (w >= p.n_q * p.H) return;
+  int i = w / p.H, h = w % p.H, kvh = h / p.G;
+  int lim = p.causal ? p.q_start + i + 1 : p.q_start + p.n_q;
+  lim = min(lim, p.kv_len);
+  const bf16 *qr = p.q + ((size_t)i * p.H + h) * p.d;
+  float qv[8], o[8];
+#pragma unroll
+  for (int c = 0; c < 8; c++) { int col = lane + 32 * c; qv[c] = col < p.d ? bf2f(qr[col]) : 0.f; o[c] = 0.f; }
+  float m = -INFINITY, l = 0.f;
+  for (int j = 0; j < lim; j++) {
+    const bf16 *kr = p.k + ((size_t)j * p.Hkv + kvh) * p.d, *vr = p.v + ((size_t)j * p.Hkv + kvh) * p.d;
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < 8; c++) { int col = lane + 32 * c; if (col < p.d) s += qv[c] * bf2f(kr[col]); }
+    for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    s *= p.scale_log2;
+    float mn = fmaxf(m, s), al = exp2f(m - mn), pe = exp2f(s - mn);
+    l = l * al + pe;
+#pragma unroll
+    for (int c = 0; c < 8; c++) { int col = lane + 32 * c; o[c] = o[c] * al + (col < p.d ? pe * bf2f(vr[col]) : 0.f); }
+    m = mn;
+  }
+  bf16 *orow = p.out + ((size_t)i * p.H + h) * p.d;
+  float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int c = 0; c < 8; c++) { int col = lane + 32 * c; if (col < p.d) orow[col] = f2bf(o[c] * inv); }
+}
+
+template <int DP, int NW>
+static void launch_flash(usbx_cuda *c, AttnP &p) {
+  constexpr int BR = 16 * NW;
+  const size_t smem = (size_t)(BR + 4 * BC) * (DP + 8) * sizeof(bf16);
+  static bool attr_set[64];                       /* per device */
+  if (c->device < 64 && !attr_set[c->device]) {
+    CUDA_CHECK(cudaFuncSetAttribute(k_flash<DP, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set[c->device] = true;
+  }
+  const int row_blocks = (p.R + BR - 1) / BR;
+  const int base = row_blocks * p.Hkv, sms = c->prop.multiProcessorCount;
+  const int max_tiles = (std::min(p.kv_len, p.q_start + p.n_q) + BC - 1) / BC;
+  int n_split = 1;
+  if (c->opt_attn_split && base < sms && max_tiles > 1)
+    n_split = std::max(1, std::min({(2 * sms + base - 1) / base, max_tiles, 64}));
+  p.n_split = n_split;
+  if (n_split > 1) {
+    size_t need = (size_t)n_split * p.Hkv * p.R * (DP + 1) * sizeof(float);
+    if (need > c->attn_scratch_bytes) {
+      if (c->attn_scratch) CUDA_CHECK(cudaFree(c->attn_scratch));
+      size_t cap = std::max(need, (size_t)8 << 20);
+      CUDA_CHECK(cudaMalloc(&c->attn_scratch, cap));
+      c->attn_scratch_bytes = cap;
+    }
+    p.part_o = (float *)c->attn_scratch;
+    p.part_lse = p.part_o + (size_t)n_split * p.Hkv * p.R * DP;
+  }
+  dim3 grid(row_blocks, p.Hkv, n_split);
+  k_flash<DP, NW><<<grid, NW * 32, smem, c->stream>>>(p);
+  CUDA_LAUNCHED();
+  if (n_split > 1) {
+    size_t warps = (size_t)p.Hkv * p.R;
+    k_flash_combine<DP><<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(p);
+    CUDA_LAUNCHED();
+  }
+}
+
+void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a) {
+  usbx_cuda *c = CU(be);
+  if (a->n_q <= 0) return;
+  if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads)
+    usbx_die("cuda attention: %d query heads are not a multiple of %d KV heads", a->n_heads, a->n_kv_heads);
+  if (a->head_dim <= 0 || a->head_dim > 256) usbx_die("cuda attention: head dim %d not in 1..256", a->head_dim);
+  if (a->q_start < 0 || a->kv_len < a->q_start + a->n_q || a->kv_len <= 0)
+    usbx_die("cuda attention: kv_len %d too short for q_start %d + n_q %d", a->kv_len, a->q_start, a->n_q);
+  AttnP p;
+  p.q = (const bf16 *)q; p.k = (const bf16 *)k; p.v = (const bf16 *)v; p.out = (bf16 *)out;
+  p.part_o = p.part_lse = NULL;
+  p.n_q = a->n_q; p.q_start = a->q_start; p.kv_len = a->kv_len;
+  p.H = a->n_heads; p.Hkv = a->n_kv_heads; p.G = p.H / p.Hkv; p.d = a->head_dim;
+  p.R = p.n_q * p.G;
+  p.causal = a->causal; p.n_split = 1;
+  p.scale_log2 = (float)(1.4426950408889634 / sqrt((double)p.d));
+  const int d = p.d;
+  bool al = (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15u) == 0;
+  if (d % 8 == 0 && al && d <= 128) {
+    if (d <= 64) launch_flash<64, 4>(c, p);
+    else if (d <= 80) launch_flash<80, 4>(c, p);
+    else if (d <= 96) launch_flash<96, 4>(c, p);
+    else launch_flash<128, 4>(c, p);
+    return;
+  }
+  size_t warps = (size_t)p.n_q * p.H;
+  k_attn_simple<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(p);
+  CUDA_LAUNCHED();
+}

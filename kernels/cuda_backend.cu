@@ -1,0 +1,306 @@
+/* cuda_backend.cu — the CUDA implementation of the operation table in ops.h: device memory,
+ * uploads with conversion, matrix products through cuBLAS(Lt), and the table itself.  The
+ * element-wise ops live in cuda_elementwise.cu, attention in cuda_attention.cu.
+ * mm type: bf16.  One stream per backend; every op is asynchronous on it; download and sync wait. */
+#include "cuda_common.cuh"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <algorithm>
+#include <vector>
+
+static const size_t WORKSPACE_BYTES = 64u << 20;   /* cuBLAS(Lt) workspace */
+static const size_t STAGE_BYTES = 32u << 20;       /* upload_convert chunk (pinned + device), x2 */
+
+/* ------------------------------------------------------------------ memory */
+static void *c_alloc(usbx_backend *be, size_t bytes) {
+  void *p = NULL;
+  cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+  if (e != cudaSuccess) {
+    size_t fr = 0, tot = 0;
+    cudaGetLastError();
+    cudaMemGetInfo(&fr, &tot);
+    usbx_die("cuda: cannot allocate %zu bytes on %s (%zu of %zu MiB free): %s", bytes, CU(be)->name,
+             fr >> 20, tot >> 20, cudaGetErrorString(e));
+  }
+  return p;
+}
+static void c_free(usbx_backend *be, void *p) {
+  if (p) CUDA_CHECK(cudaFree(p));
+}
+/* From pageable memory the call returns once src has been staged, so src may be reused at once. */
+static void c_upload(usbx_backend *be, void *dst, const void *src, size_t bytes) {
+  if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, CU(be)->stream));
+}
+static void c_download(usbx_backend *be, void *dst, const void *src, size_t bytes) {
+  if (!bytes) return;
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, CU(be)->stream));
+  CUDA_CHECK(cudaStreamSynchronize(CU(be)->stream));
+}
+static void c_copy(usbx_backend *be, void *dst, const void *src, size_t bytes) {
+  if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, CU(be)->stream));
+}
+static void c_memset0(usbx_backend *be, void *p, size_t bytes) {
+  if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, CU(be)->stream));
+}
+static void c_sync(usbx_backend *be) { CUDA_CHECK(cudaStreamSynchronize(CU(be)->stream)); }
+
+/* Host values (f32/bf16/f16/f64) -> device bf16 (to_mm) or f32.  Chunks are copied into one of
+ * two pinned buffers by the CPU, sent raw, and converted on the GPU; an event per buffer guards
+ * its reuse, so the CPU fills one chunk while the GPU takes the other.  src is not read after
+ * the call returns. */
+static void c_upload_convert(usbx_backend *be, void *dst, bool to_mm, const void *src, usbx_dtype st, size_t n) {
+  usbx_cuda *c = CU(be);
+  if (st != USBX_F32 && st != USBX_BF16 && st != USBX_F16 && st != USBX_F64)
+    usbx_die("cuda upload_convert: unsupported source dtype %s", usbx_dtype_name(st));
+  if (!n) return;
+  if (!c->pinned[0]) {
+    for (int b = 0; b < 2; b++) {
+      CUDA_CHECK(cudaHostAlloc(&c->pinned[b], STAGE_BYTES, cudaHostAllocDefault));
+      CUDA_CHECK(cudaMalloc(&c->raw[b], STAGE_BYTES));
+      CUDA_CHECK(cudaEventCreateWithFlags(&c->staged[b], cudaEventDisableTiming));
+    }
+    c->stage_bytes = STAGE_BYTES;
+  }
+  size_t es = usbx_dtype_size(st), os = to_mm ? 2 : 4;
+  bool same = (to_mm && st == USBX_BF16) || (!to_mm && st == USBX_F32);
+  size_t per = c->stage_bytes / es;
+  for (size_t off = 0, k = 0; off < n; off += per, k++) {
+    int b = (int)(k & 1);
+    size_t cnt = std::min(per, n - off);
+    CUDA_CHECK(cudaEventSynchronize(c->staged[b]));
+    memcpy(c->pinned[b], (const char *)src + off * es, cnt * es);
+    char *d = (char *)dst + off * os;
+    if (same) {
+      CUDA_CHECK(cudaMemcpyAsync(d, c->pinned[b], cnt * es, cudaMemcpyHostToDevice, c->stream));
+      CUDA_CHECK(cudaEventRecord(c->staged[b], c->stream));
+    } else {
+      CUDA_CHECK(cudaMemcpyAsync(c->raw[b], c->pinned[b], cnt * es, cudaMemcpyHostToDevice, c->stream));
+      CUDA_CHECK(cudaEventRecord(c->staged[b], c->stream));
+      if (to_mm) cu_convert_to_bf16(c->stream, (bf16 *)d, c->raw[b], st, cnt);
+      else cu_convert_to_f32(c->stream, (float *)d, c->raw[b], st, cnt);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ matmul
+ * Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is column-major yᵀ[N,M] = op_T(W as K×N)·(x as K×M): one "TN"
+ * product with m = N, n = M, k = K.  cublasLt with the BIAS epilogue adds bias[N] per column of
+ * yᵀ (per row of y) in the same kernel; accumulate sets beta = 1. */
+static int ptr_align(const void *p) {
+  uintptr_t u = (uintptr_t)p;
+  int a = 256;
+  while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
+  return a;
+}
+static void plan_destroy(usbx_cuda_plan *p) {
+  if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+  if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+  if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+  if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+  memset(p, 0, sizeof *p);
+}
+static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bool acc, int align) {
+  for (int i = 0; i < c->n_plans; i++) {
+    usbx_cuda_plan *p = &c->plans[i];
+    if (p->M == M && p->N == N && p->K == K && p->bias == bias && p->acc == acc && p->align == align) return p;
+  }
+  usbx_cuda_plan *p;
+  if (c->n_plans < USBX_CUDA_PLAN_CACHE) p = &c->plans[c->n_plans++];
+  else { p = &c->plans[(M + N + K) % USBX_CUDA_PLAN_CACHE]; plan_destroy(p); }
+  memset(p, 0, sizeof *p);
+  p->M = M; p->N = N; p->K = K; p->bias = bias; p->acc = acc; p->align = align;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB));
+  if (bias) {
+    cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    cudaDataType_t bt = CUDA_R_32F;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+  }
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, K, N, K));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, K, M, K));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, N, M, N));
+  cublasLtMatmulPreference_t pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  size_t ws = c->workspace_bytes;
+  uint32_t al = (uint32_t)align;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
+  cublasLtMatmulHeuristicResult_t res;
+  int count = 0;
+  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &count);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s == CUBLAS_STATUS_SUCCESS && count > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+    p->algo = res.algo;
+    p->ws = res.workspaceSize;
+    p->ok = true;
+  }
+  return p;
+}
+static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias,
+                     int M, int N, int K, bool accumulate) {
+  usbx_cuda *c = CU(be);
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {       /* empty product */
+    if (!accumulate) CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->stream));
+    if (bias) cu_add_bias(c->stream, y, bias, M, N);
+    return;
+  }
+  if (c->opt_gemv && M <= 4 && cu_gemv(c->stream, y, (const bf16 *)x, (const bf16 *)w, bias, M, N, K, accumulate)) return;
+  float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+  if (c->opt_lt) {
+    int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(ptr_align(y), bias ? ptr_align(bias) : 256));
+    usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al);
+    if (p->ok) {
+      if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, y, p->lc, y, p->lc, &p->algo,
+                                  c->workspace, p->ws, c->stream));
+      return;
+    }
+  }
+  CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K,
+                            &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (bias) cu_add_bias(c->stream, y, bias, M, N);
+}
+
+/* ------------------------------------------------------------------ construction */
+static void cuda_release(usbx_cuda *c) {
+  if (!c) return;
+  for (int i = 0; i < c->n_plans; i++) plan_destroy(&c->plans[i]);
+  for (int b = 0; b < 2; b++) {
+    if (c->pinned[b]) cudaFreeHost(c->pinned[b]);
+    if (c->raw[b]) cudaFree(c->raw[b]);
+    if (c->staged[b]) cudaEventDestroy(c->staged[b]);
+  }
+  if (c->attn_scratch) cudaFree(c->attn_scratch);
+  if (c->workspace) cudaFree(c->workspace);
+  if (c->lt) cublasLtDestroy(c->lt);
+  if (c->blas) cublasDestroy(c->blas);
+  if (c->stream) cudaStreamDestroy(c->stream);
+  free(c);
+}
+
+extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
+  char dummy[8];
+  if (!err || !errlen) { err = dummy; errlen = sizeof dummy; }
+  err[0] = 0;
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    snprintf(err, errlen, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "device count is 0");
+    cudaGetLastError();
+    return NULL;
+  }
+  int dev = 0;
+  const char *env = getenv("USBX_CUDA_DEVICE");
+  if (env && *env) dev = atoi(env);
+  if (dev < 0 || dev >= n) { snprintf(err, errlen, "USBX_CUDA_DEVICE=%d but %d device(s) visible", dev, n); return NULL; }
+  usbx_cuda *c = (usbx_cuda *)calloc(1, sizeof *c);
+  if (!c) { snprintf(err, errlen, "out of host memory"); return NULL; }
+  c->device = dev;
+#define INIT_TRY(call, what) do { cudaError_t e2 = (call); if (e2 != cudaSuccess) { \
+    snprintf(err, errlen, "CUDA %s failed: %s", what, cudaGetErrorString(e2)); cudaGetLastError(); cuda_release(c); return NULL; } } while (0)
+  INIT_TRY(cudaSetDevice(dev), "cudaSetDevice");
+  INIT_TRY(cudaGetDeviceProperties(&c->prop, dev), "cudaGetDeviceProperties");
+  if (c->prop.major < 8) {
+    snprintf(err, errlen, "%s has compute capability %d.%d; the CUDA backend needs 8.0 or newer (bf16 tensor cores)",
+             c->prop.name, c->prop.major, c->prop.minor);
+    cuda_release(c);
+    return NULL;
+  }
+  INIT_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream creation");
+  INIT_TRY(cudaMalloc(&c->workspace, WORKSPACE_BYTES), "workspace allocation");
+  c->workspace_bytes = WORKSPACE_BYTES;
+#undef INIT_TRY
+  cublasStatus_t s = cublasCreate(&c->blas);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(c->blas, c->stream);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetWorkspace(c->blas, c->workspace, c->workspace_bytes);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+  if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtCreate(&c->lt);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    snprintf(err, errlen, "cuBLAS initialisation failed: %s", cublasGetStatusString(s));
+    cuda_release(c);
+    return NULL;
+  }
+  c->opt_gemv = 1; c->opt_lt = 1; c->opt_attn_split = 1;
+  snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
+           c->prop.major, c->prop.minor);
+
+  usbx_backend *be = (usbx_backend *)calloc(1, sizeof *be);
+  if (!be) { snprintf(err, errlen, "out of host memory"); cuda_release(c); return NULL; }
+  be->dev = USBX_DEV_CUDA;
+  be->mm_dtype = USBX_BF16;
+  be->name = c->name;
+  be->alloc = c_alloc;
+  be->free = c_free;
+  be->upload = c_upload;
+  be->download = c_download;
+  be->copy = c_copy;
+  be->memset0 = c_memset0;
+  be->sync = c_sync;
+  be->upload_convert = c_upload_convert;
+  be->matmul = c_matmul;
+  be->embed = cu_embed;
+  be->rmsnorm = cu_rmsnorm;
+  be->layernorm = cu_layernorm;
+  be->qk_norm_rope = cu_qk_norm_rope;
+  be->to_mm = cu_to_mm;
+  be->silu_mul = cu_silu_mul;
+  be->gelu_tanh = cu_gelu_tanh;
+  be->add = cu_add;
+  be->scatter_rows = cu_scatter_rows;
+  be->gather_rows = cu_gather_rows;
+  be->attention = cu_attention;
+  be->argmax = cu_argmax;
+  be->impl = c;
+  return be;
+}
+
+extern "C" void usbx_backend_cuda_free(usbx_backend *be) {
+  if (!be) return;
+  usbx_cuda *c = CU(be);
+  if (c) {
+    cudaStreamSynchronize(c->stream);
+    cuda_release(c);
+  }
+  free(be);
+}
+
+extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int value) {
+  usbx_cuda *c = CU(be);
+  int *o = !strcmp(name, "gemv") ? &c->opt_gemv : !strcmp(name, "lt") ? &c->opt_lt
+         : !strcmp(name, "attn_split") ? &c->opt_attn_split : NULL;
+  if (!o) return -1;
+  int old = *o;
+  *o = value;
+  return old;
+}
+
+extern "C" double usbx_cuda_time_ms(usbx_backend *be, void (*fn)(void *), void *arg, int warmup, int reps) {
+  usbx_cuda *c = CU(be);
+  for (int i = 0; i < warmup; i++) fn(arg);
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  if (reps < 1) reps = 1;
+  std::vector<cudaEvent_t> ev(2 * (size_t)reps);
+  for (auto &x : ev) CUDA_CHECK(cudaEventCreate(&x));
+  for (int i = 0; i < reps; i++) {
+    CUDA_CHECK(cudaEventRecord(ev[2 * i], c->stream));
+    fn(arg);
+    CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], c->stream));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  std::vector<float> t(reps);
+  for (int i = 0; i < reps; i++) CUDA_CHECK(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
+  for (auto &x : ev) CUDA_CHECK(cudaEventDestroy(x));
+  std::sort(t.begin(), t.end());
+  return reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+}
+
+extern "C" int usbx_cuda_sm_count(usbx_backend *be) { return CU(be)->prop.multiProcessorCount; }
+extern "C" size_t usbx_cuda_l2_bytes(usbx_backend *be) { return (size_t)CU(be)->prop.l2CacheSize; }

@@ -1,0 +1,94 @@
+/* cuda_common.cuh — shared pieces of the CUDA backend (kernels/cuda_*.cu): error checking, the
+ * backend's private state, and the launchers each .cu file exports to cuda_backend.cu. */
+#ifndef USBX_CUDA_COMMON_CUH
+#define USBX_CUDA_COMMON_CUH
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cublas_v2.h>
+#include <cublasLt.h>
+#include <stdint.h>
+
+/* util.h declares usbx_die with C11's _Noreturn, which nvcc's C++ front end does not know. */
+#define _Noreturn [[noreturn]]
+extern "C" {
+#include "util.h"
+#include "tensor.h"
+#include "ops.h"
+#include "cuda_extra.h"
+}
+#undef _Noreturn
+
+/* Every CUDA / cuBLAS call goes through one of these: a failure dies with file:line and text. */
+#define CUDA_CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) \
+  usbx_die("cuda: %s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); } while (0)
+#define CUBLAS_CHECK(call) do { cublasStatus_t s_ = (call); if (s_ != CUBLAS_STATUS_SUCCESS) \
+  usbx_die("cublas: %s:%d: %s: %s", __FILE__, __LINE__, #call, cublasGetStatusString(s_)); } while (0)
+/* After every kernel launch. */
+#define CUDA_LAUNCHED() CUDA_CHECK(cudaGetLastError())
+
+typedef __nv_bfloat16 bf16;
+
+/* f32 -> bf16 round-to-nearest-even with PyTorch's NaN (0x7FC0), as usbx_f32_to_bf16. */
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(((u >> 16) & 0x8000u) | 0x7fc0u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+__device__ __forceinline__ bf16 f2bf(float f) { return __ushort_as_bfloat16(f32_to_bf16_bits(f)); }
+__device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float(((uint32_t)__bfloat16_as_ushort(h)) << 16); }
+
+/* Private state behind be->impl. */
+#define USBX_CUDA_PLAN_CACHE 96
+typedef struct {
+  int M, N, K; bool bias, acc; int align;          /* key */
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t la, lb, lc;
+  cublasLtMatmulAlgo_t algo;
+  bool ok;                                         /* false: heuristic found nothing */
+  size_t ws;
+} usbx_cuda_plan;
+
+typedef struct {
+  int device;
+  cudaDeviceProp prop;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  cublasLtHandle_t lt;
+  void *workspace; size_t workspace_bytes;
+  /* upload_convert: two pinned host chunks and two raw device chunks, events guard reuse */
+  void *pinned[2]; void *raw[2]; cudaEvent_t staged[2]; size_t stage_bytes;
+  /* attention split-K scratch (grown on demand) */
+  void *attn_scratch; size_t attn_scratch_bytes;
+  usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
+  /* options (cuda_extra.h) */
+  int opt_gemv, opt_lt, opt_attn_split;
+  char name[160];
+} usbx_cuda;
+
+static inline usbx_cuda *CU(usbx_backend *be) { return (usbx_cuda *)be->impl; }
+
+/* cuda_elementwise.cu */
+void cu_convert_to_bf16(cudaStream_t s, bf16 *dst, const void *src, usbx_dtype st, size_t n);
+void cu_convert_to_f32(cudaStream_t s, float *dst, const void *src, usbx_dtype st, size_t n);
+void cu_add_bias(cudaStream_t s, float *y, const float *bias, int M, int N);
+void cu_embed(usbx_backend *be, float *out, const void *table, const int32_t *ids, int T, int D);
+void cu_rmsnorm(usbx_backend *be, void *out, bool out_mm, const float *x, const float *w, int rows, int dim, float eps);
+void cu_layernorm(usbx_backend *be, void *out, bool out_mm, const float *x, const float *w, const float *b, int rows, int dim, float eps);
+void cu_qk_norm_rope(usbx_backend *be, void *out, int out_stride, const float *x, const float *norm_w,
+                     const int32_t *pos, int T, int heads, int d, float eps, float theta);
+void cu_to_mm(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
+void cu_silu_mul(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
+void cu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n);
+void cu_add(usbx_backend *be, float *x, const float *y, size_t n);
+void cu_scatter_rows(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
+void cu_gather_rows(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
+void cu_argmax(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
+/* y[M,N] (+)= x[M,K]·W[N,K]ᵀ (+bias) for small M with 16-byte rows; false if it does not apply */
+bool cu_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, const float *bias, int M, int N, int K, bool acc);
+
+/* cuda_attention.cu */
+void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);
+
+#endif

@@ -1,0 +1,31 @@
+/* cuda_extra.h — extras of the CUDA backend that are not in the operation table (ops.h):
+ * freeing the backend, tuning switches for benchmarks, and event timing.  Defined only when the
+ * build has CUDA (USBX_HAVE_CUDA); callers guard their use with #ifdef USBX_HAVE_CUDA. */
+#ifndef USBX_CUDA_EXTRA_H
+#define USBX_CUDA_EXTRA_H
+#include <stddef.h>
+
+struct usbx_backend;
+
+#ifdef USBX_HAVE_CUDA
+/* Releases everything usbx_backend_cuda made (stream, cuBLAS handles, scratch, the table).
+ * Buffers handed out by be->alloc must have been freed by the caller. */
+void usbx_backend_cuda_free(struct usbx_backend *be);
+
+/* Switches, for benchmarks and debugging (defaults in brackets):
+ *   "gemv"       [1] own GEMV kernel for matmul with M <= 4 (else cuBLAS)
+ *   "lt"         [1] cublasLt with fused bias epilogue (else cublasGemmEx + bias kernel)
+ *   "attn_split" [1] flash-decoding key split when the grid would leave SMs idle
+ * Returns the previous value, or -1 for an unknown name. */
+int usbx_cuda_set_option(struct usbx_backend *be, const char *name, int value);
+
+/* Times fn(arg) (which enqueues work on the backend's stream) with CUDA events: warmup runs,
+ * then reps timed runs; returns the median in milliseconds. */
+double usbx_cuda_time_ms(struct usbx_backend *be, void (*fn)(void *arg), void *arg, int warmup, int reps);
+
+/* Number of multiprocessors and L2 bytes of the backend's device. */
+int usbx_cuda_sm_count(struct usbx_backend *be);
+size_t usbx_cuda_l2_bytes(struct usbx_backend *be);
+#endif
+
+#endif
