@@ -359,7 +359,7 @@ int usbx_ctx_pos(const usbx_ctx *c) { return c->pos; }
 
 /* ---------------------------------------------------------------- forward */
 
-static void scratch(usbx_bagel *m, int T) {
+void usbx_bagel_scratch(usbx_bagel *m, int T) {
   if (T <= m->cap_T) return;
   int cap = m->cap_T ? m->cap_T : 16;
   while (cap < T) cap *= 2;
@@ -389,7 +389,7 @@ static void scratch(usbx_bagel *m, int T) {
  * [n_und, T) the gen expert.  m->x must hold the input embeddings (f32 [T, D]) and m->d_pos the
  * positions.  K/V are written at cache rows [c->len, c->len + T); the context grows only when
  * update_cache.  On return m->x holds the final-normed hidden states. */
-static void forward(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool causal, bool update_cache) {
+void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool causal, bool update_cache) {
   usbx_backend *be = m->be;
   const usbx_bagel_config *cf = &m->cfg;
   int D = cf->hidden, F = cf->inter, H = cf->heads, Hkv = cf->kv_heads, d = cf->head_dim;
@@ -460,14 +460,14 @@ void usbx_bagel_prefill_text(usbx_bagel *m, usbx_ctx *c, const int32_t *ids, int
   const usbx_bagel_config *cf = &m->cfg;
   for (int i = 0; i < T; i++)
     if (ids[i] < 0 || ids[i] >= cf->vocab) usbx_die("token id %d out of range (vocab %d)", ids[i], cf->vocab);
-  scratch(m, T);
+  usbx_bagel_scratch(m, T);
   int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
   for (int i = 0; i < T; i++) pos[i] = c->pos + i;
   be->upload(be, m->d_ids, ids, sizeof(int32_t) * (size_t)T);
   be->upload(be, m->d_pos, pos, sizeof(int32_t) * (size_t)T);
   free(pos);
   be->embed(be, m->x, m->embed, m->d_ids, T, cf->hidden);
-  forward(m, c, T, T, true, true);
+  usbx_bagel_forward_block(m, c, T, T, true, true);
   c->pos += T;
   if (logits) {
     lm_head(m, T);
@@ -481,12 +481,12 @@ static void step_forward(usbx_bagel *m, usbx_ctx *c, int32_t token) {
   usbx_backend *be = m->be;
   const usbx_bagel_config *cf = &m->cfg;
   if (token < 0 || token >= cf->vocab) usbx_die("token id %d out of range (vocab %d)", token, cf->vocab);
-  scratch(m, 1);
+  usbx_bagel_scratch(m, 1);
   int32_t pos = c->pos;
   be->upload(be, m->d_ids, &token, sizeof token);
   be->upload(be, m->d_pos, &pos, sizeof pos);
   be->embed(be, m->x, m->embed, m->d_ids, 1, cf->hidden);
-  forward(m, c, 1, 1, true, true);
+  usbx_bagel_forward_block(m, c, 1, 1, true, true);
   c->pos += 1;
   lm_head(m, 1);
 }

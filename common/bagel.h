@@ -77,4 +77,31 @@ int32_t usbx_bagel_decode_step(usbx_bagel *m, usbx_ctx *c, int32_t token, float 
 int usbx_bagel_generate_text(usbx_bagel *m, usbx_ctx *c, int max_length, double temperature, uint64_t seed,
                              int32_t *out, float *step_logits);
 
+/* ---------------------------------------------------------------- image generation */
+
+/* Sampling settings (spec 5.4-5.6); usbx_gen_defaults gives UniSandbox's. */
+typedef struct {
+  int steps;               /* num_timesteps: steps-1 model evaluations */
+  float shift;             /* timestep shift */
+  float cfg_text, cfg_img;
+  float interval[2];       /* CFG applies when interval[0] < sigma <= interval[1] */
+  usbx_renorm renorm;
+  float renorm_min;
+} usbx_gen_opts;
+void usbx_gen_defaults(usbx_gen_opts *o);
+/* sigma_0..sigma_{steps-1} (shifted linspace(1, 0, steps) in fp32, as torch computes it). */
+void usbx_gen_timesteps(int steps, float shift, float *sigma);
+
+/* Optional per-step record of a sampling run (host arrays of (steps-1) * N * P floats each;
+ * any may be NULL). */
+typedef struct { float *x_t, *v_cond, *v_text_uncond, *v_img_uncond, *v; } usbx_gen_trace;
+
+/* Generates the latent of an H x W image (multiples of the latent downsample) from the three
+ * contexts (cond, text-unconditional, image-unconditional; the last two may be NULL when their
+ * scale is <= 1).  noise: host [N, P] f32, the initial state at sigma = 1.  latent: host [N, P]
+ * f32 out.  On the GPU nothing returns to the host inside the step loop. */
+void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_uncond, usbx_ctx *img_uncond,
+                                int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace);
+int usbx_bagel_latent_tokens(const usbx_bagel *m, int H, int W, int *h, int *w, int *P);
+
 #endif

@@ -62,6 +62,14 @@ typedef struct { usbx_wdesc *v; int n, cap; } usbx_wlist;
 /* Every tensor of ema.safetensors that the given parts need, in a fixed order.  m may be NULL
  * (names and shapes only). */
 void usbx_bagel_enumerate(const usbx_bagel_config *c, unsigned parts, usbx_bagel *m, usbx_wlist *out);
+/* The shared forward of one block of T tokens against context c (bagel.c): rows [0, n_und)
+ * und expert, the rest gen; m->x holds the input embeddings and m->d_pos the positions; on
+ * return m->x holds the final-normed hidden states.  K/V go to cache rows [len, len+T); the
+ * context grows only when update_cache. */
+void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool causal, bool update_cache);
+/* Grows the per-forward scratch buffers to T tokens. */
+void usbx_bagel_scratch(usbx_bagel *m, int T);
+
 /* Every tensor of ae.safetensors (encoder.*, decoder.*) for these parameters. */
 void usbx_ae_enumerate(const usbx_ae_config *ae, usbx_wlist *out);
 /* The fixed 2-D sin-cos table (spec 7.2): grid side G, width D, row m = i*G + j. */

@@ -3,9 +3,11 @@
  * skipped (a capability that does not exist yet is reported, never silently absent). */
 #include "fixtures.h"
 #include "bagel.h"
+#include "vae.h"
 #include "cli.h"
 #include "safetensors.h"
 #include "util.h"
+#include "jsonl.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +15,11 @@
 
 typedef struct {
   const char *dir;
+  jv json;               /* cases.json */
   usbx_st_file cases;
   usbx_bagel *model;
+  usbx_vae *vae;
+  char vae_why[512];
   usbx_backend *be;
   double tol;
   int failed, skipped;
@@ -114,6 +119,178 @@ static void run_text(checker *k) {
   free(ids); free(ref_tok); free(ref_pre); free(ref_dec);
 }
 
+static float *case_need(checker *k, group_result *g, const char *name, size_t numel) {
+  const usbx_st_tensor *t = usbx_st_find(&k->cases, name);
+  if (!t || (size_t)usbx_shape_numel(t->ndim, t->shape) != numel) {
+    g->bad = true;
+    snprintf(g->why, sizeof g->why, "%s missing or of unexpected size", name);
+    return NULL;
+  }
+  return case_f32(k, name, NULL, 0, NULL);
+}
+
+/* [C, H, W] <-> [H, W, C] */
+static float *chw_to_hwc(const float *x, int C, int H, int W) {
+  float *o = xmalloc(sizeof(float) * (size_t)C * H * W);
+  for (int c = 0; c < C; c++) for (int i = 0; i < H * W; i++) o[(size_t)i * C + c] = x[(size_t)c * H * W + i];
+  return o;
+}
+static float *hwc_to_chw(const float *x, int C, int H, int W) {
+  float *o = xmalloc(sizeof(float) * (size_t)C * H * W);
+  for (int c = 0; c < C; c++) for (int i = 0; i < H * W; i++) o[(size_t)c * H * W + i] = x[(size_t)i * C + c];
+  return o;
+}
+static const usbx_st_tensor *case_t(checker *k, const char *name) { return usbx_st_find(&k->cases, name); }
+
+/* vae: encoder moments and sampled/mean latents, decoder output. */
+static void run_vae(checker *k) {
+  group_result g = {0};
+  if (!k->vae) { report(k, "vae", &g, true, k->vae_why); return; }
+  const usbx_ae_config *ac = usbx_vae_cfg(k->vae);
+  const usbx_st_tensor *ti = case_t(k, "vae_enc_image"), *tl = case_t(k, "vae_dec_latent");
+  if (!ti || ti->ndim != 4 || !tl || tl->ndim != 4) { g.bad = true; snprintf(g.why, sizeof g.why, "vae_enc_image / vae_dec_latent missing"); report(k, "vae", &g, false, NULL); return; }
+  int H = (int)ti->shape[2], W = (int)ti->shape[3], ds = ac->downsample, Z = ac->z_channels;
+  int h = H / ds, w = W / ds;
+  size_t nz = (size_t)h * w * Z;
+  float *img = case_need(k, &g, "vae_enc_image", (size_t)3 * H * W), *eps = case_need(k, &g, "vae_enc_eps", nz);
+  float *r_mom = case_need(k, &g, "vae_enc_moments", 2 * nz), *r_lat = case_need(k, &g, "vae_enc_latent", nz);
+  float *r_mean = case_need(k, &g, "vae_enc_latent_mean", nz);
+  int dh = (int)tl->shape[2], dw = (int)tl->shape[3];
+  float *dlat = case_need(k, &g, "vae_dec_latent", (size_t)Z * dh * dw), *r_dimg = case_need(k, &g, "vae_dec_image", (size_t)3 * dh * ds * dw * ds);
+  if (!g.bad) {
+    float *img_h = chw_to_hwc(img, 3, H, W), *eps_h = chw_to_hwc(eps, Z, h, w);
+    float *z = xmalloc(sizeof(float) * nz), *zm = xmalloc(sizeof(float) * nz), *mom = xmalloc(sizeof(float) * 2 * nz);
+    usbx_vae_encode(k->vae, img_h, H, W, eps_h, z, mom);
+    usbx_vae_encode(k->vae, img_h, H, W, NULL, zm, NULL);
+    float *a = hwc_to_chw(mom, 2 * Z, h, w), *b = hwc_to_chw(z, Z, h, w), *c = hwc_to_chw(zm, Z, h, w);
+    compare(&g, "vae_enc_moments", a, r_mom, 2 * nz);
+    compare(&g, "vae_enc_latent", b, r_lat, nz);
+    compare(&g, "vae_enc_latent_mean", c, r_mean, nz);
+    free(a); free(b); free(c); free(img_h); free(eps_h); free(z); free(zm); free(mom);
+    float *dl = chw_to_hwc(dlat, Z, dh, dw), *out = xmalloc(sizeof(float) * 3 * (size_t)dh * ds * dw * ds);
+    usbx_vae_decode(k->vae, dl, dh, dw, out);
+    float *o = hwc_to_chw(out, 3, dh * ds, dw * ds);
+    compare(&g, "vae_dec_image", o, r_dimg, (size_t)3 * dh * ds * dw * ds);
+    free(dl); free(out); free(o);
+  }
+  free(img); free(eps); free(r_mom); free(r_lat); free(r_mean); free(dlat); free(r_dimg);
+  report(k, "vae", &g, false, NULL);
+}
+
+/* Decoded image checks shared by gen and edit: the unpatchified latent, the float image and the
+ * uint8 image (truncation boundary: +-1 allowed). */
+static void check_image(checker *k, group_result *g, const char *pre, const float *lat, int H, int W) {
+  const usbx_bagel_config *cf = usbx_bagel_cfg(k->model);
+  int p = cf->latent_patch, C = cf->latent_channels, ds = cf->vae_downsample * p;
+  int h = H / ds, w = W / ds, zh = h * p, zw = w * p;
+  char name[64];
+  float *z = xmalloc(sizeof(float) * (size_t)zh * zw * C);
+  usbx_unpatchify(lat, h, w, p, C, z);
+  snprintf(name, sizeof name, "%s_vae_decoder_in", pre);
+  if (case_t(k, name)) {
+    float *ref = case_need(k, g, name, (size_t)C * zh * zw);
+    if (ref) { float *zc = hwc_to_chw(z, C, zh, zw); compare(g, name, zc, ref, (size_t)C * zh * zw); free(zc); }
+    free(ref);
+  }
+  if (!k->vae) { free(z); snprintf(g->why, sizeof g->why, "image not checked: %s", k->vae_why); return; }
+  float *img = xmalloc(sizeof(float) * 3 * (size_t)H * W);
+  usbx_vae_decode(k->vae, z, zh, zw, img);
+  snprintf(name, sizeof name, "%s_image", pre);
+  float *ref = case_need(k, g, name, (size_t)3 * H * W);
+  if (ref) { float *ic = hwc_to_chw(img, 3, H, W); compare(g, name, ic, ref, (size_t)3 * H * W); free(ic); }
+  free(ref);
+  snprintf(name, sizeof name, "%s_image_u8", pre);
+  const usbx_st_tensor *t8 = case_t(k, name);
+  if (t8 && t8->dtype == USBX_U8 && (size_t)usbx_shape_numel(t8->ndim, t8->shape) == (size_t)3 * H * W) {
+    uint8_t *u8 = xmalloc((size_t)3 * H * W);
+    usbx_pixels_to_u8(img, (size_t)3 * H * W, u8);
+    int worst = 0;
+    for (size_t i = 0; i < (size_t)3 * H * W; i++) { int d = abs((int)u8[i] - (int)((const uint8_t *)t8->data)[i]); if (d > worst) worst = d; }
+    if (worst > 1) { g->bad = true; snprintf(g->why, sizeof g->why, "%s differs by %d levels", name, worst); }
+    else snprintf(g->why, sizeof g->why, "%s within %d level", name, worst);
+    free(u8);
+  }
+  free(img); free(z);
+}
+
+/* gen: text-to-image sampling from a prompt context (cases.json gen.settings). */
+static void run_gen(checker *k) {
+  group_result g = {0};
+  const usbx_bagel_config *cf = usbx_bagel_cfg(k->model);
+  jv gs = jv_object_get(jv_object_get(jv_copy(k->json), jv_string("gen")), jv_string("settings"));
+  jv hw = jv_object_get(jv_object_get(jv_copy(k->json), jv_string("gen")), jv_string("image_hw"));
+  usbx_gen_opts o;
+  usbx_gen_defaults(&o);
+  double d;
+  if (usbx_jv_num(gs, "num_timesteps", &d)) o.steps = (int)d;
+  if (usbx_jv_num(gs, "timestep_shift", &d)) o.shift = (float)d;
+  if (usbx_jv_num(gs, "cfg_text_scale", &d)) o.cfg_text = (float)d;
+  if (usbx_jv_num(gs, "cfg_img_scale", &d)) o.cfg_img = (float)d;
+  if (usbx_jv_num(gs, "cfg_renorm_min", &d)) o.renorm_min = (float)d;
+  jv iv = jv_object_get(jv_copy(gs), jv_string("cfg_interval"));
+  if (jv_get_kind(iv) == JV_KIND_ARRAY && jv_array_length(jv_copy(iv)) == 2) {
+    jv a = jv_array_get(jv_copy(iv), 0), b = jv_array_get(jv_copy(iv), 1);
+    o.interval[0] = (float)jv_number_value(a); o.interval[1] = (float)jv_number_value(b);
+    jv_free(a); jv_free(b);
+  }
+  jv_free(iv);
+  const char *rt = usbx_jv_str(gs, "cfg_renorm_type");
+  if (rt && strcmp(rt, "channel") == 0) o.renorm = USBX_RENORM_CHANNEL;
+  else if (rt && strcmp(rt, "text_channel") == 0) o.renorm = USBX_RENORM_TEXT_CHANNEL;
+  int H = 0, W = 0;
+  if (jv_get_kind(hw) == JV_KIND_ARRAY) {
+    jv a = jv_array_get(jv_copy(hw), 0), b = jv_array_get(jv_copy(hw), 1);
+    H = (int)jv_number_value(a); W = (int)jv_number_value(b);
+    jv_free(a); jv_free(b);
+  }
+  jv_free(gs); jv_free(hw);
+  int h, w, P;
+  int np = 0;
+  int32_t *prompt = case_ids(k, "gen_prompt_ids", &np);
+  if (!prompt || usbx_bagel_latent_tokens(k->model, H, W, &h, &w, &P)) {
+    g.bad = true; snprintf(g.why, sizeof g.why, "gen_prompt_ids or gen.image_hw unusable");
+    report(k, "gen", &g, false, NULL);
+    free(prompt);
+    return;
+  }
+  size_t N = (size_t)h * w, NP = N * P, S1 = (size_t)o.steps - 1;
+  float *noise = case_need(k, &g, "gen_init_noise", NP);
+  float *ref_ts = case_need(k, &g, "gen_timesteps", S1);
+  float *ref_x = case_need(k, &g, "gen_step_x_t", S1 * NP), *ref_vc = case_need(k, &g, "gen_step_v_cond", S1 * NP);
+  float *ref_vu = case_need(k, &g, "gen_step_v_text_uncond", S1 * NP), *ref_v = case_need(k, &g, "gen_step_v", S1 * NP);
+  float *ref_lat = case_need(k, &g, "gen_final_latent", NP);
+  if (!g.bad) {
+    float *sig = xmalloc(sizeof(float) * (size_t)o.steps);
+    usbx_gen_timesteps(o.steps, o.shift, sig);
+    compare(&g, "gen_timesteps", sig, ref_ts, S1);
+    free(sig);
+    int32_t *wrapped = xmalloc(sizeof(int32_t) * (size_t)(np + 2));
+    wrapped[0] = cf->bos; memcpy(wrapped + 1, prompt, sizeof(int32_t) * (size_t)np); wrapped[np + 1] = cf->eos;
+    usbx_ctx *text_uncond = usbx_ctx_new(k->model);            /* copy of the empty context */
+    usbx_ctx *cond = usbx_ctx_new(k->model);
+    usbx_bagel_prefill_text(k->model, cond, wrapped, np + 2, NULL);
+    usbx_ctx *img_uncond = usbx_ctx_copy(k->model, cond);       /* the prompt without an image */
+    usbx_gen_trace tr = {.x_t = xmalloc(sizeof(float) * S1 * NP), .v_cond = xmalloc(sizeof(float) * S1 * NP),
+                         .v_text_uncond = xcalloc(S1 * NP, sizeof(float)), .v = xmalloc(sizeof(float) * S1 * NP)};
+    float *lat = xmalloc(sizeof(float) * NP);
+    usbx_bagel_generate_latent(k->model, cond, text_uncond, img_uncond, H, W, &o, noise, lat, &tr);
+    compare(&g, "gen_step_x_t", tr.x_t, ref_x, S1 * NP);
+    compare(&g, "gen_step_v_cond", tr.v_cond, ref_vc, S1 * NP);
+    compare(&g, "gen_step_v_text_uncond", tr.v_text_uncond, ref_vu, S1 * NP);
+    compare(&g, "gen_step_v", tr.v, ref_v, S1 * NP);
+    compare(&g, "gen_final_latent", lat, ref_lat, NP);
+    free(tr.x_t); free(tr.v_cond); free(tr.v_text_uncond); free(tr.v); free(lat); free(wrapped);
+    usbx_ctx_free(k->model, cond); usbx_ctx_free(k->model, text_uncond); usbx_ctx_free(k->model, img_uncond);
+  }
+  if (!g.bad) {
+    float *lat = case_need(k, &g, "gen_final_latent", NP);
+    if (lat) check_image(k, &g, "gen", lat, H, W);   /* decode the reference latent: isolates the VAE */
+    free(lat);
+  }
+  report(k, "gen", &g, false, NULL);
+  free(prompt); free(noise); free(ref_ts); free(ref_x); free(ref_vc); free(ref_vu); free(ref_v); free(ref_lat);
+}
+
 int usbx_check_fixtures_main(int argc, char **argv) {
   const char *device = "cpu";
   bool strict = false;
@@ -137,11 +314,22 @@ int usbx_check_fixtures_main(int argc, char **argv) {
   char *cp = usbx_path_join(k.dir, "cases.safetensors");
   if (usbx_st_open(cp, &k.cases, err, sizeof err)) { free(cp); usbx_die("%s", err); }
   free(cp);
+  cp = usbx_path_join(k.dir, "cases.json");
+  size_t jl;
+  char *js = usbx_read_file(cp, &jl);
+  if (!js) usbx_die("%s: cannot read", cp);
+  k.json = jv_parse_sized(js, (int)jl);
+  free(js);
+  if (!jv_is_valid(k.json) || jv_get_kind(k.json) != JV_KIND_OBJECT) usbx_die("%s: not a JSON object", cp);
+  free(cp);
   k.be = usbx_backend_open(device);
   k.tol = tol > 0 ? tol : (k.be->dev == USBX_DEV_CPU ? 1e-4 : 1e-2);
   printf("# fixtures %s, backend %s\n", k.dir, k.be->name);
-  k.model = usbx_bagel_load(k.dir, k.be, USBX_PART_LLM, err, sizeof err);
+  k.model = usbx_bagel_load(k.dir, k.be, USBX_PART_LLM | USBX_PART_GEN, err, sizeof err);
   if (!k.model) usbx_die("%s", err);
+  if (usbx_bagel_cfg(k.model)->has_vae) {
+    k.vae = usbx_vae_load(k.dir, k.be, k.vae_why, sizeof k.vae_why);
+  } else snprintf(k.vae_why, sizeof k.vae_why, "pixel-space model (no autoencoder)");
 
   const char *groups[] = {"text", "vlm", "vit", "vae", "gen", "edit", "train"};
   for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
@@ -150,10 +338,14 @@ int usbx_check_fixtures_main(int argc, char **argv) {
     bool present = has_prefix_tensor(&k, prefix) || (strcmp(groups[i], "train") == 0 && has_prefix_tensor(&k, "grad."));
     if (!present) { printf("%-6s skipped (no %s* tensors in cases.safetensors)\n", groups[i], prefix); k.skipped++; continue; }
     if (strcmp(groups[i], "text") == 0) run_text(&k);
+    else if (strcmp(groups[i], "gen") == 0) run_gen(&k);
+    else if (strcmp(groups[i], "vae") == 0) run_vae(&k);
     else report(&k, groups[i], NULL, true, "capability not implemented yet");
   }
   usbx_bagel_free(k.model);
+  usbx_vae_free(k.vae);
   usbx_st_close(&k.cases);
+  jv_free(k.json);
   usbx_backend_close(k.be);
   printf("# %d failed, %d skipped\n", k.failed, k.skipped);
   return k.failed || (strict && k.skipped) ? 1 : 0;

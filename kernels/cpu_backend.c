@@ -40,6 +40,8 @@ usbx_backend *usbx_backend_cpu(void) {
     be.silu_mul = usbx_cpu_silu_mul; be.gelu_tanh = usbx_cpu_gelu_tanh; be.add = usbx_cpu_add;
     be.scatter_rows = usbx_cpu_scatter_rows; be.gather_rows = usbx_cpu_gather_rows;
     be.attention = usbx_cpu_attention; be.argmax = usbx_cpu_argmax;
+    be.add_row = usbx_cpu_add_row; be.silu = usbx_cpu_silu; be.cfg_euler = usbx_cpu_cfg_euler;
+    be.im2col = usbx_cpu_im2col; be.group_norm = usbx_cpu_group_norm; be.upsample2x = usbx_cpu_upsample2x;
   }
   return &be;
 }

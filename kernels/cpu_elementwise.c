@@ -42,3 +42,11 @@ void usbx_cpu_argmax(usbx_backend *be, int32_t *idx, const float *x, int rows, i
     idx[r] = best;
   }
 }
+
+void usbx_cpu_add_row(usbx_backend *be, float *x, const float *row, int T, int D) {
+  for (int t = 0; t < T; t++) for (int i = 0; i < D; i++) x[(size_t)t * D + i] += row[i];
+}
+
+void usbx_cpu_silu(usbx_backend *be, float *out, const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i]));
+}

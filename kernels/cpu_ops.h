@@ -16,4 +16,10 @@ void usbx_cpu_scatter_rows(usbx_backend *be, float *dst, const float *src, const
 void usbx_cpu_gather_rows(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
 void usbx_cpu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);
 void usbx_cpu_argmax(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
+void usbx_cpu_add_row(usbx_backend *be, float *x, const float *row, int T, int D);
+void usbx_cpu_silu(usbx_backend *be, float *out, const float *x, size_t n);
+void usbx_cpu_cfg_euler(usbx_backend *be, float *x, float *v, const float *vc, const float *vu, const float *vi, const usbx_cfg_args *a);
+void usbx_cpu_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2col_args *a);
+void usbx_cpu_group_norm(usbx_backend *be, float *out, const float *x, const float *w, const float *b, int HW, int C, int groups, float eps, bool silu);
+void usbx_cpu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
 #endif

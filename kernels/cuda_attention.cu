@@ -314,13 +314,7 @@ static void launch_flash(usbx_cuda *c, AttnP &p) {
   p.n_split = n_split;
   if (n_split > 1) {
     size_t need = (size_t)n_split * p.Hkv * p.R * (DP + 1) * sizeof(float);
-    if (need > c->attn_scratch_bytes) {
-      if (c->attn_scratch) CUDA_CHECK(cudaFree(c->attn_scratch));
-      size_t cap = std::max(need, (size_t)8 << 20);
-      CUDA_CHECK(cudaMalloc(&c->attn_scratch, cap));
-      c->attn_scratch_bytes = cap;
-    }
-    p.part_o = (float *)c->attn_scratch;
+    p.part_o = (float *)cu_scratch(c, need);
     p.part_lse = p.part_o + (size_t)n_split * p.Hkv * p.R * DP;
   }
   dim3 grid(row_blocks, p.Hkv, n_split);

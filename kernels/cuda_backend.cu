@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <vector>
 
+extern "C" void usbx_backend_cuda_free(usbx_backend *be);
+
 static const size_t WORKSPACE_BYTES = 64u << 20;   /* cuBLAS(Lt) workspace */
 static const size_t STAGE_BYTES = 32u << 20;       /* upload_convert chunk (pinned + device), x2 */
 
@@ -81,6 +83,16 @@ static void c_upload_convert(usbx_backend *be, void *dst, bool to_mm, const void
       else cu_convert_to_f32(c->stream, (float *)d, c->raw[b], st, cnt);
     }
   }
+}
+
+void *cu_scratch(usbx_cuda *c, size_t bytes) {
+  if (bytes > c->attn_scratch_bytes) {
+    if (c->attn_scratch) CUDA_CHECK(cudaFree(c->attn_scratch));   /* synchronising: no user left */
+    size_t cap = std::max(bytes, (size_t)8 << 20);
+    CUDA_CHECK(cudaMalloc(&c->attn_scratch, cap));
+    c->attn_scratch_bytes = cap;
+  }
+  return c->attn_scratch;
 }
 
 /* ------------------------------------------------------------------ matmul
@@ -257,7 +269,14 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   be->scatter_rows = cu_scatter_rows;
   be->gather_rows = cu_gather_rows;
   be->attention = cu_attention;
+  be->add_row = cu_add_row;
+  be->silu = cu_silu;
+  be->cfg_euler = cu_cfg_euler;
+  be->im2col = cu_im2col;
+  be->group_norm = cu_group_norm;
+  be->upsample2x = cu_upsample2x;
   be->argmax = cu_argmax;
+  be->destroy = usbx_backend_cuda_free;
   be->impl = c;
   return be;
 }

@@ -59,7 +59,7 @@ typedef struct {
   void *workspace; size_t workspace_bytes;
   /* upload_convert: two pinned host chunks and two raw device chunks, events guard reuse */
   void *pinned[2]; void *raw[2]; cudaEvent_t staged[2]; size_t stage_bytes;
-  /* attention split-K scratch (grown on demand) */
+  /* scratch for attention split-K partials, GroupNorm and CFG sums (grown on demand) */
   void *attn_scratch; size_t attn_scratch_bytes;
   usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
   /* options (cuda_extra.h) */
@@ -87,6 +87,18 @@ void cu_gather_rows(usbx_backend *be, float *dst, const float *src, const int32_
 void cu_argmax(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 /* y[M,N] (+)= x[M,K]·W[N,K]ᵀ (+bias) for small M with 16-byte rows; false if it does not apply */
 bool cu_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, const float *bias, int M, int N, int K, bool acc);
+
+void cu_add_row(usbx_backend *be, float *x, const float *row, int T, int D);
+void cu_silu(usbx_backend *be, float *out, const float *x, size_t n);
+
+/* cuda_vae.cu: sampler step and the autoencoder's image ops */
+void cu_cfg_euler(usbx_backend *be, float *x, float *v, const float *vc, const float *vu, const float *vi, const usbx_cfg_args *a);
+void cu_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2col_args *a);
+void cu_group_norm(usbx_backend *be, float *out, const float *x, const float *w, const float *b, int HW, int C,
+                   int groups, float eps, bool silu);
+void cu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
+/* device scratch of at least `bytes` (stream-ordered reuse; grows with a synchronising free) */
+void *cu_scratch(usbx_cuda *c, size_t bytes);
 
 /* cuda_attention.cu */
 void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);

@@ -408,3 +408,35 @@ bool cu_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, const float
   CUDA_LAUNCHED();
   return true;
 }
+
+/* ---------------------------------------------------------------- add_row, silu (f32) */
+__global__ void k_add_row(float *x, const float *row, int T, int D, bool vec) {
+  if (vec) {
+    int d4 = D / 4;
+    size_t n = (size_t)T * d4;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+      float4 a = ((float4 *)x)[i], b = ((const float4 *)row)[i % d4];
+      a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+      ((float4 *)x)[i] = a;
+    }
+  } else {
+    size_t n = (size_t)T * D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+      x[i] += row[i % D];
+  }
+}
+void cu_add_row(usbx_backend *be, float *x, const float *row, int T, int D) {
+  if (T <= 0 || D <= 0) return;
+  bool vec = D % 4 == 0 && aligned16(x) && aligned16(row);
+  k_add_row<<<grid_for((size_t)T * D / (vec ? 4 : 1), 256), 256, 0, S(be)>>>(x, row, T, D, vec);
+  CUDA_LAUNCHED();
+}
+__global__ void k_silu(float *out, const float *x, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    out[i] = silu_f(x[i]);
+}
+void cu_silu(usbx_backend *be, float *out, const float *x, size_t n) {
+  if (!n) return;
+  k_silu<<<grid_for(n, 256), 256, 0, S(be)>>>(out, x, n);
+  CUDA_LAUNCHED();
+}

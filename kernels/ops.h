@@ -38,6 +38,25 @@ typedef struct {
   const int32_t *lo, *hi, *lo2, *hi2;   /* device arrays of n_q each */
 } usbx_attn_masked_args;
 
+/* Classifier-free guidance, renormalisation and the Euler update of one sampling step
+ * (spec 5.6-5.7), on [N, P] velocities (f32).  vu / vi may be NULL when their scale is <= 1.
+ * renorm: 0 global, 1 channel, 2 text_channel.  Writes the guided velocity to v and updates
+ * x <- x - v * dt.  Nothing is read back to the host. */
+typedef enum { USBX_RENORM_GLOBAL = 0, USBX_RENORM_CHANNEL = 1, USBX_RENORM_TEXT_CHANNEL = 2 } usbx_renorm;
+typedef struct {
+  int N, P;
+  float cfg_text, cfg_img, renorm_min, dt;
+  usbx_renorm renorm;
+} usbx_cfg_args;
+
+/* Convolution input layout: channels-last images [H, W, C] (f32).  im2col writes, for every
+ * output pixel, the k*k*C patch in the order (c, ky, kx) — the flattening of a PyTorch
+ * [Co, Ci, k, k] weight — as one row of an mm matrix [Ho*Wo, C*k*k], so a convolution is
+ * im2col + matmul.  Padding (top, left, bottom, right) reads zeros. */
+typedef struct {
+  int H, W, C, k, stride, pad_t, pad_l, pad_b, pad_r;
+} usbx_im2col_args;
+
 struct usbx_backend {
   usbx_device dev;
   usbx_dtype mm_dtype;        /* USBX_F32 on CPU, USBX_BF16 on CUDA */
@@ -80,6 +99,18 @@ struct usbx_backend {
   void (*gather_rows)(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
   /* attention, out mm [n_q, H, d] */
   void (*attention)(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);
+  /* x[T, D] += row[D] (f32), broadcast over rows */
+  void (*add_row)(usbx_backend *be, float *x, const float *row, int T, int D);
+  /* out[n] (f32) = silu(x) */
+  void (*silu)(usbx_backend *be, float *out, const float *x, size_t n);
+  void (*cfg_euler)(usbx_backend *be, float *x, float *v, const float *vc, const float *vu, const float *vi, const usbx_cfg_args *a);
+  void (*im2col)(usbx_backend *be, void *out, const float *x, const usbx_im2col_args *a);
+  /* GroupNorm over channels-last x [HW, C] with `groups` groups (affine w, b), optionally
+   * followed by SiLU; out f32 (may alias x) */
+  void (*group_norm)(usbx_backend *be, float *out, const float *x, const float *w, const float *b, int HW, int C,
+                     int groups, float eps, bool silu);
+  /* nearest-neighbour x2 upsampling of channels-last [H, W, C] into [2H, 2W, C] (f32) */
+  void (*upsample2x)(usbx_backend *be, float *out, const float *x, int H, int W, int C);
   /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
   void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 

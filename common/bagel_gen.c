@@ -1,0 +1,159 @@
+/* bagel_gen.c — the generation side of BAGEL: timestep embedding, latent tokens, the denoising
+ * query against a context's cache, CFG and Euler steps (spec 5 and 7.1-7.3). */
+#include "bagel.h"
+#include "bagel_internal.h"
+#include "util.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void usbx_gen_defaults(usbx_gen_opts *o) {
+  *o = (usbx_gen_opts){.steps = 50, .shift = 3.0f, .cfg_text = 4.0f, .cfg_img = 1.0f, .interval = {0.4f, 1.0f},
+                       .renorm = USBX_RENORM_GLOBAL, .renorm_min = 0.0f};
+}
+
+void usbx_gen_timesteps(int steps, float shift, float *sigma) {
+  /* torch.linspace on the CPU: the first half from the start, the second half from the end */
+  float step = steps > 1 ? (0.0f - 1.0f) / (float)(steps - 1) : 0.0f;
+  int half = steps / 2;
+  for (int i = 0; i < steps; i++) {
+    float t = i < half ? 1.0f + step * (float)i : 0.0f - step * (float)(steps - 1 - i);
+    sigma[i] = shift * t / (1.0f + (shift - 1.0f) * t);
+  }
+}
+
+int usbx_bagel_latent_tokens(const usbx_bagel *m, int H, int W, int *h, int *w, int *P) {
+  const usbx_bagel_config *c = &m->cfg;
+  int ds = c->vae_downsample * c->latent_patch;
+  if (H <= 0 || W <= 0 || H % ds || W % ds) return -1;
+  *h = H / ds; *w = W / ds;
+  if (*h > c->max_latent || *w > c->max_latent) return -1;
+  *P = c->latent_patch * c->latent_patch * c->latent_channels;
+  return 0;
+}
+
+/* [cos(sigma f_j), sin(sigma f_j)], f_j = exp(-ln(10000) j / 128) in fp32 (mutils.py). */
+static void timestep_features(float sigma, float *feat) {
+  for (int j = 0; j < 128; j++) {
+    float f = expf(-logf(10000.0f) * (float)j / 128.0f);
+    float a = sigma * f;
+    feat[j] = cosf(a);
+    feat[128 + j] = sinf(a);
+  }
+}
+
+/* The time embedding rows of every sigma: out (device f32 [n, D]). */
+static void time_embed(usbx_bagel *m, const float *sigmas, int n, float *out) {
+  usbx_backend *be = m->be;
+  int D = m->cfg.hidden;
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  float *feat = xmalloc(sizeof(float) * 256 * (size_t)n);
+  for (int i = 0; i < n; i++) timestep_features(sigmas[i], feat + 256 * (size_t)i);
+  float *d_feat = be->alloc(be, sizeof(float) * 256 * (size_t)n), *hid = be->alloc(be, sizeof(float) * (size_t)n * D);
+  void *in_mm = be->alloc(be, mm * (size_t)n * (D > 256 ? D : 256));
+  be->upload(be, d_feat, feat, sizeof(float) * 256 * (size_t)n);
+  be->to_mm(be, in_mm, 256, d_feat, n, 256);
+  be->matmul(be, hid, in_mm, m->te_w1, m->te_b1, n, D, 256, false);
+  be->silu(be, hid, hid, (size_t)n * D);
+  be->to_mm(be, in_mm, D, hid, n, D);
+  be->matmul(be, out, in_mm, m->te_w2, m->te_b2, n, D, D, false);
+  be->sync(be);
+  be->free(be, d_feat); be->free(be, hid); be->free(be, in_mm);
+  free(feat);
+}
+
+typedef struct {
+  int N, P, D;
+  float *pos_rows;     /* [N, D] latent_pos_embed rows of this grid */
+  float *te;           /* [n_steps, D] */
+  void *x_mm;          /* [N, P] */
+  float *mark;         /* [2, D] embeddings of <|vision_start|>, <|vision_end|> */
+} gen_state;
+
+/* One branch: the query [<|vision_start|>, <|vision_end|> | N latents] at the context's next
+ * position, non-causal, not cached (the two markers sit together: inside the block every token
+ * sees every other, so their order is immaterial).  v (device [N, P]) = llm2vae of the latents. */
+static void branch_velocity(usbx_bagel *m, usbx_ctx *c, gen_state *g, const float *x_t, int step, float *v) {
+  usbx_backend *be = m->be;
+  int N = g->N, P = g->P, D = g->D, T = N + 2;
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  be->copy(be, m->x, g->mark, sizeof(float) * 2 * (size_t)D);
+  float *lat = m->x + 2 * (size_t)D;
+  be->to_mm(be, g->x_mm, P, x_t, N, P);
+  be->matmul(be, lat, g->x_mm, m->vae2llm_w, m->vae2llm_b, N, D, P, false);
+  be->add(be, lat, g->pos_rows, (size_t)N * D);
+  be->add_row(be, lat, g->te + (size_t)step * D, N, D);
+  int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
+  for (int i = 0; i < T; i++) pos[i] = c->pos;
+  be->upload(be, m->d_pos, pos, sizeof(int32_t) * (size_t)T);
+  free(pos);
+  usbx_bagel_forward_block(m, c, T, 2, false, false);
+  be->to_mm(be, m->h_mm, D, lat, N, D);
+  be->matmul(be, v, m->h_mm, m->llm2vae_w, m->llm2vae_b, N, P, D, false);
+  (void)mm;
+}
+
+void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_uncond, usbx_ctx *img_uncond,
+                                int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  if (!m->vae2llm_w) usbx_die("the model was loaded without its generation weights");
+  int h, w, P;
+  if (usbx_bagel_latent_tokens(m, H, W, &h, &w, &P))
+    usbx_die("image size %dx%d: sides must be multiples of %d and at most %d", W, H, cf->vae_downsample * cf->latent_patch,
+             cf->max_latent * cf->vae_downsample * cf->latent_patch);
+  int N = h * w, D = cf->hidden, S = o->steps;
+  if (S < 2) usbx_die("--steps must be at least 2");
+  usbx_bagel_scratch(m, N + 2);
+  gen_state g = {.N = N, .P = P, .D = D};
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  /* constant parts, computed once before the loop */
+  float *sigma = xmalloc(sizeof(float) * (size_t)S);
+  usbx_gen_timesteps(S, o->shift, sigma);
+  g.te = be->alloc(be, sizeof(float) * (size_t)(S - 1) * D);
+  time_embed(m, sigma, S - 1, g.te);
+  int32_t *pid = xmalloc(sizeof(int32_t) * (size_t)N);
+  for (int r = 0; r < h; r++) for (int c = 0; c < w; c++) pid[r * w + c] = r * cf->max_latent + c;
+  int32_t *d_pid = be->alloc(be, sizeof(int32_t) * (size_t)N);
+  be->upload(be, d_pid, pid, sizeof(int32_t) * (size_t)N);
+  g.pos_rows = be->alloc(be, sizeof(float) * (size_t)N * D);
+  be->gather_rows(be, g.pos_rows, m->latent_pos, d_pid, N, D);
+  g.mark = be->alloc(be, sizeof(float) * 2 * (size_t)D);
+  int32_t marks[2] = {cf->vis_start, cf->vis_end};
+  if (marks[0] < 0 || marks[1] < 0) usbx_die("the model has no <|vision_start|>/<|vision_end|> ids");
+  int32_t *d_marks = be->alloc(be, sizeof marks);
+  be->upload(be, d_marks, marks, sizeof marks);
+  be->embed(be, g.mark, m->embed, d_marks, 2, D);
+  g.x_mm = be->alloc(be, mm * (size_t)N * P);
+  size_t NP = (size_t)N * P;
+  float *x = be->alloc(be, sizeof(float) * NP), *vc = be->alloc(be, sizeof(float) * NP), *vu = be->alloc(be, sizeof(float) * NP),
+        *vi = be->alloc(be, sizeof(float) * NP), *v = be->alloc(be, sizeof(float) * NP);
+  be->upload(be, x, noise, sizeof(float) * NP);
+  for (int i = 0; i < S - 1; i++) {
+    bool in = o->interval[0] < sigma[i] && sigma[i] <= o->interval[1];
+    float st = in ? o->cfg_text : 1.0f, si = in ? o->cfg_img : 1.0f;
+    if (trace && trace->x_t) be->download(be, trace->x_t + (size_t)i * NP, x, sizeof(float) * NP);
+    branch_velocity(m, cond, &g, x, i, vc);
+    bool use_u = st > 1.0f, use_i = si > 1.0f;
+    if (use_u) {
+      if (!text_uncond) usbx_die("cfg_text > 1 needs a text-unconditional context");
+      branch_velocity(m, text_uncond, &g, x, i, vu);
+    }
+    if (use_i) {
+      if (!img_uncond) usbx_die("cfg_img > 1 needs an image-unconditional context");
+      branch_velocity(m, img_uncond, &g, x, i, vi);
+    }
+    usbx_cfg_args a = {.N = N, .P = P, .cfg_text = st, .cfg_img = si, .renorm_min = o->renorm_min,
+                       .dt = sigma[i] - sigma[i + 1], .renorm = o->renorm};
+    if (trace && trace->v_cond) be->download(be, trace->v_cond + (size_t)i * NP, vc, sizeof(float) * NP);
+    if (trace && trace->v_text_uncond && use_u) be->download(be, trace->v_text_uncond + (size_t)i * NP, vu, sizeof(float) * NP);
+    if (trace && trace->v_img_uncond && use_i) be->download(be, trace->v_img_uncond + (size_t)i * NP, vi, sizeof(float) * NP);
+    be->cfg_euler(be, x, v, vc, use_u ? vu : NULL, use_i ? vi : NULL, &a);
+    if (trace && trace->v) be->download(be, trace->v + (size_t)i * NP, v, sizeof(float) * NP);
+  }
+  be->download(be, latent, x, sizeof(float) * NP);
+  be->sync(be);
+  void *bufs[] = {g.te, d_pid, g.pos_rows, g.mark, d_marks, g.x_mm, x, vc, vu, vi, v};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->free(be, bufs[i]);
+  free(sigma); free(pid);
+}
