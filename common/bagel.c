@@ -355,6 +355,7 @@ void usbx_ctx_free(usbx_bagel *m, usbx_ctx *c) {
   free(c->k); free(c->v); free(c);
 }
 int usbx_ctx_len(const usbx_ctx *c) { return c->len; }
+void usbx_bagel_ctx_advance(usbx_ctx *c, int n) { c->pos += n; }
 int usbx_ctx_pos(const usbx_ctx *c) { return c->pos; }
 
 /* ---------------------------------------------------------------- forward */

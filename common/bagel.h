@@ -104,4 +104,18 @@ void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_un
                                 int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace);
 int usbx_bagel_latent_tokens(const usbx_bagel *m, int H, int W, int *h, int *w, int *P);
 
+/* ---------------------------------------------------------------- image context */
+
+/* Optional intermediate values of the ViT path (host arrays, any may be NULL). */
+typedef struct { float *patches, *embeddings, *encoder, *connector, *pos_emb, *llm_embeddings; } usbx_vit_trace;
+
+/* Adds an image as understanding tokens: SigLIP ViT + connector + vit_pos_embed (spec 7.4-7.5),
+ * then a non-causal und-mode block [<|vision_start|>, patches, <|vision_end|>] at one position;
+ * the context's position then advances by one.  img: host [H, W, 3] in [-1, 1], H and W
+ * multiples of the ViT patch size. */
+void usbx_bagel_prefill_vit_image(usbx_bagel *m, usbx_ctx *c, const float *img, int H, int W, usbx_vit_trace *trace);
+/* Adds a clean VAE image (t = 0) as a gen-mode block [<|vision_start|>, latents, <|vision_end|>]
+ * at one position (markers und, latents gen); tokens: host [h*w, P] (patchified, scaled). */
+void usbx_bagel_prefill_vae_latent(usbx_bagel *m, usbx_ctx *c, const float *tokens, int h, int w);
+
 #endif

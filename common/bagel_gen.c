@@ -43,7 +43,7 @@ static void timestep_features(float sigma, float *feat) {
 }
 
 /* The time embedding rows of every sigma: out (device f32 [n, D]). */
-static void time_embed(usbx_bagel *m, const float *sigmas, int n, float *out) {
+void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out) {
   usbx_backend *be = m->be;
   int D = m->cfg.hidden;
   size_t mm = usbx_dtype_size(be->mm_dtype);
@@ -111,7 +111,7 @@ void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_un
   float *sigma = xmalloc(sizeof(float) * (size_t)S);
   usbx_gen_timesteps(S, o->shift, sigma);
   g.te = be->alloc(be, sizeof(float) * (size_t)(S - 1) * D);
-  time_embed(m, sigma, S - 1, g.te);
+  usbx_bagel_time_embed(m, sigma, S - 1, g.te);
   int32_t *pid = xmalloc(sizeof(int32_t) * (size_t)N);
   for (int r = 0; r < h; r++) for (int c = 0; c < w; c++) pid[r * w + c] = r * cf->max_latent + c;
   int32_t *d_pid = be->alloc(be, sizeof(int32_t) * (size_t)N);

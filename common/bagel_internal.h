@@ -67,6 +67,10 @@ void usbx_bagel_enumerate(const usbx_bagel_config *c, unsigned parts, usbx_bagel
  * return m->x holds the final-normed hidden states.  K/V go to cache rows [len, len+T); the
  * context grows only when update_cache. */
 void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool causal, bool update_cache);
+/* Advances a context's next RoPE position (an image block takes one position). */
+void usbx_bagel_ctx_advance(usbx_ctx *c, int n);
+/* Time-embedding rows of n sigmas into out (device f32 [n, D]). */
+void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out);
 /* Grows the per-forward scratch buffers to T tokens. */
 void usbx_bagel_scratch(usbx_bagel *m, int T);
 

@@ -83,39 +83,58 @@ static bool has_prefix_tensor(checker *k, const char *prefix) {
   return false;
 }
 
-/* text / vlm-style case: prefill the prompt, compare logits, greedy-decode, compare step logits
- * and ids.  prefix = "text" (the vlm group needs the ViT and is handled by its own runner). */
-static void run_text(checker *k) {
+/* text and vlm: prefill the prompt (after the image of case vit for vlm), compare the prompt's
+ * logits, greedy-decode, compare every step's logits and the ids. */
+static void add_vit_image(checker *k, usbx_ctx *c, const char *name, group_result *g, usbx_vit_trace *tr);
+
+static void run_text(checker *k, const char *pre) {
   group_result g = {0};
-  int np = 0, nt = 0;
-  int32_t *ids = case_ids(k, "text_prefill_ids", &np);
-  int32_t *ref_tok = case_ids(k, "text_decode_tokens", &nt);
-  int64_t sh_pre[2] = {0}, sh_dec[2] = {0};
-  float *ref_pre = case_f32(k, "text_prefill_logits", NULL, 2, sh_pre);
-  float *ref_dec = case_f32(k, "text_decode_logits", NULL, 2, sh_dec);
+  char n_ids[64], n_tok[64], n_pre[64], n_dec[64];
+  snprintf(n_ids, sizeof n_ids, "%s_prefill_ids", pre);
+  snprintf(n_tok, sizeof n_tok, "%s_decode_tokens", pre);
+  snprintf(n_pre, sizeof n_pre, "%s_prefill_logits", pre);
+  snprintf(n_dec, sizeof n_dec, "%s_decode_logits", pre);
   const usbx_bagel_config *cf = usbx_bagel_cfg(k->model);
+  int np = 0, nt = 0;
+  int32_t *ids = case_ids(k, n_ids, &np);
+  if (!ids) {   /* raw prompt ids: wrap them as a text segment */
+    char n_prompt[64];
+    snprintf(n_prompt, sizeof n_prompt, "%s_prompt_ids", pre);
+    int32_t *raw = case_ids(k, n_prompt, &np);
+    if (raw) {
+      ids = xmalloc(sizeof(int32_t) * (size_t)(np + 2));
+      ids[0] = cf->bos; memcpy(ids + 1, raw, sizeof(int32_t) * (size_t)np); ids[np + 1] = cf->eos;
+      np += 2;
+      free(raw);
+    }
+  }
+  int32_t *ref_tok = case_ids(k, n_tok, &nt);
+  int64_t sh_pre[2] = {0}, sh_dec[2] = {0};
+  float *ref_pre = case_f32(k, n_pre, NULL, 2, sh_pre);
+  float *ref_dec = case_f32(k, n_dec, NULL, 2, sh_dec);
   if (!ids || !ref_tok || !ref_pre || !ref_dec || sh_pre[0] != np || sh_pre[1] != cf->vocab || sh_dec[0] != nt || sh_dec[1] != cf->vocab) {
     g.bad = true;
-    snprintf(g.why, sizeof g.why, "text_* tensors missing or with unexpected shapes");
+    snprintf(g.why, sizeof g.why, "%s_* tensors missing or with unexpected shapes", pre);
   } else {
     usbx_ctx *c = usbx_ctx_new(k->model);
-    float *pre = xmalloc(sizeof(float) * (size_t)np * cf->vocab);
-    usbx_bagel_prefill_text(k->model, c, ids, np, pre);
-    compare(&g, "text_prefill_logits", pre, ref_pre, (size_t)np * cf->vocab);
+    if (strcmp(pre, "vlm") == 0) add_vit_image(k, c, "vit_image", &g, NULL);
+    float *logits = xmalloc(sizeof(float) * (size_t)np * cf->vocab);
+    usbx_bagel_prefill_text(k->model, c, ids, np, logits);
+    compare(&g, n_pre, logits, ref_pre, (size_t)np * cf->vocab);
     float *dec = xcalloc((size_t)nt * cf->vocab, sizeof(float));
     int32_t *out = xcalloc((size_t)nt, sizeof(int32_t));
     int n = usbx_bagel_generate_text(k->model, c, nt, 0.0, 0, out, dec);
     /* the reference holds every step's logits, including steps after an early <|im_end|> */
-    compare(&g, "text_decode_logits", dec, ref_dec, (size_t)(n + 1 < nt ? n + 1 : nt) * cf->vocab);
-    if (ref_tok[0] != cf->bos) { g.bad = true; snprintf(g.why, sizeof g.why, "text_decode_tokens[0] %d is not <|im_start|> %d", ref_tok[0], cf->bos); }
+    compare(&g, n_dec, dec, ref_dec, (size_t)(n + 1 < nt ? n + 1 : nt) * cf->vocab);
+    if (ref_tok[0] != cf->bos) { g.bad = true; snprintf(g.why, sizeof g.why, "%s[0] %d is not <|im_start|> %d", n_tok, ref_tok[0], cf->bos); }
     int mism = -1;
     for (int i = 0; i + 1 < nt; i++) if (i >= n || out[i] != ref_tok[i + 1]) { mism = i; break; }
     if (mism >= 0) { g.bad = true; snprintf(g.why, sizeof g.why, "greedy ids differ at step %d (%d vs %d)", mism + 1, mism < n ? out[mism] : -1, ref_tok[mism + 1]); }
     else if (!g.why[0]) snprintf(g.why, sizeof g.why, "greedy ids equal (%d)", n);
-    free(pre); free(dec); free(out);
+    free(logits); free(dec); free(out);
     usbx_ctx_free(k->model, c);
   }
-  report(k, "text", &g, false, NULL);
+  report(k, pre, &g, false, NULL);
   free(ids); free(ref_tok); free(ref_pre); free(ref_dec);
 }
 
@@ -213,82 +232,150 @@ static void check_image(checker *k, group_result *g, const char *pre, const floa
   free(img); free(z);
 }
 
-/* gen: text-to-image sampling from a prompt context (cases.json gen.settings). */
-static void run_gen(checker *k) {
+static void add_vit_image(checker *k, usbx_ctx *c, const char *name, group_result *g, usbx_vit_trace *tr) {
+  const usbx_st_tensor *t = case_t(k, name);
+  if (!t || t->ndim != 3 || t->shape[0] != 3) { g->bad = true; snprintf(g->why, sizeof g->why, "%s missing", name); return; }
+  int H = (int)t->shape[1], W = (int)t->shape[2];
+  float *chw = case_f32(k, name, NULL, 0, NULL), *hwc = chw_to_hwc(chw, 3, H, W);
+  usbx_bagel_prefill_vit_image(k->model, c, hwc, H, W, tr);
+  free(chw); free(hwc);
+}
+
+/* vit: patches, embeddings, encoder, connector, position rows and the LLM embeddings. */
+static void run_vit(checker *k) {
   group_result g = {0};
   const usbx_bagel_config *cf = usbx_bagel_cfg(k->model);
-  jv gs = jv_object_get(jv_object_get(jv_copy(k->json), jv_string("gen")), jv_string("settings"));
-  jv hw = jv_object_get(jv_object_get(jv_copy(k->json), jv_string("gen")), jv_string("image_hw"));
-  usbx_gen_opts o;
-  usbx_gen_defaults(&o);
+  const usbx_st_tensor *t = case_t(k, "vit_image");
+  if (!t || t->ndim != 3) { g.bad = true; snprintf(g.why, sizeof g.why, "vit_image missing"); report(k, "vit", &g, false, NULL); return; }
+  int H = (int)t->shape[1], W = (int)t->shape[2], p = cf->vit_patch;
+  size_t n = (size_t)(H / p) * (W / p), Dv = (size_t)cf->vit_hidden, D = (size_t)cf->hidden;
+  usbx_vit_trace tr = {xmalloc(sizeof(float) * n * p * p * 3), xmalloc(sizeof(float) * n * Dv), xmalloc(sizeof(float) * n * Dv),
+                       xmalloc(sizeof(float) * n * D), xmalloc(sizeof(float) * n * D), xmalloc(sizeof(float) * n * D)};
+  usbx_ctx *c = usbx_ctx_new(k->model);
+  add_vit_image(k, c, "vit_image", &g, &tr);
+  const char *names[] = {"vit_packed_pixels", "vit_embeddings_out", "vit_encoder_out", "vit_connector_out", "vit_pos_emb", "vit_llm_embeddings"};
+  float *mine[] = {tr.patches, tr.embeddings, tr.encoder, tr.connector, tr.pos_emb, tr.llm_embeddings};
+  size_t sizes[] = {n * p * p * 3, n * Dv, n * Dv, n * D, n * D, n * D};
+  for (int i = 0; i < 6 && !g.bad; i++) {
+    float *ref = case_need(k, &g, names[i], sizes[i]);
+    if (ref) compare(&g, names[i], mine[i], ref, sizes[i]);
+    free(ref);
+  }
+  if (!g.bad && usbx_ctx_len(c) != (int)n + 2) { g.bad = true; snprintf(g.why, sizeof g.why, "context holds %d tokens, expected %zu", usbx_ctx_len(c), n + 2); }
+  usbx_ctx_free(k->model, c);
+  for (int i = 0; i < 6; i++) free(mine[i]);
+  report(k, "vit", &g, false, NULL);
+}
+
+static void read_settings(checker *k, const char *pre, usbx_gen_opts *o, int *H, int *W) {
+  jv grp = jv_object_get(jv_copy(k->json), jv_string(pre));
+  jv gs = jv_object_get(jv_copy(grp), jv_string("settings"));
+  jv hw = jv_object_get(jv_copy(grp), jv_string("image_hw"));
+  usbx_gen_defaults(o);
   double d;
-  if (usbx_jv_num(gs, "num_timesteps", &d)) o.steps = (int)d;
-  if (usbx_jv_num(gs, "timestep_shift", &d)) o.shift = (float)d;
-  if (usbx_jv_num(gs, "cfg_text_scale", &d)) o.cfg_text = (float)d;
-  if (usbx_jv_num(gs, "cfg_img_scale", &d)) o.cfg_img = (float)d;
-  if (usbx_jv_num(gs, "cfg_renorm_min", &d)) o.renorm_min = (float)d;
+  if (usbx_jv_num(gs, "num_timesteps", &d)) o->steps = (int)d;
+  if (usbx_jv_num(gs, "timestep_shift", &d)) o->shift = (float)d;
+  if (usbx_jv_num(gs, "cfg_text_scale", &d)) o->cfg_text = (float)d;
+  if (usbx_jv_num(gs, "cfg_img_scale", &d)) o->cfg_img = (float)d;
+  if (usbx_jv_num(gs, "cfg_renorm_min", &d)) o->renorm_min = (float)d;
   jv iv = jv_object_get(jv_copy(gs), jv_string("cfg_interval"));
   if (jv_get_kind(iv) == JV_KIND_ARRAY && jv_array_length(jv_copy(iv)) == 2) {
     jv a = jv_array_get(jv_copy(iv), 0), b = jv_array_get(jv_copy(iv), 1);
-    o.interval[0] = (float)jv_number_value(a); o.interval[1] = (float)jv_number_value(b);
+    o->interval[0] = (float)jv_number_value(a); o->interval[1] = (float)jv_number_value(b);
     jv_free(a); jv_free(b);
   }
   jv_free(iv);
   const char *rt = usbx_jv_str(gs, "cfg_renorm_type");
-  if (rt && strcmp(rt, "channel") == 0) o.renorm = USBX_RENORM_CHANNEL;
-  else if (rt && strcmp(rt, "text_channel") == 0) o.renorm = USBX_RENORM_TEXT_CHANNEL;
-  int H = 0, W = 0;
-  if (jv_get_kind(hw) == JV_KIND_ARRAY) {
+  if (rt && strcmp(rt, "channel") == 0) o->renorm = USBX_RENORM_CHANNEL;
+  else if (rt && strcmp(rt, "text_channel") == 0) o->renorm = USBX_RENORM_TEXT_CHANNEL;
+  *H = *W = 0;
+  if (jv_get_kind(hw) == JV_KIND_ARRAY && jv_array_length(jv_copy(hw)) == 2) {
     jv a = jv_array_get(jv_copy(hw), 0), b = jv_array_get(jv_copy(hw), 1);
-    H = (int)jv_number_value(a); W = (int)jv_number_value(b);
+    *H = (int)jv_number_value(a); *W = (int)jv_number_value(b);
     jv_free(a); jv_free(b);
   }
-  jv_free(gs); jv_free(hw);
-  int h, w, P;
-  int np = 0;
-  int32_t *prompt = case_ids(k, "gen_prompt_ids", &np);
+  jv_free(gs); jv_free(hw); jv_free(grp);
+}
+
+/* gen (text-to-image) and edit (image + instruction, image CFG): build the three contexts as
+ * upstream does, sample from the stored noise, compare every step and the decoded image. */
+static void run_sample(checker *k, const char *pre) {
+  group_result g = {0};
+  bool edit = strcmp(pre, "edit") == 0;
+  const usbx_bagel_config *cf = usbx_bagel_cfg(k->model);
+  usbx_gen_opts o;
+  int H, W, h, w, P, np = 0;
+  read_settings(k, pre, &o, &H, &W);
+  char nm[64];
+  snprintf(nm, sizeof nm, "%s_prompt_ids", pre);
+  int32_t *prompt = case_ids(k, nm, &np);
   if (!prompt || usbx_bagel_latent_tokens(k->model, H, W, &h, &w, &P)) {
-    g.bad = true; snprintf(g.why, sizeof g.why, "gen_prompt_ids or gen.image_hw unusable");
-    report(k, "gen", &g, false, NULL);
+    g.bad = true; snprintf(g.why, sizeof g.why, "%s or %s.image_hw unusable", nm, pre);
+    report(k, pre, &g, false, NULL);
     free(prompt);
     return;
   }
+  if (edit && !k->vae) { report(k, pre, &g, true, k->vae_why); free(prompt); return; }
   size_t N = (size_t)h * w, NP = N * P, S1 = (size_t)o.steps - 1;
-  float *noise = case_need(k, &g, "gen_init_noise", NP);
-  float *ref_ts = case_need(k, &g, "gen_timesteps", S1);
-  float *ref_x = case_need(k, &g, "gen_step_x_t", S1 * NP), *ref_vc = case_need(k, &g, "gen_step_v_cond", S1 * NP);
-  float *ref_vu = case_need(k, &g, "gen_step_v_text_uncond", S1 * NP), *ref_v = case_need(k, &g, "gen_step_v", S1 * NP);
-  float *ref_lat = case_need(k, &g, "gen_final_latent", NP);
+  const char *parts[] = {"init_noise", "timesteps", "step_x_t", "step_v_cond", "step_v_text_uncond", "step_v_img_uncond", "step_v", "final_latent"};
+  size_t sizes[] = {NP, S1, S1 * NP, S1 * NP, S1 * NP, S1 * NP, S1 * NP, NP};
+  float *ref[8] = {0};
+  for (int i = 0; i < 8; i++) {
+    snprintf(nm, sizeof nm, "%s_%s", pre, parts[i]);
+    if (i == 5 && !case_t(k, nm)) continue;   /* only image CFG records this branch */
+    ref[i] = case_need(k, &g, nm, sizes[i]);
+  }
   if (!g.bad) {
     float *sig = xmalloc(sizeof(float) * (size_t)o.steps);
     usbx_gen_timesteps(o.steps, o.shift, sig);
-    compare(&g, "gen_timesteps", sig, ref_ts, S1);
+    snprintf(nm, sizeof nm, "%s_timesteps", pre);
+    compare(&g, nm, sig, ref[1], S1);
     free(sig);
     int32_t *wrapped = xmalloc(sizeof(int32_t) * (size_t)(np + 2));
     wrapped[0] = cf->bos; memcpy(wrapped + 1, prompt, sizeof(int32_t) * (size_t)np); wrapped[np + 1] = cf->eos;
-    usbx_ctx *text_uncond = usbx_ctx_new(k->model);            /* copy of the empty context */
-    usbx_ctx *cond = usbx_ctx_new(k->model);
+    usbx_ctx *cond = usbx_ctx_new(k->model), *img_uncond = usbx_ctx_new(k->model), *text_uncond;
+    if (edit) {
+      /* the input image: VAE block (posterior sample with the stored eps), then ViT block */
+      const usbx_st_tensor *ti = case_t(k, "edit_vae_image");
+      int IH = (int)ti->shape[1], IW = (int)ti->shape[2], ds = cf->vae_downsample, Z = cf->latent_channels, p = cf->latent_patch;
+      float *chw = case_f32(k, "edit_vae_image", NULL, 0, NULL), *hwc = chw_to_hwc(chw, 3, IH, IW);
+      float *eps = case_need(k, &g, "edit_vae_enc_eps", (size_t)Z * (IH / ds) * (IW / ds));
+      if (eps) {
+        float *eh = chw_to_hwc(eps, Z, IH / ds, IW / ds), *z = xmalloc(sizeof(float) * (size_t)Z * (IH / ds) * (IW / ds));
+        usbx_vae_encode(k->vae, hwc, IH, IW, eh, z, NULL);
+        int lh = IH / ds / p, lw = IW / ds / p;
+        float *tok = xmalloc(sizeof(float) * (size_t)lh * lw * P);
+        usbx_patchify(z, lh, lw, p, Z, tok);
+        usbx_bagel_prefill_vae_latent(k->model, cond, tok, lh, lw);
+        free(eh); free(z); free(tok);
+      }
+      free(chw); free(hwc); free(eps);
+      add_vit_image(k, cond, "edit_vit_image", &g, NULL);
+      text_uncond = usbx_ctx_copy(k->model, cond);                /* the image without the instruction */
+      usbx_bagel_prefill_text(k->model, img_uncond, wrapped, np + 2, NULL);   /* the instruction alone */
+    } else {
+      text_uncond = usbx_ctx_new(k->model);                       /* copy of the empty context */
+    }
     usbx_bagel_prefill_text(k->model, cond, wrapped, np + 2, NULL);
-    usbx_ctx *img_uncond = usbx_ctx_copy(k->model, cond);       /* the prompt without an image */
+    if (!edit) { usbx_ctx_free(k->model, img_uncond); img_uncond = usbx_ctx_copy(k->model, cond); }
     usbx_gen_trace tr = {.x_t = xmalloc(sizeof(float) * S1 * NP), .v_cond = xmalloc(sizeof(float) * S1 * NP),
-                         .v_text_uncond = xcalloc(S1 * NP, sizeof(float)), .v = xmalloc(sizeof(float) * S1 * NP)};
+                         .v_text_uncond = xcalloc(S1 * NP, sizeof(float)), .v_img_uncond = xcalloc(S1 * NP, sizeof(float)),
+                         .v = xmalloc(sizeof(float) * S1 * NP)};
     float *lat = xmalloc(sizeof(float) * NP);
-    usbx_bagel_generate_latent(k->model, cond, text_uncond, img_uncond, H, W, &o, noise, lat, &tr);
-    compare(&g, "gen_step_x_t", tr.x_t, ref_x, S1 * NP);
-    compare(&g, "gen_step_v_cond", tr.v_cond, ref_vc, S1 * NP);
-    compare(&g, "gen_step_v_text_uncond", tr.v_text_uncond, ref_vu, S1 * NP);
-    compare(&g, "gen_step_v", tr.v, ref_v, S1 * NP);
-    compare(&g, "gen_final_latent", lat, ref_lat, NP);
-    free(tr.x_t); free(tr.v_cond); free(tr.v_text_uncond); free(tr.v); free(lat); free(wrapped);
+    usbx_bagel_generate_latent(k->model, cond, text_uncond, img_uncond, H, W, &o, ref[0], lat, &tr);
+    float *mine[8] = {NULL, NULL, tr.x_t, tr.v_cond, tr.v_text_uncond, tr.v_img_uncond, tr.v, lat};
+    for (int i = 2; i < 8; i++) {
+      if (!ref[i]) continue;
+      snprintf(nm, sizeof nm, "%s_%s", pre, parts[i]);
+      compare(&g, nm, mine[i], ref[i], sizes[i]);
+    }
+    if (!g.bad) check_image(k, &g, pre, ref[7], H, W);   /* decode the reference latent: isolates the VAE */
+    free(tr.x_t); free(tr.v_cond); free(tr.v_text_uncond); free(tr.v_img_uncond); free(tr.v); free(lat); free(wrapped);
     usbx_ctx_free(k->model, cond); usbx_ctx_free(k->model, text_uncond); usbx_ctx_free(k->model, img_uncond);
   }
-  if (!g.bad) {
-    float *lat = case_need(k, &g, "gen_final_latent", NP);
-    if (lat) check_image(k, &g, "gen", lat, H, W);   /* decode the reference latent: isolates the VAE */
-    free(lat);
-  }
-  report(k, "gen", &g, false, NULL);
-  free(prompt); free(noise); free(ref_ts); free(ref_x); free(ref_vc); free(ref_vu); free(ref_v); free(ref_lat);
+  report(k, pre, &g, false, NULL);
+  free(prompt);
+  for (int i = 0; i < 8; i++) free(ref[i]);
 }
 
 int usbx_check_fixtures_main(int argc, char **argv) {
@@ -325,7 +412,7 @@ int usbx_check_fixtures_main(int argc, char **argv) {
   k.be = usbx_backend_open(device);
   k.tol = tol > 0 ? tol : (k.be->dev == USBX_DEV_CPU ? 1e-4 : 1e-2);
   printf("# fixtures %s, backend %s\n", k.dir, k.be->name);
-  k.model = usbx_bagel_load(k.dir, k.be, USBX_PART_LLM | USBX_PART_GEN, err, sizeof err);
+  k.model = usbx_bagel_load(k.dir, k.be, USBX_PART_LLM | USBX_PART_GEN | USBX_PART_VIT, err, sizeof err);
   if (!k.model) usbx_die("%s", err);
   if (usbx_bagel_cfg(k.model)->has_vae) {
     k.vae = usbx_vae_load(k.dir, k.be, k.vae_why, sizeof k.vae_why);
@@ -337,8 +424,9 @@ int usbx_check_fixtures_main(int argc, char **argv) {
     snprintf(prefix, sizeof prefix, "%s_", groups[i]);
     bool present = has_prefix_tensor(&k, prefix) || (strcmp(groups[i], "train") == 0 && has_prefix_tensor(&k, "grad."));
     if (!present) { printf("%-6s skipped (no %s* tensors in cases.safetensors)\n", groups[i], prefix); k.skipped++; continue; }
-    if (strcmp(groups[i], "text") == 0) run_text(&k);
-    else if (strcmp(groups[i], "gen") == 0) run_gen(&k);
+    if (strcmp(groups[i], "text") == 0 || strcmp(groups[i], "vlm") == 0) run_text(&k, groups[i]);
+    else if (strcmp(groups[i], "gen") == 0 || strcmp(groups[i], "edit") == 0) run_sample(&k, groups[i]);
+    else if (strcmp(groups[i], "vit") == 0) run_vit(&k);
     else if (strcmp(groups[i], "vae") == 0) run_vae(&k);
     else report(&k, groups[i], NULL, true, "capability not implemented yet");
   }
