@@ -308,6 +308,9 @@ void usbx_bagel_free(usbx_bagel *m) {
 
 const usbx_bagel_config *usbx_bagel_cfg(const usbx_bagel *m) { return &m->cfg; }
 usbx_backend *usbx_bagel_backend(const usbx_bagel *m) { return m->be; }
+void usbx_bagel_set_special_ids(usbx_bagel *m, int32_t bos, int32_t eos, int32_t vis_start, int32_t vis_end) {
+  m->cfg.bos = bos; m->cfg.eos = eos; m->cfg.vis_start = vis_start; m->cfg.vis_end = vis_end;
+}
 
 /* ---------------------------------------------------------------- contexts */
 

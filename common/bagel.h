@@ -47,6 +47,8 @@ enum { USBX_PART_LLM = 1, USBX_PART_GEN = 2, USBX_PART_VIT = 4 };
 usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen);
 void usbx_bagel_free(usbx_bagel *m);
 const usbx_bagel_config *usbx_bagel_cfg(const usbx_bagel *m);
+/* Sets the special ids (from the tokenizer when bagel_config.json does not carry them). */
+void usbx_bagel_set_special_ids(usbx_bagel *m, int32_t bos, int32_t eos, int32_t vis_start, int32_t vis_end);
 usbx_backend *usbx_bagel_backend(const usbx_bagel *m);
 
 /* A context: one KV cache (per layer K after k-norm+RoPE, V raw; mm dtype) with its length and
