@@ -4,6 +4,7 @@
 #include "fixtures.h"
 #include "bagel.h"
 #include "vae.h"
+#include "train.h"
 #include "cli.h"
 #include "safetensors.h"
 #include "util.h"
@@ -378,6 +379,168 @@ static void run_sample(checker *k, const char *pre) {
   for (int i = 0; i < 8; i++) free(ref[i]);
 }
 
+static int *json_ints(jv arr, int *n) {
+  *n = jv_get_kind(arr) == JV_KIND_ARRAY ? jv_array_length(jv_copy(arr)) : 0;
+  int *o = xcalloc((size_t)(*n ? *n : 1), sizeof(int));
+  for (int i = 0; i < *n; i++) { jv e = jv_array_get(jv_copy(arr), i); o[i] = jv_get_kind(e) == JV_KIND_NUMBER ? (int)jv_number_value(e) : -1; jv_free(e); }
+  jv_free(arr);
+  return o;
+}
+
+/* train: the packed batch of cases.json "train" through the training forward and backward:
+ * per-token CE, per-element MSE, the three losses, every recorded gradient, and the attention
+ * mask rule against the dense reference mask. */
+static void run_train(checker *k) {
+  group_result g = {0};
+  usbx_bagel *m = k->model;
+  const usbx_bagel_config *cf = usbx_bagel_cfg(m);
+  jv tr = jv_object_get(jv_copy(k->json), jv_string("train"));
+  int ns, nsp, nmo;
+  int *slen = json_ints(jv_object_get(jv_copy(tr), jv_string("nested_sample_lens")), &ns);
+  int *splen = json_ints(jv_object_get(jv_copy(tr), jv_string("split_lens_with_pad")), &nsp);
+  jv modes = jv_object_get(jv_copy(tr), jv_string("attn_modes_with_pad"));
+  nmo = jv_get_kind(modes) == JV_KIND_ARRAY ? jv_array_length(jv_copy(modes)) : 0;
+  int n = 0;
+  for (int i = 0; i < ns; i++) n += slen[i];
+  usbx_train_batch b = {0};
+  b.n = n;
+  int32_t *buf = xcalloc((size_t)n * 6 + 1, sizeof(int32_t));
+  b.pos = buf; b.sample = buf + n; b.split = buf + 2 * n; b.mode = buf + 3 * n; b.text_id = buf + 4 * n;
+  b.kind = xcalloc((size_t)n + 1, 1);
+  /* splits and samples */
+  int at = 0, sp = 0;
+  for (; sp < nsp && sp < nmo && at < n; sp++) {
+    jv mv = jv_array_get(jv_copy(modes), sp);
+    const char *ms = jv_get_kind(mv) == JV_KIND_STRING ? jv_string_value(mv) : "";
+    int mode = strcmp(ms, "full") == 0 ? USBX_SPLIT_FULL : strcmp(ms, "noise") == 0 ? USBX_SPLIT_NOISE : USBX_SPLIT_CAUSAL;
+    for (int i = 0; i < splen[sp] && at < n; i++, at++) { b.split[at] = sp; b.mode[at] = mode; }
+    jv_free(mv);
+  }
+  for (int s = 0, p = 0; s < ns; s++) for (int i = 0; i < slen[s]; i++) b.sample[p++] = s;
+  jv_free(modes);
+  int nt = 0, nvi = 0, nva = 0, npos = 0, tmp;
+  int32_t *tidx = case_ids(k, "train_packed_text_indexes", &nt), *tids = case_ids(k, "train_packed_text_ids", &tmp);
+  int32_t *vidx = case_ids(k, "train_packed_vit_token_indexes", &nvi), *aidx = case_ids(k, "train_packed_vae_token_indexes", &nva);
+  int32_t *pos = case_ids(k, "train_packed_position_ids", &npos);
+  if (!tidx || !tids || !pos || npos != n || at != n) { g.bad = true; snprintf(g.why, sizeof g.why, "train packing tensors missing or inconsistent with cases.json"); }
+  for (int i = 0; i < n; i++) { b.text_id[i] = -1; b.kind[i] = -1; }
+  if (!g.bad) {
+    memcpy(b.pos, pos, sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < nt; i++) { b.kind[tidx[i]] = USBX_TOK_TEXT; b.text_id[tidx[i]] = tids[i]; }
+    for (int i = 0; vidx && i < nvi; i++) b.kind[vidx[i]] = USBX_TOK_VIT;
+    for (int i = 0; aidx && i < nva; i++) b.kind[aidx[i]] = USBX_TOK_VAE;
+    for (int i = 0; i < n; i++) if (b.kind[i] < 0) { g.bad = true; snprintf(g.why, sizeof g.why, "packed token %d has no kind", i); break; }
+  }
+  /* the mask rule against the dense reference */
+  const usbx_st_tensor *mk = case_t(k, "train_attention_mask");
+  if (!g.bad && mk && mk->dtype == USBX_U8 && mk->ndim == 2 && mk->shape[0] == n) {
+    const uint8_t *ref = mk->data;
+    int bad = 0;
+    for (int q = 0; q < n; q++)
+      for (int kk = 0; kk < n; kk++) {
+        bool ok = b.sample[q] == b.sample[kk] && (kk <= q || (b.split[kk] == b.split[q] && b.mode[q] != USBX_SPLIT_CAUSAL)) &&
+                  !(b.mode[kk] == USBX_SPLIT_NOISE && b.split[kk] != b.split[q]);
+        if (ok != (ref[q * n + kk] != 0)) bad++;
+      }
+    if (bad) { g.bad = true; snprintf(g.why, sizeof g.why, "attention rule differs from train_attention_mask in %d entries", bad); }
+  }
+  /* ViT tokens */
+  int pp = cf->vit_patch * cf->vit_patch * 3;
+  if (!g.bad && nvi) {
+    int nimg = 0, npid = 0;
+    b.n_vit = nvi;
+    b.vit_patches = case_need(k, &g, "train_packed_vit_tokens", (size_t)nvi * pp);
+    b.vit_pid = case_ids(k, "train_packed_vit_position_ids", &npid);
+    b.vit_seqlen = case_ids(k, "train_vit_token_seqlens", &nimg);
+    b.n_vit_img = nimg;
+    if (!b.vit_pid || !b.vit_seqlen || npid != nvi) { g.bad = true; snprintf(g.why, sizeof g.why, "train ViT tensors missing"); }
+  }
+  /* VAE tokens: encode the padded images with the stored posterior noise, crop, patchify */
+  int PL = cf->latent_patch * cf->latent_patch * cf->latent_channels;
+  if (!g.bad && nva) {
+    if (!k->vae) { report(k, "train", &g, true, k->vae_why); goto done; }
+    const usbx_st_tensor *ti = case_t(k, "train_padded_images"), *ts = case_t(k, "train_patchified_vae_latent_shapes");
+    if (!ti || ti->ndim != 4 || !ts) { g.bad = true; snprintf(g.why, sizeof g.why, "train_padded_images missing"); goto run; }
+    int NI = (int)ti->shape[0], IH = (int)ti->shape[2], IW = (int)ti->shape[3], ds = cf->vae_downsample, Z = cf->latent_channels, p = cf->latent_patch;
+    int zh = IH / ds, zw = IW / ds;
+    float *imgs = case_f32(k, "train_padded_images", NULL, 0, NULL), *eps = case_need(k, &g, "train_vae_posterior_eps", (size_t)NI * Z * zh * zw);
+    float *ref_lat = case_need(k, &g, "train_padded_latent", (size_t)NI * Z * zh * zw);
+    const int64_t *shp = ts->data;
+    b.n_vae = nva;
+    b.x0 = xmalloc(sizeof(float) * (size_t)nva * PL);
+    int filled = 0;
+    for (int im = 0; eps && ref_lat && im < NI; im++) {
+      float *hwc = chw_to_hwc(imgs + (size_t)im * 3 * IH * IW, 3, IH, IW), *eh = chw_to_hwc(eps + (size_t)im * Z * zh * zw, Z, zh, zw);
+      float *z = xmalloc(sizeof(float) * (size_t)Z * zh * zw);
+      usbx_vae_encode(k->vae, hwc, IH, IW, eh, z, NULL);
+      float *zc = hwc_to_chw(z, Z, zh, zw);
+      compare(&g, "train_padded_latent", zc, ref_lat + (size_t)im * Z * zh * zw, (size_t)Z * zh * zw);
+      int h = (int)shp[2 * im], w = (int)shp[2 * im + 1];
+      /* crop the padded latent to this image's 2h x 2w, then patchify */
+      float *crop = xmalloc(sizeof(float) * (size_t)h * p * w * p * Z);
+      for (int y = 0; y < h * p; y++) memcpy(crop + (size_t)y * w * p * Z, z + (size_t)y * zw * Z, sizeof(float) * (size_t)w * p * Z);
+      if (filled + h * w <= nva) usbx_patchify(crop, h, w, p, Z, b.x0 + (size_t)filled * PL);
+      filled += h * w;
+      free(hwc); free(eh); free(z); free(zc); free(crop);
+    }
+    if (filled != nva) { g.bad = true; snprintf(g.why, sizeof g.why, "%d VAE tokens from the images, %d in the packing", filled, nva); }
+    b.noise = case_need(k, &g, "train_flow_noise", (size_t)nva * PL);
+    float *raw = case_need(k, &g, "train_packed_timesteps", (size_t)nva);
+    b.t = xmalloc(sizeof(float) * (size_t)nva);
+    for (int i = 0; raw && i < nva; i++) {
+      float s = cf->timestep_shift, tt = 1.0f / (1.0f + expf(-raw[i]));
+      b.t[i] = isinf(raw[i]) && raw[i] < 0 ? 0.0f : s * tt / (1.0f + (s - 1.0f) * tt);
+    }
+    int nl = 0;
+    b.lat_pid = case_ids(k, "train_packed_latent_position_ids", &nl);
+    free(imgs); free(eps); free(ref_lat); free(raw);
+  }
+run:
+  if (!g.bad) {
+    int nce = 0, nlab = 0, nmse = 0;
+    b.ce_idx = case_ids(k, "train_ce_loss_indexes", &nce);
+    b.ce_label = case_ids(k, "train_packed_label_ids", &nlab);
+    b.mse_idx = case_ids(k, "train_mse_loss_indexes", &nmse);
+    b.n_ce = b.ce_idx ? nce : 0;
+    b.n_mse = b.mse_idx ? nmse : 0;
+    usbx_trainer *t = usbx_trainer_new(m, NULL);
+    usbx_train_out o = {.ce_tok = xcalloc((size_t)nce + 1, sizeof(float)), .mse_elem = xcalloc((size_t)nmse * PL + 1, sizeof(float))};
+    usbx_trainer_step_grads(t, &b, 1.0f, 1.0f, &o);
+    float *r = case_need(k, &g, "train_ce", (size_t)nce);
+    if (r) compare(&g, "train_ce", o.ce_tok, r, (size_t)nce);
+    free(r);
+    r = case_need(k, &g, "train_mse", (size_t)nmse * PL);
+    if (r) compare(&g, "train_mse", o.mse_elem, r, (size_t)nmse * PL);
+    free(r);
+    r = case_need(k, &g, "train_losses", 3);
+    if (r) { float mine[3] = {(float)o.ce, (float)o.mse, (float)o.loss}; compare(&g, "train_losses", mine, r, 3); }
+    free(r);
+    int ngrad = 0;
+    for (size_t i = 0; i < k->cases.n; i++) {
+      const char *nm = k->cases.t[i].name;
+      if (strncmp(nm, "grad.", 5) != 0) continue;
+      int64_t numel = 0;
+      float *dg = usbx_trainer_grad(t, nm + 5, &numel);
+      size_t rn = (size_t)usbx_shape_numel(k->cases.t[i].ndim, k->cases.t[i].shape);
+      if (!dg || (size_t)numel != rn) { g.bad = true; snprintf(g.why, sizeof g.why, "no gradient for %s", nm + 5); continue; }
+      float *mine = xmalloc(sizeof(float) * rn), *ref = case_f32(k, nm, NULL, 0, NULL);
+      k->be->download(k->be, mine, dg, sizeof(float) * rn);
+      compare(&g, nm, mine, ref, rn);
+      free(mine); free(ref);
+      ngrad++;
+    }
+    if (!g.bad && !g.why[0]) snprintf(g.why, sizeof g.why, "losses ce %.6f mse %.6f, %d gradients", o.ce, o.mse, ngrad);
+    free(o.ce_tok); free(o.mse_elem);
+    usbx_trainer_free(t);
+    free(b.ce_idx); free(b.ce_label); free(b.mse_idx);
+  }
+  report(k, "train", &g, false, NULL);
+done:
+  free(slen); free(splen); free(buf); free(b.kind); free(tidx); free(tids); free(vidx); free(aidx); free(pos);
+  free(b.vit_patches); free(b.vit_pid); free(b.vit_seqlen); free(b.x0); free(b.noise); free(b.t); free(b.lat_pid);
+  jv_free(tr);
+}
+
 int usbx_check_fixtures_main(int argc, char **argv) {
   const char *device = "cpu";
   bool strict = false;
@@ -427,6 +590,10 @@ int usbx_check_fixtures_main(int argc, char **argv) {
     if (strcmp(groups[i], "text") == 0 || strcmp(groups[i], "vlm") == 0) run_text(&k, groups[i]);
     else if (strcmp(groups[i], "gen") == 0 || strcmp(groups[i], "edit") == 0) run_sample(&k, groups[i]);
     else if (strcmp(groups[i], "vit") == 0) run_vit(&k);
+    else if (strcmp(groups[i], "train") == 0) {
+      if (k.be->matmul_bwd && k.be->attention_masked_bwd) run_train(&k);
+      else report(&k, "train", NULL, true, "this backend has no backward ops yet");
+    }
     else if (strcmp(groups[i], "vae") == 0) run_vae(&k);
     else report(&k, groups[i], NULL, true, "capability not implemented yet");
   }

@@ -30,12 +30,18 @@ typedef struct {
   bool causal;
 } usbx_attn_args;
 
-/* General packed attention for training / packed batches: per query row a key range
- * [lo, hi) plus, optionally, an extra range [lo2, hi2) (used for "own split" visibility).
- * Described in kernels/attention.c.  */
+/* Packed training attention (spec 4.2-4.3).  The n tokens of a packed batch attend among
+ * themselves; tokens may be stored in any order (the model groups them by expert), so each token
+ * carries its metadata: order[t] (its index in the packed sequence), sample[t], split[t] and
+ * mode[t] (0 causal, 1 full, 2 noise).  Query q may see key k iff
+ *   sample[q] == sample[k]
+ *   && (order[k] <= order[q] || (split[k] == split[q] && mode[q] != 0))
+ *   && !(mode[k] == 2 && split[k] != split[q]).
+ * q/k/v/out as in usbx_attn_args (mm, [n, H, d] / [n, Hkv, d]); lse [H, n] f32 keeps the
+ * log-sum-exp of every query row for the backward pass. */
 typedef struct {
-  int n_q, kv_len, n_heads, n_kv_heads, head_dim;
-  const int32_t *lo, *hi, *lo2, *hi2;   /* device arrays of n_q each */
+  int n, n_heads, n_kv_heads, head_dim;
+  const int32_t *order, *sample, *split, *mode;   /* device arrays of n */
 } usbx_attn_masked_args;
 
 /* Classifier-free guidance, renormalisation and the Euler update of one sampling step
@@ -111,6 +117,36 @@ struct usbx_backend {
                      int groups, float eps, bool silu);
   /* nearest-neighbour x2 upsampling of channels-last [H, W, C] into [2H, 2W, C] (f32) */
   void (*upsample2x)(usbx_backend *be, float *out, const float *x, int H, int W, int C);
+  /* ---------------------------------------------------------------- training
+   * Backward ops: dy are gradients of an op's output (f32; dy_mm is the same in mm type, made by
+   * the caller with to_mm).  Outputs marked += accumulate; NULL outputs are skipped. */
+  /* dx[M,K] += dy·W ; dw[N,K] += dyᵀ·x ; db[N] += Σ_rows dy.  x, w mm. */
+  void (*matmul_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
+                     const void *x, const void *w, int M, int N, int K);
+  /* RMSNorm (out = x/rms(x)*w): dx += ..., dw += ... */
+  void (*rmsnorm_bwd)(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w, int rows, int dim, float eps);
+  void (*layernorm_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                        int rows, int dim, float eps);
+  /* qk_norm_rope: dy [T, out_stride] (the rows written by the forward), x [T, heads, d];
+   * dx = (overwrites) [T, heads, d], dw += [d] */
+  void (*qk_norm_rope_bwd)(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x, const float *w,
+                           const int32_t *pos, int T, int heads, int d, float eps, float theta);
+  /* silu(gate)*up: dgate, dup (overwrite) */
+  void (*silu_mul_bwd)(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
+  /* dx (overwrite) = dy * f'(x) */
+  void (*gelu_tanh_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
+  void (*silu_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
+  /* dtable[ids[t], :] += dout[t, :] */
+  void (*embed_bwd)(usbx_backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int D);
+  /* training attention (forward keeps lse) and its backward: dq, dk, dv (overwrite, f32) from
+   * dout (f32 [n, H, d]) and the forward's q, k, v, out, lse */
+  void (*attention_masked)(usbx_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
+                           const usbx_attn_masked_args *a);
+  void (*attention_masked_bwd)(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const void *q, const void *k,
+                               const void *v, const void *out, const float *lse, const usbx_attn_masked_args *a);
+  /* cross entropy rows: loss[i] = logsumexp(logits[i]) - logits[i, labels[i]];
+   * dlogits (overwrite, may alias logits) = (softmax - onehot) * scale */
+  void (*cross_entropy)(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n, int V, float scale);
   /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
   void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 

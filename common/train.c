@@ -1,0 +1,496 @@
+/* train.c — training forward and backward (spec 9).  Tokens are processed in expert order (all
+ * und tokens, i.e. text and ViT, first; then the VAE latents) so each expert runs on one
+ * contiguous row range; attention uses per-token metadata (packed index, sample, split, mode),
+ * so the reordering changes nothing.  Every activation the backward needs is kept. */
+#include "train.h"
+#include "bagel_internal.h"
+#include "util.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { void *w; float *g; int64_t n; char *name; } gslot;
+
+struct usbx_trainer {
+  usbx_bagel *m;
+  usbx_backend *be;
+  gslot *slots;
+  int nslots, cap;        /* open addressing on the weight pointer */
+  usbx_wlist wl;
+};
+
+static size_t hash_ptr(const void *p, int cap) { uint64_t x = (uint64_t)(uintptr_t)p; x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; return (size_t)(x & (uint64_t)(cap - 1)); }
+
+static gslot *slot_of(usbx_trainer *t, const void *w) {
+  if (!w) return NULL;
+  for (size_t i = hash_ptr(w, t->cap);; i = (i + 1) & (size_t)(t->cap - 1)) {
+    if (t->slots[i].w == w) return &t->slots[i];
+    if (!t->slots[i].w) return NULL;
+  }
+}
+/* gradient buffer of weight w, or NULL when frozen / not trained */
+static float *G(usbx_trainer *t, const void *w) { gslot *s = slot_of(t, w); return s ? s->g : NULL; }
+
+usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
+  usbx_trainer *t = xcalloc(1, sizeof *t);
+  t->m = m; t->be = m->be;
+  usbx_bagel_enumerate(&m->cfg, m->parts, m, &t->wl);
+  t->cap = 64;
+  while (t->cap < 2 * t->wl.n + 2) t->cap *= 2;
+  t->slots = xcalloc((size_t)t->cap, sizeof *t->slots);
+  for (int i = 0; i < t->wl.n; i++) {
+    usbx_wdesc *d = &t->wl.v[i];
+    if (d->init == USBX_INIT_SINCOS_LATENT || d->init == USBX_INIT_SINCOS_VIT || !*d->dst) continue;
+    bool fz = false;
+    for (int k = 0; frozen && frozen[k]; k++) if (strncmp(d->name, frozen[k], strlen(frozen[k])) == 0) fz = true;
+    if (fz) continue;
+    int64_t n = usbx_shape_numel(d->ndim, d->shape);
+    size_t h = hash_ptr(*d->dst, t->cap);
+    while (t->slots[h].w) h = (h + 1) & (size_t)(t->cap - 1);
+    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name};
+    t->nslots++;
+  }
+  return t;
+}
+
+void usbx_trainer_free(usbx_trainer *t) {
+  if (!t) return;
+  for (int i = 0; i < t->cap; i++) if (t->slots[i].w) t->be->free(t->be, t->slots[i].g);
+  free(t->slots); free(t->wl.v); free(t);
+}
+
+float *usbx_trainer_grad(usbx_trainer *t, const char *name, int64_t *numel) {
+  for (int i = 0; i < t->cap; i++)
+    if (t->slots[i].w && strcmp(t->slots[i].name, name) == 0) { if (numel) *numel = t->slots[i].n; return t->slots[i].g; }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+typedef struct { usbx_backend *be; void **p; int n, cap; } pool;   /* frees everything at the end of a step */
+static void *P_alloc(pool *P, size_t bytes) {
+  if (P->n == P->cap) { P->cap = P->cap ? 2 * P->cap : 256; P->p = xrealloc(P->p, sizeof(void *) * (size_t)P->cap); }
+  void *p = P->be->alloc(P->be, bytes ? bytes : 4);
+  P->p[P->n++] = p;
+  return p;
+}
+static float *F32(pool *P, size_t n) { return P_alloc(P, sizeof(float) * n); }
+static float *F32Z(pool *P, size_t n) { float *p = F32(P, n); P->be->memset0(P->be, p, sizeof(float) * n); return p; }
+static void *MM(pool *P, size_t n) { return P_alloc(P, usbx_dtype_size(P->be->mm_dtype) * n); }
+static int32_t *I32(pool *P, const int32_t *host, size_t n) {
+  int32_t *p = P_alloc(P, sizeof(int32_t) * n);
+  if (host) P->be->upload(P->be, p, host, sizeof(int32_t) * n);
+  return p;
+}
+static void P_free(pool *P) { for (int i = 0; i < P->n; i++) P->be->free(P->be, P->p[i]); free(P->p); P->p = NULL; P->n = P->cap = 0; }
+
+static size_t MMB(usbx_backend *be) { return usbx_dtype_size(be->mm_dtype); }
+
+/* ---------------------------------------------------------------- linear helpers */
+
+/* y = x·Wᵀ + b on rows, with x given in f32 (converted to mm into xm, kept for the backward) */
+static void lin_f32(usbx_backend *be, float *y, void *xm, const float *x, const void *w, const float *b, int M, int N, int K) {
+  be->to_mm(be, xm, K, x, M, K);
+  be->matmul(be, y, xm, w, b, M, N, K, false);
+}
+
+/* backward of y = x·Wᵀ + b: dx += dy·W (when dx), dW, db accumulated into the weight's slots */
+static void lin_bwd(usbx_trainer *t, pool *P, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
+  usbx_backend *be = t->be;
+  float *dw = G(t, w), *db = b ? G(t, b) : NULL;
+  if (!dx && !dw && !db) return;
+  void *dym = MM(P, (size_t)M * N);
+  be->to_mm(be, dym, N, dy, M, N);
+  be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K);
+}
+
+/* ---------------------------------------------------------------- ViT */
+
+typedef struct {
+  float *x_in, *x_mid, *fc1;       /* f32 */
+  void *ln1, *q, *k, *v, *o, *ln2, *act;   /* mm */
+  float *lse;
+} vit_saved;
+
+typedef struct {
+  int n;
+  vit_saved *L;
+  float *x_final;                  /* before post_layernorm */
+  void *post_mm, *patch_mm, *conn_in_mm, *conn_act_mm;
+  float *conn_h;                   /* fc1 output */
+  int32_t *pid, *meta_order, *meta_sample, *meta_split, *meta_mode;
+} vit_state;
+
+/* ViT + connector for all images of the batch; out [n_vit, D] (the LLM embeddings) */
+static void vit_forward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vit_state *s, float *out) {
+  usbx_bagel *m = t->m;
+  usbx_backend *be = t->be;
+  const usbx_bagel_config *c = &m->cfg;
+  int n = b->n_vit, Dv = c->vit_hidden, Fv = c->vit_inter, D = c->hidden, pp = c->vit_patch * c->vit_patch * 3;
+  int heads = c->vit_heads, hd = Dv / heads;
+  s->n = n;
+  s->L = xcalloc((size_t)c->vit_layers, sizeof *s->L);
+  s->pid = I32(P, b->vit_pid, (size_t)n);
+  /* attention metadata: each image is its own sample with one full split */
+  int32_t *ord = xmalloc(sizeof(int32_t) * (size_t)n), *smp = xmalloc(sizeof(int32_t) * (size_t)n), *mode = xmalloc(sizeof(int32_t) * (size_t)n);
+  for (int i = 0, img = 0, left = b->n_vit_img ? b->vit_seqlen[0] : 0; i < n; i++) {
+    while (left == 0 && img + 1 < b->n_vit_img) left = b->vit_seqlen[++img];
+    ord[i] = i; smp[i] = img; mode[i] = USBX_SPLIT_FULL; left--;
+  }
+  s->meta_order = I32(P, ord, (size_t)n); s->meta_sample = I32(P, smp, (size_t)n); s->meta_split = s->meta_sample; s->meta_mode = I32(P, mode, (size_t)n);
+  free(ord); free(smp); free(mode);
+  usbx_attn_masked_args aa = {n, heads, heads, hd, s->meta_order, s->meta_sample, s->meta_split, s->meta_mode};
+  float *x = F32(P, (size_t)n * Dv), *tmp = F32(P, (size_t)n * (Dv > D ? Dv : D));
+  float *patches = F32(P, (size_t)n * pp);
+  be->upload(be, patches, b->vit_patches, sizeof(float) * (size_t)n * pp);
+  s->patch_mm = MM(P, (size_t)n * pp);
+  lin_f32(be, x, s->patch_mm, patches, m->patch_w, m->patch_b, n, Dv, pp);
+  be->gather_rows(be, tmp, m->vit_pos, s->pid, n, Dv);
+  be->add(be, x, tmp, (size_t)n * Dv);
+  float *q = F32(P, (size_t)n * Dv);
+  for (int l = 0; l < c->vit_layers; l++) {
+    const vit_layer_w *w = &m->vit[l];
+    vit_saved *v = &s->L[l];
+    v->x_in = F32(P, (size_t)n * Dv);
+    be->copy(be, v->x_in, x, sizeof(float) * (size_t)n * Dv);
+    v->ln1 = MM(P, (size_t)n * Dv); v->q = MM(P, (size_t)n * Dv); v->k = MM(P, (size_t)n * Dv); v->v = MM(P, (size_t)n * Dv);
+    v->o = MM(P, (size_t)n * Dv); v->lse = F32(P, (size_t)heads * n);
+    be->layernorm(be, v->ln1, true, x, w->ln1_w, w->ln1_b, n, Dv, c->vit_eps);
+    be->matmul(be, q, v->ln1, w->q_w, w->q_b, n, Dv, Dv, false); be->to_mm(be, v->q, Dv, q, n, Dv);
+    be->matmul(be, q, v->ln1, w->k_w, w->k_b, n, Dv, Dv, false); be->to_mm(be, v->k, Dv, q, n, Dv);
+    be->matmul(be, q, v->ln1, w->v_w, w->v_b, n, Dv, Dv, false); be->to_mm(be, v->v, Dv, q, n, Dv);
+    be->attention_masked(be, v->o, v->lse, v->q, v->k, v->v, &aa);
+    be->matmul(be, x, v->o, w->o_w, w->o_b, n, Dv, Dv, true);
+    v->x_mid = F32(P, (size_t)n * Dv);
+    be->copy(be, v->x_mid, x, sizeof(float) * (size_t)n * Dv);
+    v->ln2 = MM(P, (size_t)n * Dv); v->fc1 = F32(P, (size_t)n * Fv); v->act = MM(P, (size_t)n * Fv);
+    be->layernorm(be, v->ln2, true, x, w->ln2_w, w->ln2_b, n, Dv, c->vit_eps);
+    be->matmul(be, v->fc1, v->ln2, w->fc1_w, w->fc1_b, n, Fv, Dv, false);
+    be->gelu_tanh(be, v->act, v->fc1, (size_t)n * Fv);
+    be->matmul(be, x, v->act, w->fc2_w, w->fc2_b, n, Dv, Fv, true);
+  }
+  s->x_final = x;
+  s->post_mm = MM(P, (size_t)n * Dv);
+  be->layernorm(be, s->post_mm, true, x, m->post_ln_w, m->post_ln_b, n, Dv, c->vit_eps);
+  s->conn_h = F32(P, (size_t)n * D);
+  be->matmul(be, s->conn_h, s->post_mm, m->conn_w1, m->conn_b1, n, D, Dv, false);
+  s->conn_act_mm = MM(P, (size_t)n * D);
+  be->gelu_tanh(be, s->conn_act_mm, s->conn_h, (size_t)n * D);
+  be->matmul(be, out, s->conn_act_mm, m->conn_w2, m->conn_b2, n, D, D, false);
+  be->gather_rows(be, tmp, m->vit_pos_embed, s->pid, n, D);
+  be->add(be, out, tmp, (size_t)n * D);
+}
+
+static void vit_backward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vit_state *s, const float *dout) {
+  usbx_bagel *m = t->m;
+  usbx_backend *be = t->be;
+  const usbx_bagel_config *c = &m->cfg;
+  int n = s->n, Dv = c->vit_hidden, Fv = c->vit_inter, D = c->hidden, pp = c->vit_patch * c->vit_patch * 3;
+  int heads = c->vit_heads, hd = Dv / heads;
+  usbx_attn_masked_args aa = {n, heads, heads, hd, s->meta_order, s->meta_sample, s->meta_split, s->meta_mode};
+  float *dh = F32Z(P, (size_t)n * D);
+  lin_bwd(t, P, dh, dout, s->conn_act_mm, m->conn_w2, m->conn_b2, n, D, D);
+  float *dpre = F32(P, (size_t)n * D);
+  be->gelu_tanh_bwd(be, dpre, dh, s->conn_h, (size_t)n * D);
+  float *dpost = F32Z(P, (size_t)n * Dv);
+  lin_bwd(t, P, dpost, dpre, s->post_mm, m->conn_w1, m->conn_b1, n, D, Dv);
+  float *dx = F32Z(P, (size_t)n * Dv);
+  be->layernorm_bwd(be, dx, G(t, m->post_ln_w), G(t, m->post_ln_b), dpost, s->x_final, m->post_ln_w, n, Dv, c->vit_eps);
+  float *da = F32(P, (size_t)n * Fv), *dln = F32(P, (size_t)n * Dv), *dq = F32(P, (size_t)n * Dv), *dk = F32(P, (size_t)n * Dv),
+        *dv = F32(P, (size_t)n * Dv), *dact = F32(P, (size_t)n * Fv);
+  for (int l = c->vit_layers - 1; l >= 0; l--) {
+    const vit_layer_w *w = &m->vit[l];
+    vit_saved *v = &s->L[l];
+    /* MLP: x_out = x_mid + fc2(gelu(fc1(LN2(x_mid)))) */
+    be->memset0(be, dact, sizeof(float) * (size_t)n * Fv);
+    lin_bwd(t, P, dact, dx, v->act, w->fc2_w, w->fc2_b, n, Dv, Fv);
+    be->gelu_tanh_bwd(be, da, dact, v->fc1, (size_t)n * Fv);
+    be->memset0(be, dln, sizeof(float) * (size_t)n * Dv);
+    lin_bwd(t, P, dln, da, v->ln2, w->fc1_w, w->fc1_b, n, Fv, Dv);
+    be->layernorm_bwd(be, dx, G(t, w->ln2_w), G(t, w->ln2_b), dln, v->x_mid, w->ln2_w, n, Dv, c->vit_eps);
+    /* attention: x_mid = x_in + out_proj(attn(q, k, v)) */
+    float *dO = F32Z(P, (size_t)n * Dv);
+    lin_bwd(t, P, dO, dx, v->o, w->o_w, w->o_b, n, Dv, Dv);
+    be->attention_masked_bwd(be, dq, dk, dv, dO, v->q, v->k, v->v, v->o, v->lse, &aa);
+    be->memset0(be, dln, sizeof(float) * (size_t)n * Dv);
+    lin_bwd(t, P, dln, dq, v->ln1, w->q_w, w->q_b, n, Dv, Dv);
+    lin_bwd(t, P, dln, dk, v->ln1, w->k_w, w->k_b, n, Dv, Dv);
+    lin_bwd(t, P, dln, dv, v->ln1, w->v_w, w->v_b, n, Dv, Dv);
+    be->layernorm_bwd(be, dx, G(t, w->ln1_w), G(t, w->ln1_b), dln, v->x_in, w->ln1_w, n, Dv, c->vit_eps);
+  }
+  /* patch embedding (the position table is learned: its rows get the gradient too) */
+  lin_bwd(t, P, NULL, dx, s->patch_mm, m->patch_w, m->patch_b, n, Dv, pp);
+  float *dpos = G(t, m->vit_pos);
+  if (dpos) be->embed_bwd(be, dpos, dx, s->pid, n, Dv);
+  free(s->L);
+  (void)b;
+}
+
+/* ---------------------------------------------------------------- LLM */
+
+typedef struct {
+  float *x_in, *x_mid, *qf, *kf, *gate, *up;
+  void *h1, *q, *k, *v, *o, *h2, *act;
+  float *lse;
+} llm_saved;
+
+void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out) {
+  usbx_bagel *m = t->m;
+  usbx_backend *be = t->be;
+  const usbx_bagel_config *c = &m->cfg;
+  pool P = {.be = be};
+  int n = b->n, D = c->hidden, F = c->inter, H = c->heads, Hkv = c->kv_heads, d = c->head_dim, Hd = H * d, KVd = Hkv * d;
+  int PL = c->latent_patch * c->latent_patch * c->latent_channels;
+  for (int i = 0; i < t->cap; i++) if (t->slots[i].w) be->memset0(be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
+
+  /* expert order: und (text, ViT) rows first, then VAE rows; perm[i] = packed index */
+  int32_t *perm = xmalloc(sizeof(int32_t) * (size_t)n), *inv = xmalloc(sizeof(int32_t) * (size_t)n);
+  int n_und = 0;
+  for (int p = 0; p < n; p++) if (b->kind[p] != USBX_TOK_VAE) perm[n_und++] = p;
+  for (int p = 0, k = n_und; p < n; p++) if (b->kind[p] == USBX_TOK_VAE) perm[k++] = p;
+  for (int i = 0; i < n; i++) inv[perm[i]] = i;
+  int n_gen = n - n_und;
+  int32_t *hp = xmalloc(sizeof(int32_t) * (size_t)n * 5);
+  int32_t *h_pos = hp, *h_smp = hp + n, *h_spl = hp + 2 * n, *h_mode = hp + 3 * n, *h_tmp = hp + 4 * n;
+  for (int i = 0; i < n; i++) { int p = perm[i]; h_pos[i] = b->pos[p]; h_smp[i] = b->sample[p]; h_spl[i] = b->split[p]; h_mode[i] = b->mode[p]; }
+  int32_t *d_perm = I32(&P, perm, (size_t)n), *d_inv = I32(&P, inv, (size_t)n), *d_pos = I32(&P, h_pos, (size_t)n);
+  usbx_attn_masked_args aa = {n, H, Hkv, d, d_perm, I32(&P, h_smp, (size_t)n), I32(&P, h_spl, (size_t)n), I32(&P, h_mode, (size_t)n)};
+
+  /* ---- input embeddings, assembled in packed order then permuted */
+  float *xp = F32Z(&P, (size_t)n * D);
+  int n_text = 0;
+  for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_TEXT) { h_tmp[n_text] = p; n_text++; }
+  int32_t *text_idx = I32(&P, h_tmp, (size_t)n_text), *text_ids;
+  for (int i = 0; i < n_text; i++) h_tmp[i] = b->text_id[h_tmp[i]];
+  text_ids = I32(&P, h_tmp, (size_t)n_text);
+  float *rows = F32(&P, (size_t)(n > 0 ? n : 1) * D);
+  if (n_text) { be->embed(be, rows, m->embed, text_ids, n_text, D); be->scatter_rows(be, xp, rows, text_idx, n_text, D); }
+  vit_state vs = {0};
+  int32_t *vit_idx = NULL;
+  if (b->n_vit) {
+    int k = 0;
+    for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_VIT) h_tmp[k++] = p;
+    vit_idx = I32(&P, h_tmp, (size_t)k);
+    vit_forward(t, &P, b, &vs, rows);
+    be->scatter_rows(be, xp, rows, vit_idx, b->n_vit, D);
+  }
+  /* VAE tokens: x_t = (1 - t) x0 + t noise; vae2llm(x_t) + TimestepEmbed(t) + latent_pos_embed[pid] */
+  int nv = b->n_vae;
+  int32_t *vae_idx = NULL, *d_lpid = NULL;
+  void *xt_mm = NULL, *feat_mm = NULL, *te_act_mm = NULL;
+  float *te_h = NULL;
+  if (nv) {
+    int k = 0;
+    for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_VAE) h_tmp[k++] = p;
+    vae_idx = I32(&P, h_tmp, (size_t)k);
+    float *xt = xmalloc(sizeof(float) * (size_t)nv * PL), *feat = xmalloc(sizeof(float) * (size_t)nv * 256);
+    for (int i = 0; i < nv; i++) {
+      float tt = b->t[i];
+      for (int j = 0; j < PL; j++) xt[(size_t)i * PL + j] = (1.0f - tt) * b->x0[(size_t)i * PL + j] + tt * b->noise[(size_t)i * PL + j];
+      for (int j = 0; j < 128; j++) {
+        float f = expf(-logf(10000.0f) * (float)j / 128.0f);
+        feat[(size_t)i * 256 + j] = cosf(tt * f);
+        feat[(size_t)i * 256 + 128 + j] = sinf(tt * f);
+      }
+    }
+    float *dxt = F32(&P, (size_t)nv * PL), *dfeat = F32(&P, (size_t)nv * 256);
+    be->upload(be, dxt, xt, sizeof(float) * (size_t)nv * PL);
+    be->upload(be, dfeat, feat, sizeof(float) * (size_t)nv * 256);
+    free(xt); free(feat);
+    xt_mm = MM(&P, (size_t)nv * PL); feat_mm = MM(&P, (size_t)nv * 256); te_act_mm = MM(&P, (size_t)nv * D);
+    te_h = F32(&P, (size_t)nv * D);
+    lin_f32(be, rows, xt_mm, dxt, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
+    float *te = F32(&P, (size_t)nv * D);
+    lin_f32(be, te_h, feat_mm, dfeat, m->te_w1, m->te_b1, nv, D, 256);
+    float *tmp = F32(&P, (size_t)nv * D);
+    be->silu(be, tmp, te_h, (size_t)nv * D);
+    be->to_mm(be, te_act_mm, D, tmp, nv, D);
+    be->matmul(be, te, te_act_mm, m->te_w2, m->te_b2, nv, D, D, false);
+    be->add(be, rows, te, (size_t)nv * D);
+    for (int i = 0; i < nv; i++) h_tmp[i] = b->lat_pid[i];
+    d_lpid = I32(&P, h_tmp, (size_t)nv);
+    be->gather_rows(be, te, m->latent_pos, d_lpid, nv, D);
+    be->add(be, rows, te, (size_t)nv * D);
+    be->scatter_rows(be, xp, rows, vae_idx, nv, D);
+  }
+  float *x = F32(&P, (size_t)n * D);
+  be->gather_rows(be, x, xp, d_perm, n, D);
+
+  /* ---- decoder layers, keeping activations */
+  typedef struct { int r0, n, e; } run;
+  run runs[2];
+  int nr = 0;
+  if (n_und) runs[nr++] = (run){0, n_und, 0};
+  if (n_gen) runs[nr++] = (run){n_und, n_gen, 1};
+  size_t mmb = MMB(be);
+  llm_saved *S = xcalloc((size_t)c->layers, sizeof *S);
+  for (int l = 0; l < c->layers; l++) {
+    llm_saved *s = &S[l];
+    s->x_in = F32(&P, (size_t)n * D); be->copy(be, s->x_in, x, sizeof(float) * (size_t)n * D);
+    s->h1 = MM(&P, (size_t)n * D); s->qf = F32(&P, (size_t)n * Hd); s->kf = F32(&P, (size_t)n * KVd);
+    float *vf = F32(&P, (size_t)n * KVd);
+    s->q = MM(&P, (size_t)n * Hd); s->k = MM(&P, (size_t)n * KVd); s->v = MM(&P, (size_t)n * KVd); s->o = MM(&P, (size_t)n * Hd);
+    s->lse = F32(&P, (size_t)H * n);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, nn = runs[r].n;
+      char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
+      be->rmsnorm(be, h1, true, x + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
+      be->matmul(be, s->qf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D, false);
+      be->matmul(be, s->kf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D, false);
+      be->matmul(be, vf + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D, false);
+      be->qk_norm_rope(be, (char *)s->q + (size_t)r0 * Hd * mmb, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
+      be->qk_norm_rope(be, (char *)s->k + (size_t)r0 * KVd * mmb, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
+    }
+    be->to_mm(be, s->v, KVd, vf, n, KVd);
+    be->attention_masked(be, s->o, s->lse, s->q, s->k, s->v, &aa);
+    s->h2 = MM(&P, (size_t)n * D); s->gate = F32(&P, (size_t)n * F); s->up = F32(&P, (size_t)n * F); s->act = MM(&P, (size_t)n * F);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, nn = runs[r].n;
+      be->matmul(be, x + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd, true);
+    }
+    s->x_mid = F32(&P, (size_t)n * D); be->copy(be, s->x_mid, x, sizeof(float) * (size_t)n * D);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, nn = runs[r].n;
+      char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb, *act = (char *)s->act + (size_t)r0 * F * mmb;
+      be->rmsnorm(be, h2, true, x + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
+      be->matmul(be, s->gate + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D, false);
+      be->matmul(be, s->up + (size_t)r0 * F, h2, w->up, NULL, nn, F, D, false);
+      be->silu_mul(be, act, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
+      be->matmul(be, x + (size_t)r0 * D, act, w->down, NULL, nn, D, F, true);
+    }
+  }
+  /* final norm per expert */
+  float *hfin = F32(&P, (size_t)n * D);
+  for (int r = 0; r < nr; r++)
+    be->rmsnorm(be, hfin + (size_t)runs[r].r0 * D, false, x + (size_t)runs[r].r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
+
+  /* ---- losses */
+  float *dfin = F32Z(&P, (size_t)n * D);
+  double ce = 0, mse = 0;
+  if (b->n_ce) {
+    int nc = b->n_ce;
+    for (int i = 0; i < nc; i++) {
+      h_tmp[i] = inv[b->ce_idx[i]];
+      if (b->kind[b->ce_idx[i]] == USBX_TOK_VAE) usbx_die("CE row %d is not a text token", b->ce_idx[i]);
+    }
+    int32_t *rows_ce = I32(&P, h_tmp, (size_t)nc), *labels = I32(&P, b->ce_label, (size_t)nc);
+    float *hc = F32(&P, (size_t)nc * D), *logits = F32(&P, (size_t)nc * c->vocab), *loss = F32(&P, (size_t)nc);
+    void *hcm = MM(&P, (size_t)nc * D);
+    be->gather_rows(be, hc, hfin, rows_ce, nc, D);
+    lin_f32(be, logits, hcm, hc, m->lm_head, NULL, nc, c->vocab, D);
+    be->cross_entropy(be, loss, logits, logits, labels, nc, c->vocab, ce_weight / (float)nc);
+    float *hl = xmalloc(sizeof(float) * (size_t)nc);
+    be->download(be, hl, loss, sizeof(float) * (size_t)nc);
+    for (int i = 0; i < nc; i++) ce += hl[i];
+    if (out && out->ce_tok) memcpy(out->ce_tok, hl, sizeof(float) * (size_t)nc);
+    free(hl);
+    ce /= nc;
+    float *dhc = F32Z(&P, (size_t)nc * D);
+    lin_bwd(t, &P, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
+    be->scatter_rows(be, dfin, dhc, rows_ce, nc, D);
+  }
+  if (b->n_mse) {
+    int nm = b->n_mse;
+    /* VAE token k (in packed order of VAE tokens) of each MSE row */
+    int32_t *vrank = xmalloc(sizeof(int32_t) * (size_t)n);
+    for (int p = 0, k = 0; p < n; p++) vrank[p] = b->kind[p] == USBX_TOK_VAE ? k++ : -1;
+    for (int i = 0; i < nm; i++) {
+      if (vrank[b->mse_idx[i]] < 0) usbx_die("MSE row %d is not a VAE token", b->mse_idx[i]);
+      h_tmp[i] = inv[b->mse_idx[i]];
+    }
+    int32_t *rows_m = I32(&P, h_tmp, (size_t)nm);
+    float *hm = F32(&P, (size_t)nm * D), *pred = F32(&P, (size_t)nm * PL);
+    void *hmm = MM(&P, (size_t)nm * D);
+    be->gather_rows(be, hm, hfin, rows_m, nm, D);
+    lin_f32(be, pred, hmm, hm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
+    float *hpred = xmalloc(sizeof(float) * (size_t)nm * PL);
+    be->download(be, hpred, pred, sizeof(float) * (size_t)nm * PL);
+    /* target = noise - x0; loss = Σ_tok mean_P(err²) / n_mse; the gradient stays on the host: small */
+    for (int i = 0; i < nm; i++) {
+      int k = vrank[b->mse_idx[i]];
+      for (int j = 0; j < PL; j++) {
+        size_t o = (size_t)i * PL + j, src = (size_t)k * PL + j;
+        float err = hpred[o] - (b->noise[src] - b->x0[src]);
+        if (out && out->mse_elem) out->mse_elem[o] = err * err;
+        mse += (double)err * err;
+        hpred[o] = 2.0f * err * mse_weight / (float)(PL * nm);
+      }
+    }
+    mse /= (double)PL * nm;
+    be->upload(be, pred, hpred, sizeof(float) * (size_t)nm * PL);
+    free(hpred); free(vrank);
+    float *dhm = F32Z(&P, (size_t)nm * D);
+    lin_bwd(t, &P, dhm, pred, hmm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
+    be->scatter_rows(be, dfin, dhm, rows_m, nm, D);
+  }
+  if (out) { out->ce = ce; out->mse = mse; out->loss = ce_weight * ce + mse_weight * mse; }
+
+  /* ---- backward through the decoder */
+  float *dx = F32Z(&P, (size_t)n * D);
+  for (int r = 0; r < nr; r++) {
+    int r0 = runs[r].r0;
+    be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, m->norm[runs[r].e]), dfin + (size_t)r0 * D, x + (size_t)r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
+  }
+  float *dact = F32(&P, (size_t)n * F), *dg = F32(&P, (size_t)n * F), *du = F32(&P, (size_t)n * F), *dh = F32(&P, (size_t)n * D);
+  float *dO = F32(&P, (size_t)n * Hd), *dq = F32(&P, (size_t)n * Hd), *dk = F32(&P, (size_t)n * KVd), *dv = F32(&P, (size_t)n * KVd);
+  float *dqf = F32(&P, (size_t)n * Hd), *dkf = F32(&P, (size_t)n * KVd);
+  for (int l = c->layers - 1; l >= 0; l--) {
+    llm_saved *s = &S[l];
+    be->memset0(be, dact, sizeof(float) * (size_t)n * F);
+    be->memset0(be, dh, sizeof(float) * (size_t)n * D);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, nn = runs[r].n;
+      lin_bwd(t, &P, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
+      be->silu_mul_bwd(be, dg + (size_t)r0 * F, du + (size_t)r0 * F, dact + (size_t)r0 * F, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
+      char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
+      lin_bwd(t, &P, dh + (size_t)r0 * D, dg + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D);
+      lin_bwd(t, &P, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
+      be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
+    }
+    be->memset0(be, dO, sizeof(float) * (size_t)n * Hd);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, nn = runs[r].n;
+      lin_bwd(t, &P, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
+    }
+    be->attention_masked_bwd(be, dq, dk, dv, dO, s->q, s->k, s->v, s->o, s->lse, &aa);
+    be->memset0(be, dh, sizeof(float) * (size_t)n * D);
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, nn = runs[r].n;
+      be->qk_norm_rope_bwd(be, dqf + (size_t)r0 * Hd, G(t, w->q_norm), dq + (size_t)r0 * Hd, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
+      be->qk_norm_rope_bwd(be, dkf + (size_t)r0 * KVd, G(t, w->k_norm), dk + (size_t)r0 * KVd, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
+      char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
+      lin_bwd(t, &P, dh + (size_t)r0 * D, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
+      lin_bwd(t, &P, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
+      lin_bwd(t, &P, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
+      be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
+    }
+  }
+  /* ---- back to packed order, then into the embeddings */
+  float *dxp = F32(&P, (size_t)n * D);
+  be->gather_rows(be, dxp, dx, d_inv, n, D);
+  if (n_text && G(t, m->embed)) {
+    be->gather_rows(be, rows, dxp, text_idx, n_text, D);
+    be->embed_bwd(be, G(t, m->embed), rows, text_ids, n_text, D);
+  }
+  if (b->n_vit) {
+    be->gather_rows(be, rows, dxp, vit_idx, b->n_vit, D);
+    vit_backward(t, &P, b, &vs, rows);
+  }
+  if (nv) {
+    be->gather_rows(be, rows, dxp, vae_idx, nv, D);
+    lin_bwd(t, &P, NULL, rows, xt_mm, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
+    float *dte = F32Z(&P, (size_t)nv * D), *dpre = F32(&P, (size_t)nv * D);
+    lin_bwd(t, &P, dte, rows, te_act_mm, m->te_w2, m->te_b2, nv, D, D);
+    be->silu_bwd(be, dpre, dte, te_h, (size_t)nv * D);
+    lin_bwd(t, &P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
+  }
+  be->sync(be);
+  free(S); free(perm); free(inv); free(hp);
+  P_free(&P);
+}

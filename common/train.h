@@ -1,0 +1,54 @@
+/* train.h — the upstream training forward (spec 9) and its backward pass on a backend: packed
+ * batches of text, ViT and VAE splits with the split attention rules, flow-matching MSE and text
+ * cross-entropy, gradients for every trainable tensor. */
+#ifndef USBX_TRAIN_H
+#define USBX_TRAIN_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "bagel.h"
+
+enum { USBX_TOK_TEXT = 0, USBX_TOK_VIT = 1, USBX_TOK_VAE = 2 };
+enum { USBX_SPLIT_CAUSAL = 0, USBX_SPLIT_FULL = 1, USBX_SPLIT_NOISE = 2 };
+
+/* A packed batch, every array in packed order (host memory). */
+typedef struct {
+  int n;
+  int32_t *pos, *sample, *split, *mode;   /* [n] RoPE position, sample id, split id, split mode */
+  int8_t *kind;                           /* [n] USBX_TOK_* */
+  int32_t *text_id;                       /* [n] token id of TEXT tokens (markers included), else -1 */
+  /* ViT tokens in packed order: patches [n_vit, p*p*3] (flattened (py, px, c)), position ids,
+   * and the patch count of each image (images are consecutive runs of VIT tokens) */
+  int n_vit, n_vit_img;
+  float *vit_patches;
+  int32_t *vit_pid, *vit_seqlen;
+  /* VAE latent tokens in packed order: clean latent x0 [n_vae, P], flow noise [n_vae, P],
+   * t [n_vae] (after sigmoid and shift; 0 for a clean condition image), position ids */
+  int n_vae;
+  float *x0, *noise, *t;
+  int32_t *lat_pid;
+  /* losses: CE rows (packed index, label) and MSE rows (packed index of VAE tokens) */
+  int n_ce, n_mse;
+  int32_t *ce_idx, *ce_label, *mse_idx;
+} usbx_train_batch;
+
+typedef struct usbx_trainer usbx_trainer;
+
+/* Gradient buffers for every loaded tensor except the fixed sin-cos tables.  frozen: names with
+ * one of these prefixes get no gradient (NULL-terminated list, may be NULL). */
+usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen);
+void usbx_trainer_free(usbx_trainer *t);
+
+typedef struct {
+  double loss, ce, mse;
+  float *ce_tok;       /* optional host [n_ce]: per-token cross entropy */
+  float *mse_elem;     /* optional host [n_mse, P]: squared error per element */
+} usbx_train_out;
+
+/* Zeroes the gradients, runs forward and backward of loss = ce_weight*CE + mse_weight*MSE
+ * (CE = Σ ce / n_ce, MSE = Σ_tokens mean_P(err²) / n_mse, as upstream with world size 1). */
+void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out);
+
+/* The gradient of a named tensor (device f32, same shape), or NULL (unknown, frozen or fixed). */
+float *usbx_trainer_grad(usbx_trainer *t, const char *name, int64_t *numel);
+
+#endif
