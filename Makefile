@@ -44,12 +44,12 @@ ifeq ($(USBX_CUDA),1)
 endif
 
 TOOLS   := $(FILTER_SRC:filters/%.c=bin/%)
-TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_BINS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HELPERS := $(HELPER_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES := $(BENCH_SRC:benchmark/%.c=$(BUILD)/bench/%)
 
 .PHONY: all test asan fuzz demo deps install check-fixtures clean bench tokenizer
-all: $(TOOLS) $(TESTS) $(HELPERS) $(BENCHES)
+all: $(TOOLS) $(TEST_BINS) $(HELPERS) $(BENCHES)
 
 $(OBJDIR)/%.o: %.c $(wildcard common/*.h kernels/*.h)
 	@mkdir -p $(dir $@)
