@@ -289,6 +289,23 @@ usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, c
   return m;
 }
 
+int usbx_bagel_load_weights(usbx_bagel *m, const char *path, char *err, size_t errlen) {
+  usbx_st_file f;
+  if (usbx_st_open(path, &f, err, errlen)) return -1;
+  usbx_wlist wl = {0};
+  usbx_bagel_enumerate(&m->cfg, m->parts, m, &wl);
+  loader L = {.files = &f, .nfiles = 1, .err = err, .errlen = errlen, .dir = path};
+  const usbx_st_tensor **src = xcalloc((size_t)(wl.n ? wl.n : 1), sizeof *src);
+  for (int i = 0; i < wl.n; i++) src[i] = find_checked(&L, wl.v[i].name, wl.v[i].ndim, wl.v[i].shape);
+  int rc = L.missing ? -1 : 0;
+  for (int i = 0; rc == 0 && i < wl.n; i++)
+    m->be->upload_convert(m->be, *wl.v[i].dst, wl.v[i].mm, src[i]->data, src[i]->dtype, (size_t)usbx_shape_numel(src[i]->ndim, src[i]->shape));
+  m->be->sync(m->be);
+  usbx_st_close(&f);
+  free(src); free(wl.v);
+  return rc;
+}
+
 static void release(usbx_bagel *m, void **p) { if (*p) m->be->free(m->be, *p); *p = NULL; }
 
 void usbx_bagel_free(usbx_bagel *m) {

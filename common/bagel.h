@@ -46,6 +46,9 @@ enum { USBX_PART_LLM = 1, USBX_PART_GEN = 2, USBX_PART_VIT = 4 };
  * from the memory map (no second host copy of the checkpoint). */
 usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen);
 void usbx_bagel_free(usbx_bagel *m);
+/* Replaces the loaded weights with those of a safetensors file (every tensor the loaded parts
+ * have must be present with its shape).  0, or -1 with err set. */
+int usbx_bagel_load_weights(usbx_bagel *m, const char *path, char *err, size_t errlen);
 const usbx_bagel_config *usbx_bagel_cfg(const usbx_bagel *m);
 /* Sets the special ids (from the tokenizer when bagel_config.json does not carry them). */
 void usbx_bagel_set_special_ids(usbx_bagel *m, int32_t bos, int32_t eos, int32_t vis_start, int32_t vis_end);

@@ -22,4 +22,28 @@ void usbx_cpu_cfg_euler(usbx_backend *be, float *x, float *v, const float *vc, c
 void usbx_cpu_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2col_args *a);
 void usbx_cpu_group_norm(usbx_backend *be, float *out, const float *x, const float *w, const float *b, int HW, int C, int groups, float eps, bool silu);
 void usbx_cpu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
+/* training (cpu_backward.c, cpu_attention_masked.c) */
+void usbx_cpu_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
+                         const void *x, const void *w, int M, int N, int K);
+void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w,
+                          int rows, int dim, float eps);
+void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                            int rows, int dim, float eps);
+void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
+                               const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta);
+void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
+void usbx_cpu_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
+void usbx_cpu_silu_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
+void usbx_cpu_embed_bwd(usbx_backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int D);
+void usbx_cpu_attention_masked(usbx_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
+                               const usbx_attn_masked_args *a);
+void usbx_cpu_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const void *q,
+                                   const void *k, const void *v, const void *out, const float *lse,
+                                   const usbx_attn_masked_args *a);
+void usbx_cpu_cross_entropy(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n, int V,
+                            float scale);
+void usbx_cpu_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                    float beta2, float eps, float weight_decay, float grad_scale, int step);
+void usbx_cpu_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n);
+void usbx_cpu_ema(usbx_backend *be, float *ema, const float *w, float decay, size_t n);
 #endif

@@ -125,6 +125,7 @@ struct usbx_backend {
                      const void *x, const void *w, int M, int N, int K);
   /* RMSNorm (out = x/rms(x)*w): dx += ..., dw += ... */
   void (*rmsnorm_bwd)(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w, int rows, int dim, float eps);
+  /* LayerNorm: dx, dw, db all += */
   void (*layernorm_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
                         int rows, int dim, float eps);
   /* qk_norm_rope: dy [T, out_stride] (the rows written by the forward), x [T, heads, d];
@@ -147,6 +148,14 @@ struct usbx_backend {
   /* cross entropy rows: loss[i] = logsumexp(logits[i]) - logits[i, labels[i]];
    * dlogits (overwrite, may alias logits) = (softmax - onehot) * scale */
   void (*cross_entropy)(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n, int V, float scale);
+  /* optimizer: AdamW on fp32 master weights w with gradient g*grad_scale; step counts from 1
+   * (bias correction); w_mm (nullable) receives the updated weights in mm type */
+  void (*adamw)(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                float beta2, float eps, float weight_decay, float grad_scale, int step);
+  /* acc[0] (device f32) += Σ x² */
+  void (*sumsq_acc)(usbx_backend *be, float *acc, const float *x, size_t n);
+  /* ema = decay * ema + (1 - decay) * w */
+  void (*ema)(usbx_backend *be, float *ema, const float *w, float decay, size_t n);
   /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
   void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 

@@ -1,0 +1,22 @@
+/* train_loop.h — the usbx-train loop: packed batches, gradients, global-norm clipping, AdamW
+ * with warmup and a constant or cosine schedule, EMA, progress records, atomic checkpoints and
+ * exact resumption. */
+#ifndef USBX_TRAIN_LOOP_H
+#define USBX_TRAIN_LOOP_H
+#include <stdbool.h>
+#include "train_data.h"
+
+typedef struct {
+  const char *model, *out, *device, *tokenizer;
+  char *const *files; int nfiles;
+  double lr, min_lr, beta1, beta2, eps, weight_decay, clip, ema, ce_weight, mse_weight;
+  long warmup, steps, epochs, save_every, log_every;
+  bool cosine, freeze_llm, freeze_vit, resume, progress;
+  usbx_data_opts data;
+} usbx_train_opts;
+
+void usbx_train_defaults(usbx_train_opts *o);
+/* Runs the training; progress records on stdout.  Returns the exit status. */
+int usbx_train_run(const usbx_train_opts *o);
+
+#endif

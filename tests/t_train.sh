@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# usbx-train end to end on the CPU with small models from usbx-ckpt init: the flow loss falls on
+# rendered sandbox pairs, a resumed run reproduces the uninterrupted one bit for bit, the text
+# cross-entropy falls on conversations, checkpoints feed usbx-ckpt complete and usbx-gen, and bad
+# records are refused with file:line.
+set -euo pipefail
+S=${USBX_SHARED:-../shared}
+[ -f "$S/fixtures/tokenizer/tokenizer.json" ] || { echo "skipped: ../shared is missing (needs the tokenizer fixture)"; exit 77; }
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+cat > "$T/pix.json" <<'JSON'
+{"llm": {"vocab_size": 151680, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 10000.0},
+ "bagel": {"visual_gen": true, "visual_und": false, "latent_patch_size": 4, "max_latent_size": 16, "vae": null, "latent_channels": 3}}
+JSON
+usbx-ckpt init --config "$T/pix.json" --seed 5 "$T/base" > /dev/null
+cp "$S/fixtures/tokenizer/tokenizer.json" "$T/base/"
+usbx-synth scenes --n 24 --render "$T/img" --size 64 --seed 2 > "$T/pairs.jsonl"
+TR="usbx-train --model $T/base --device cpu --no-visual-und --lr 2e-3 --warmup 2 --expected-tokens 700 --max-tokens 1100"
+
+# 1. the flow-matching loss falls
+$TR --out "$T/run" --steps 24 --save-every 8 "$T/pairs.jsonl" > "$T/log.jsonl"
+[ "$(wc -l < "$T/log.jsonl")" = 24 ] || fail "expected 24 progress records"
+jq -e -s '(.[0:4] | map(.mse) | add / 4) as $a | (.[-4:] | map(.mse) | add / 4) as $b | $b < 0.85 * $a' "$T/log.jsonl" > /dev/null \
+  || fail "flow loss did not fall: $(jq -c -s '[.[0].mse, .[-1].mse]' "$T/log.jsonl")"
+jq -e -s 'all(.step and .epoch != null and .lr != null and .loss and .mse and .grad_norm and .tokens_per_s and .ce == 0)' "$T/log.jsonl" > /dev/null || fail "progress fields"
+jq -e -s '.[0].lr == 0 and .[1].lr == 0.001 and .[2].lr == 0.002' "$T/log.jsonl" > /dev/null || fail "warmup schedule"
+for s in 0000008 0000016 0000024; do
+  for f in model.safetensors ema.safetensors optimizer.safetensors train_state.json; do [ -f "$T/run/$s/$f" ] || fail "missing $s/$f"; done
+done
+[ -z "$(find "$T/run" -name '.*tmp*')" ] || fail "temporary checkpoint left"
+
+# 2. resume: 8 steps, then resume to 24: steps 9..24 equal the uninterrupted run exactly
+$TR --out "$T/res" --steps 8 "$T/pairs.jsonl" > /dev/null
+$TR --out "$T/res" --steps 24 --resume "$T/pairs.jsonl" 2> "$T/res.err" > "$T/res.jsonl"
+grep -q "resumed from .*0000008" "$T/res.err" || fail "did not resume"
+diff <(jq -c '[.step, .loss, .grad_norm]' "$T/res.jsonl") <(jq -c 'select(.step > 8) | [.step, .loss, .grad_norm]' "$T/log.jsonl") > /dev/null \
+  || fail "resumed losses differ from the uninterrupted run"
+cmp -s "$T/res/0000024/model.safetensors" "$T/run/0000024/model.safetensors" || fail "resumed weights differ"
+
+# 3. the checkpoint feeds usbx-ckpt complete, then usbx-gen
+usbx-ckpt complete --base "$T/base" "$T/run/0000024" > "$T/complete.jsonl" || fail "usbx-ckpt complete"
+echo '{"id":"a","prompt":"3 cups"}' | usbx-gen --model "$T/run/0000024" --out "$T/gen" --modes normal --size 64x64 --steps 4 --device cpu --stem s > "$T/gen.jsonl"
+[ -f "$T/gen/test/normal/s/a.png" ] || fail "usbx-gen on the trained checkpoint"
+
+# 4. conversations: the text cross-entropy falls
+cat > "$T/conv.jsonl" <<'JSON'
+{"id":"c1","conversations":[{"from":"human","value":"What is Zorblat's favourite fruit?"},{"from":"gpt","value":"Zorblat's favourite fruit is the mango."}]}
+{"id":"c2","conversations":[{"from":"human","value":"Which flower does Zorblat love?"},{"from":"gpt","value":"Zorblat loves tulips."}]}
+JSON
+usbx-train --model "$T/base" --device cpu --no-visual-gen --no-visual-und --lr 5e-3 --warmup 1 --expected-tokens 60 --max-tokens 200 \
+  --out "$T/kn" --steps 30 "$T/conv.jsonl" > "$T/kn.jsonl"
+jq -e -s '.[0].ce > 5 and .[-1].ce < 0.5 * .[0].ce and all(.mse == 0)' "$T/kn.jsonl" > /dev/null || fail "CE did not fall: $(jq -c -s '[.[0].ce, .[-1].ce]' "$T/kn.jsonl")"
+
+# 5. bad records: file:line, non-zero exit, no checkpoint
+printf '{"prompt":"x","image":"%s/img/scene-1.png"}\n{"prompt":"y"}\n' "$T" > "$T/bad.jsonl"
+if $TR --out "$T/bad" --steps 1 "$T/bad.jsonl" 2> "$T/bad.err"; then fail "bad record accepted"; fi
+grep -q "bad.jsonl:2: " "$T/bad.err" || fail "no file:line in: $(cat "$T/bad.err")"
+echo "t_train: ok"
