@@ -43,7 +43,8 @@ ifeq ($(USBX_CUDA),1)
               -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC -Icommon -Ikernels -DUSBX_HAVE_CUDA=1 -lineinfo
 endif
 
-TOOLS   := $(FILTER_SRC:filters/%.c=bin/%)
+BINDIR  ?= bin
+TOOLS   := $(FILTER_SRC:filters/%.c=$(BINDIR)/%)
 TEST_BINS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HELPERS := $(HELPER_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES := $(BENCH_SRC:benchmark/%.c=$(BUILD)/bench/%)
@@ -63,8 +64,8 @@ $(LIB): $(OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-bin/%: filters/%.c $(LIB)
-	@mkdir -p bin
+$(BINDIR)/%: filters/%.c $(LIB)
+	@mkdir -p $(BINDIR)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 
 $(BUILD)/tests/%: tests/%.c $(LIB) tests/testlib.h
@@ -77,14 +78,14 @@ $(BUILD)/bench/%: benchmark/%.c $(LIB)
 
 # make test: unit tests, fixture checks, end-to-end filter tests, short fuzz runs.
 test: all
-	@USBX_BUILD=$(BUILD) USBX_SHARED=$(SHARED) FIXTURES=$(FIXTURES) bash tests/run.sh
+	@USBX_BUILD=$(BUILD) USBX_BIN=$(abspath $(BINDIR)) USBX_SHARED=$(SHARED) FIXTURES=$(FIXTURES) bash tests/run.sh
 
 check-fixtures: all
-	@bin/usbx-ckpt check-fixtures $(if $(DEVICE),--device $(DEVICE)) $(if $(STRICT),--strict) $(FIXTURES)
+	@$(BINDIR)/usbx-ckpt check-fixtures $(if $(DEVICE),--device $(DEVICE)) $(if $(STRICT),--strict) $(FIXTURES)
 
 # Tests under AddressSanitizer + UndefinedBehaviorSanitizer, in a separate build folder.
 asan:
-	$(MAKE) BUILD=build-asan USBX_CUDA=0 CC=clang \
+	$(MAKE) BUILD=build-asan BINDIR=build-asan/bin USBX_CUDA=0 CC=clang \
 	  OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  LDFLAGS="-fsanitize=address,undefined" test
 

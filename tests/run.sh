@@ -5,7 +5,8 @@ set -u
 cd "$(dirname "$0")/.."
 BUILD=${USBX_BUILD:-build}
 export USBX_SHARED=${USBX_SHARED:-$(cd .. && pwd)/shared}
-export USBX_BIN=$PWD/bin USBX_BUILD=$BUILD PATH=$PWD/bin:$PATH
+export USBX_BIN=${USBX_BIN:-$PWD/bin} USBX_BUILD=$BUILD
+export PATH=$USBX_BIN:$PATH
 pass=0 fail=0 skip=0 failed=()
 only=${TESTS:-}
 for t in "$BUILD"/tests/test_* tests/t_*.sh; do
