@@ -2,9 +2,9 @@
  *
  * Icons: every catalogue object i gets a unique (shape, colour, pattern) triple: 6 shapes
  * (circle, square, triangle up, triangle down, wide bar, tall bar) x 9 palette colours x 3
- * patterns (solid, dark centre dot, dark horizontal stripe) = 162 icons.  The shapes differ in
+ * patterns (solid, dark centre dot, dark cap across the wide end) = 162 icons.  The shapes differ in
  * aspect ratio, fill ratio and vertical asymmetry, the patterns in the dark region's presence and
- * aspect: features that survive 64x64 images, mild noise and blur.
+ * centroid (centre or end): features that survive 64x64 images, mild noise and blur.
  * Scenes: instances sit in distinct cells of a grid (1x1 .. 3x3) with a margin of at least 2 px
  * to the cell edges, so they never touch; size and position are jittered per instance.
  * Portraits: on a pale-blue background, a face disc in one of three skin colours, a hair cap in
@@ -23,7 +23,7 @@ const uint8_t usbx_palette[USBX_NCOLOURS][3] = {
 };
 const char *const usbx_colour_names[USBX_NCOLOURS] = {"red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "brown"};
 const char *const usbx_shape_names[USBX_NSHAPES] = {"circle", "square", "triangle-up", "triangle-down", "wide-bar", "tall-bar"};
-const char *const usbx_pattern_names[USBX_NPATS] = {"solid", "dot", "stripe"};
+const char *const usbx_pattern_names[USBX_NPATS] = {"solid", "dot", "cap"};
 const uint8_t usbx_bg_scene[3] = {255, 255, 255}, usbx_bg_portrait[3] = {200, 222, 245};
 static const uint8_t dark[3] = {25, 25, 25};
 const uint8_t usbx_skin_rgb[3][3] = {{125, 80, 50}, {240, 200, 175}, {200, 150, 100}};
@@ -76,8 +76,12 @@ static void draw_icon(uint8_t *rgb, int w, int h, int obj, double cx, double cy,
       double u = (x + 0.5 - cx) / half, v = (y + 0.5 - cy) / half;
       if (!inside(shape, u, v)) continue;
       const uint8_t *c = usbx_palette[colour];
-      if (pattern == USBX_PAT_DOT && u * u + v * v <= 0.30 * 0.30) c = dark;
-      if (pattern == USBX_PAT_STRIPE && fabs(v) <= 0.16) c = dark;
+      if (pattern == USBX_PAT_DOT && u * u + v * v <= 0.32 * 0.32) c = dark;
+      if (pattern == USBX_PAT_CAP) {   /* a dark band across the wide end: the top (bottom of an upward triangle) */
+        double lim = shape == USBX_SHAPE_SQUARE ? -0.34 : shape == USBX_SHAPE_WIDE ? -0.16 :
+                     shape == USBX_SHAPE_TRI_UP || shape == USBX_SHAPE_TRI_DOWN ? -0.55 : -0.4;
+        if (shape == USBX_SHAPE_TRI_UP ? v >= -lim : v <= lim) c = dark;
+      }
       put(rgb, w, x, y, c);
     }
 }
@@ -109,7 +113,7 @@ uint8_t *usbx_render_scene(const int *objs, int n, int size, uint64_t seed, char
   double cw = (double)size / cols, ch = (double)size / rows, cell = cw < ch ? cw : ch;
   for (int i = 0; i < n; i++) {
     int cx_i = cells[i] % cols, cy_i = cells[i] / cols;
-    double s = cell * (0.62 + 0.14 * usbx_rng_uniform(&r));
+    double s = cell * (0.68 + 0.12 * usbx_rng_uniform(&r));
     double jx = (cw - s) / 2 - 2, jy = (ch - s) / 2 - 2;
     if (jx < 0) jx = 0;
     if (jy < 0) jy = 0;
@@ -147,14 +151,14 @@ uint8_t *usbx_render_portrait(int skin, int hair, int age, int gender, int size,
   usbx_rng_seed(&r, seed);
   uint8_t *rgb = canvas(size, usbx_bg_portrait);
   double S = size;
-  double rad = (age == 0 ? 0.17 : 0.28) * S * (0.97 + 0.06 * usbx_rng_uniform(&r));
+  double rad = (age == 0 ? 0.16 : 0.29) * S * (0.97 + 0.06 * usbx_rng_uniform(&r));
   double cx = S / 2 + (usbx_rng_uniform(&r) - 0.5) * 0.04 * S;
   double cy = (age == 0 ? 0.50 : 0.46) * S + (usbx_rng_uniform(&r) - 0.5) * 0.03 * S;
   const uint8_t *hc = usbx_hair_rgb[hair], *sc = usbx_skin_rgb[skin];
   /* body */
   rect(rgb, size, cx - 1.5 * rad, cy + 1.05 * rad, cx + 1.5 * rad, S, shirt);
   /* long hair behind the face */
-  if (gender == 0) rect(rgb, size, cx - 1.4 * rad, cy - 0.35 * rad, cx + 1.4 * rad, cy + 1.0 * rad, hc);
+  if (gender == 0) rect(rgb, size, cx - 1.55 * rad, cy - 0.35 * rad, cx + 1.55 * rad, cy + 1.0 * rad, hc);
   disc(rgb, size, cx, cy - 0.35 * rad, 1.1 * rad, hc);
   disc(rgb, size, cx, cy, rad, sc);
   /* eyes and mouth */

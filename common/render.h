@@ -15,7 +15,7 @@
 /* icon vocabulary */
 enum { USBX_SHAPE_CIRCLE, USBX_SHAPE_SQUARE, USBX_SHAPE_TRI_UP, USBX_SHAPE_TRI_DOWN, USBX_SHAPE_WIDE,
        USBX_SHAPE_TALL, USBX_NSHAPES };
-enum { USBX_PAT_SOLID, USBX_PAT_DOT, USBX_PAT_STRIPE, USBX_NPATS };
+enum { USBX_PAT_SOLID, USBX_PAT_DOT, USBX_PAT_CAP, USBX_NPATS };
 #define USBX_NCOLOURS 9
 extern const uint8_t usbx_palette[USBX_NCOLOURS][3];
 extern const char *const usbx_colour_names[USBX_NCOLOURS];

@@ -21,6 +21,7 @@ static int cdist2(const uint8_t *a, const uint8_t *b) {
   return d;
 }
 static int cmp_u8(const void *a, const void *b) { return (int)*(const uint8_t *)a - (int)*(const uint8_t *)b; }
+static int cmp_int(const void *a, const void *b) { int x = *(const int *)a, y = *(const int *)b; return (x > y) - (x < y); }
 
 /* median colour of a pixel list */
 static void median_rgb(const uint8_t *rgb, const int *idx, int n, uint8_t out[3]) {
@@ -46,66 +47,75 @@ static void border_bg(const uint8_t *rgb, int w, int h, uint8_t bg[3]) {
 static int is_dark(const uint8_t *p) { return p[0] < 80 && p[1] < 80 && p[2] < 80; }
 
 /* one connected component's features -> class (or -1) */
-static int classify(const uint8_t *rgb, int w, const unsigned char *mask, const int *lab, int id, const int *pix, int n,
+static int classify(const uint8_t *rgb, int w, int h, const int *lab, int id, const int *pix, int n,
                     int bx0, int by0, int bx1, int by1, char *why, size_t whylen) {
   int bw = bx1 - bx0 + 1, bh = by1 - by0 + 1;
   double aspect = (double)bw / bh, fill = (double)n / ((double)bw * bh);
   int shape;
   if (aspect > 1.5) shape = USBX_SHAPE_WIDE;
   else if (aspect < 1 / 1.5) shape = USBX_SHAPE_TALL;
-  else if (fill > 0.88) shape = USBX_SHAPE_SQUARE;
-  else if (fill > 0.66) shape = USBX_SHAPE_CIRCLE;
-  else if (fill > 0.38 && fill < 0.62) {
+  else {
+    /* triangles: most of the area in one half (about 1:3); circle and square are symmetric */
     double midy = (by0 + by1) / 2.0;
     int top = 0, bot = 0;
     for (int i = 0; i < n; i++) { int y = pix[i] / w; if (y < midy) top++; else if (y > midy) bot++; }
     if (top * 10 < bot * 6) shape = USBX_SHAPE_TRI_UP;
     else if (bot * 10 < top * 6) shape = USBX_SHAPE_TRI_DOWN;
-    else { snprintf(why, whylen, "unknown shape (fill %.2f, symmetric)", fill); return -1; }
-  } else {
-    snprintf(why, whylen, "unknown shape (aspect %.2f, fill %.2f)", aspect, fill);
-    return -1;
-  }
-  /* pattern: dark pixels and their extent */
-  int nd = 0, dx0 = bx1, dx1 = bx0, dy0 = by1, dy1 = by0;
-  int *core = xmalloc((size_t)n * sizeof(int));
-  int nc = 0;
-  for (int i = 0; i < n; i++) {
-    int p = pix[i], x = p % w, y = p / w;
-    const uint8_t *c = rgb + (size_t)p * 3;
-    if (is_dark(c)) {
-      nd++;
-      if (x < dx0) dx0 = x;
-      if (x > dx1) dx1 = x;
-      if (y < dy0) dy0 = y;
-      if (y > dy1) dy1 = y;
-      continue;
-    }
-    /* colour from interior pixels only (all 8 neighbours in the component, none dark) */
-    int interior = 1;
-    for (int dy = -1; dy <= 1 && interior; dy++)
-      for (int dx = -1; dx <= 1; dx++) {
-        int q = p + dy * w + dx;
-        if (!mask[q] || lab[q] != id || is_dark(rgb + (size_t)q * 3)) { interior = 0; break; }
+    else {
+      /* square or circle: the bounding box's corners are filled for a square, empty for a circle */
+      int in = 0, tot = 0;
+      for (int cyi = 0; cyi < 2; cyi++)
+        for (int cxi = 0; cxi < 2; cxi++)
+          for (int dy = 0; dy < 2; dy++)
+            for (int dx = 0; dx < 2; dx++) {
+              int x = cxi ? bx1 - dx : bx0 + dx, y = cyi ? by1 - dy : by0 + dy;
+              tot++;
+              if (lab[y * w + x] == id) in++;
+            }
+      double corner = (double)in / tot;
+      if (fill > 0.7 && corner > 0.1) shape = USBX_SHAPE_SQUARE;          /* blur rounds a square's corners a little */
+      else if (fill > 0.6 && fill < 0.9 && corner <= 0.1) shape = USBX_SHAPE_CIRCLE;
+      else {
+        snprintf(why, whylen, "unknown shape (fill %.2f, corners %.2f)", fill, corner);
+        return -1;
       }
-    if (interior) core[nc++] = p;
+    }
   }
-  int pattern;
-  double dfrac = (double)nd / n;
-  if (dfrac < 0.025) pattern = USBX_PAT_SOLID;
-  else {
-    double da = (double)(dx1 - dx0 + 1) / (dy1 - dy0 + 1);
-    pattern = da >= 1.8 ? USBX_PAT_STRIPE : USBX_PAT_DOT;
-    if (dfrac > 0.45) { free(core); snprintf(why, whylen, "mostly dark object"); return -1; }
+  /* colour: pure pixels only.  Blur mixes the colour with the background at the edges and with
+   * the dark pattern inside, so take the pixels at least 2 px inside the object (1 px, or all,
+   * for tiny objects), and of those the brighter half (the dark pattern and its blends are darker
+   * than the colour); their median, then the nearest palette colour */
+  int *cand = xmalloc((size_t)n * sizeof(int));
+  int ncand = 0;
+  for (int depth = 2; depth >= 0 && ncand < 4; depth--) {
+    ncand = 0;
+    for (int i = 0; i < n; i++) {
+      int p = pix[i], x = p % w, y = p / w, in = 1;
+      for (int dy = -depth; dy <= depth && in; dy++)
+        for (int dx = -depth; dx <= depth; dx++) {
+          int xx = x + dx, yy = y + dy;
+          if (xx < 0 || yy < 0 || xx >= w || yy >= h || lab[yy * w + xx] != id) { in = 0; break; }
+        }
+      if (in && !is_dark(rgb + (size_t)p * 3)) cand[ncand++] = p;
+    }
   }
-  if (nc < 3) { /* tiny object: use every non-dark pixel */
-    nc = 0;
-    for (int i = 0; i < n; i++) if (!is_dark(rgb + (size_t)pix[i] * 3)) core[nc++] = pix[i];
+  int *lums = xmalloc((size_t)(ncand ? ncand : 1) * sizeof(int));
+  for (int i = 0; i < ncand; i++) {
+    const uint8_t *c = rgb + (size_t)cand[i] * 3;
+    lums[i] = (299 * c[0] + 587 * c[1] + 114 * c[2]) / 1000;
   }
-  if (nc == 0) { free(core); snprintf(why, whylen, "no colour"); return -1; }
+  int *sl = xmalloc((size_t)(ncand ? ncand : 1) * sizeof(int));
+  memcpy(sl, lums, (size_t)ncand * sizeof(int));
+  qsort(sl, (size_t)ncand, sizeof(int), cmp_int);
+  int lcut = ncand ? sl[ncand / 2] : 0;
+  free(sl);
+  int nsel = 0;
+  for (int i = 0; i < ncand; i++) if (lums[i] >= lcut) cand[nsel++] = cand[i];
+  free(lums);
+  if (nsel == 0) { free(cand); snprintf(why, whylen, "no colour"); return -1; }
   uint8_t med[3];
-  median_rgb(rgb, core, nc, med);
-  free(core);
+  median_rgb(rgb, cand, nsel, med);
+  free(cand);
   int best = -1, bd = 1 << 30;
   for (int k = 0; k < USBX_NCOLOURS; k++) {
     int d = cdist2(med, usbx_palette[k]);
@@ -114,6 +124,26 @@ static int classify(const uint8_t *rgb, int w, const unsigned char *mask, const 
   if (bd > 55 * 55) {
     snprintf(why, whylen, "unknown colour (%d,%d,%d)", med[0], med[1], med[2]);
     return -1;
+  }
+  /* pattern: pixels well below the colour's brightness are dark (a blurred dot still counts);
+   * their share, and where their centre lies (blur shrinks a region symmetrically, so its centre
+   * stays put): the middle (dot) or an end (cap) */
+  const uint8_t *pc = usbx_palette[best];
+  int lthr = (299 * pc[0] + 587 * pc[1] + 114 * pc[2]) * 6 / 10000;
+  int nd = 0;
+  double dsum_y = 0;
+  for (int i = 0; i < n; i++) {
+    const uint8_t *c = rgb + (size_t)pix[i] * 3;
+    int l = (299 * c[0] + 587 * c[1] + 114 * c[2]) / 1000;
+    if (l < lthr || is_dark(c)) { nd++; dsum_y += pix[i] / w; }
+  }
+  int pattern;
+  double dfrac = (double)nd / n;
+  if (dfrac < 0.015) pattern = USBX_PAT_SOLID;
+  else {
+    double off = (dsum_y / nd - (by0 + by1) / 2.0) / bh;
+    pattern = fabs(off) > 0.15 ? USBX_PAT_CAP : USBX_PAT_DOT;
+    if (dfrac > 0.6) { snprintf(why, whylen, "mostly dark object"); return -1; }
   }
   int obj = usbx_icon_object(shape, best, pattern);
   if (obj < 0)
@@ -140,55 +170,102 @@ static void read_portrait(const uint8_t *rgb, int w, int h, usbx_scene_reading *
   if (cnt[sk] < (long)(0.03 * S * S)) { out->kind = -1; snprintf(out->why, sizeof out->why, "no face found"); return; }
   out->skin = sk;
   double cx = sx[sk] / cnt[sk], cy = sy[sk] / cnt[sk];
-  double rad = sqrt((double)cnt[sk] / M_PI) * 1.03;   /* eyes, mouth and lines are not skin */
+  double rad = sqrt((double)cnt[sk] / M_PI);
   {
-    /* refine from the face's width on rows between the eyes and the mouth, walking out from the
-     * centre while the pixels are skin (robust to blurred edges and to hair of a similar colour) */
-    double est[16];
-    int ne = 0;
-    double r0 = rad;
-    for (int y = (int)lround(cy + 0.12 * r0); y <= (int)lround(cy + 0.3 * r0) && ne < 16; y++) {
-      if (y < 0 || y >= h) continue;
-      int xc = (int)lround(cx);
-      if (xc < 0 || xc >= w) continue;
-      int x0 = xc, x1 = xc;
-      while (x0 - 1 >= 0 && cdist2(rgb + ((size_t)y * w + x0 - 1) * 3, usbx_skin_rgb[sk]) <= 40 * 40) x0--;
-      while (x1 + 1 < w && cdist2(rgb + ((size_t)y * w + x1 + 1) * 3, usbx_skin_rgb[sk]) <= 40 * 40) x1++;
-      double dy = (y + 0.5 - cy) / r0;
-      double f = 1 - dy * dy;
-      if (f < 0.5) continue;
-      est[ne++] = (x1 - x0 + 1) / 2.0 / sqrt(f);
+    /* the face: the skin component around the centroid with its holes (eyes, mouth, lines)
+     * filled; blended hair or background edges that look like skin are not connected to it */
+    size_t np = (size_t)w * h;
+    unsigned char *m = xcalloc(np, 1);   /* 1 skin, 2 face component, 3 outside */
+    for (size_t i = 0; i < np; i++) m[i] = cdist2(rgb + i * 3, usbx_skin_rgb[sk]) <= 35 * 35;
+    int *st = xmalloc(np * sizeof(int));
+    int seed = -1;
+    double bd = 1e18;
+    for (int y = (int)(cy - rad); y <= (int)(cy + rad); y++)
+      for (int x = (int)(cx - rad); x <= (int)(cx + rad); x++) {
+        if (x < 0 || y < 0 || x >= w || y >= h || m[(size_t)y * w + x] != 1) continue;
+        double d = (x - cx) * (x - cx) + (y - cy) * (y - cy);
+        if (d < bd) { bd = d; seed = y * w + x; }
+      }
+    if (seed >= 0) {
+      int sp = 0;
+      st[sp++] = seed;
+      m[seed] = 2;
+      while (sp) {
+        int p = st[--sp], x = p % w, y = p / w;
+        int nb[4] = {x > 0 ? p - 1 : -1, x < w - 1 ? p + 1 : -1, y > 0 ? p - w : -1, y < h - 1 ? p + w : -1};
+        for (int k = 0; k < 4; k++) if (nb[k] >= 0 && m[nb[k]] == 1) { m[nb[k]] = 2; st[sp++] = nb[k]; }
+      }
+      /* everything reachable from the border without crossing the face is outside */
+      sp = 0;
+      for (int x = 0; x < w; x++) for (int e = 0; e < 2; e++) {
+        int p = e ? (h - 1) * w + x : x;
+        if (m[p] != 2 && m[p] != 3) { m[p] = 3; st[sp++] = p; }
+      }
+      for (int y = 0; y < h; y++) for (int e = 0; e < 2; e++) {
+        int p = y * w + (e ? w - 1 : 0);
+        if (m[p] != 2 && m[p] != 3) { m[p] = 3; st[sp++] = p; }
+      }
+      while (sp) {
+        int p = st[--sp], x = p % w, y = p / w;
+        int nb[4] = {x > 0 ? p - 1 : -1, x < w - 1 ? p + 1 : -1, y > 0 ? p - w : -1, y < h - 1 ? p + w : -1};
+        for (int k = 0; k < 4; k++) if (nb[k] >= 0 && m[nb[k]] != 2 && m[nb[k]] != 3) { m[nb[k]] = 3; st[sp++] = nb[k]; }
+      }
+      double sxx = 0, syy = 0;
+      long c = 0;
+      for (size_t i = 0; i < np; i++)
+        if (m[i] != 3) { c++; sxx += (double)(i % (size_t)w); syy += (double)(i / (size_t)w); }
+      if (c > 10) { cx = sxx / c; cy = syy / c; rad = sqrt((double)c / M_PI) + 0.25; }
     }
-    if (ne >= 1) {
-      for (int i = 1; i < ne; i++) for (int j = i; j > 0 && est[j] < est[j - 1]; j--) { double t = est[j]; est[j] = est[j - 1]; est[j - 1] = t; }
-      rad = est[ne / 2];
+    free(m);
+    free(st);
+  }
+  out->age = rad < 0.225 * S ? 0 : 1;
+  /* hair: the cap above the face.  Scan the rows above the centre column; rows that are neither
+   * skin nor background are hair; drop the first and last of them (blended edges). */
+  int idx[4096], n = 0;
+  int rows[64], nrows = 0;
+  /* bottom up from between the eyes and the forehead lines to the background above the head:
+   * every row that is neither skin nor background is a candidate (forehead lines, blended
+   * edges, hair) and the purest match to a hair colour decides */
+  for (int y = (int)lround(cy - 0.3 * rad); y >= 0 && y >= (int)(cy - 2.2 * rad) && nrows < 64; y--) {
+    int tmp[512], m = 0;
+    for (int x = (int)(cx - 0.3 * rad); x <= (int)(cx + 0.3 * rad) && m < 512; x++)
+      if (x >= 0 && x < w && y < h) tmp[m++] = y * w + x;
+    if (!m) continue;
+    uint8_t med[3];
+    median_rgb(rgb, tmp, m, med);
+    if (cdist2(med, usbx_bg_portrait) <= 30 * 30) break;
+    if (cdist2(med, usbx_skin_rgb[sk]) <= 30 * 30) continue;
+    rows[nrows++] = y;
+  }
+  /* the purest hair row decides (blended rows at the cap's edges are farther from every colour) */
+  int best_d = 1 << 30;
+  for (int i = 0; i < nrows; i++) {
+    n = 0;
+    for (int x = (int)(cx - 0.3 * rad); x <= (int)(cx + 0.3 * rad); x++)
+      if (x >= 0 && x < w && n < 4096) idx[n++] = rows[i] * w + x;
+    if (!n) continue;
+    uint8_t med[3];
+    median_rgb(rgb, idx, n, med);
+    for (int k = 0; k < usbx_nhair; k++) {
+      int d = cdist2(med, usbx_hair_rgb[k]);
+      if (d < best_d) { best_d = d; out->hair = k; }
     }
   }
-  if (getenv("USBX_SANDBOX_DEBUG")) fprintf(stderr, "face: skin %d cx %.1f cy %.1f rad %.1f (area %ld)\n", sk, cx, cy, rad, cnt[sk]);
-  out->age = rad < 0.225 * S ? 0 : 1;
-  /* hair: the cap above the face */
-  int idx[4096], n = 0;
-  for (int y = (int)lround(cy - 1.32 * rad); y <= (int)lround(cy - 1.13 * rad); y++)
-    for (int x = (int)(cx - 0.3 * rad); x <= (int)(cx + 0.3 * rad); x++)
-      if (x >= 0 && y >= 0 && x < w && y < h && n < 4096) idx[n++] = y * w + x;
-  if (n == 0) { out->kind = -1; snprintf(out->why, sizeof out->why, "no hair region"); return; }
-  uint8_t hm[3];
-  median_rgb(rgb, idx, n, hm);
-  int hb = -1, hd = 1 << 30;
-  for (int k = 0; k < usbx_nhair; k++) { int d = cdist2(hm, usbx_hair_rgb[k]); if (d < hd) { hd = d; hb = k; } }
-  if (hd <= 50 * 50) out->hair = hb;
+  if (best_d > 40 * 40) out->hair = -1;
+  const uint8_t *hm = out->hair >= 0 ? usbx_hair_rgb[out->hair] : usbx_bg_portrait;
   /* gender: long hair beside the face */
   int side_hair = 0;
   for (int s = -1; s <= 1; s += 2) {
     n = 0;
-    int x0 = (int)lround(cx + s * 1.2 * rad);
+    int x0 = (int)lround(cx + s * 1.3 * rad);
     for (int y = (int)(cy + 0.3 * rad); y <= (int)(cy + 0.5 * rad); y++)
       for (int x = x0 - 1; x <= x0 + 1; x++)
         if (x >= 0 && y >= 0 && x < w && y < h && n < 4096) idx[n++] = y * w + x;
     if (!n) continue;
     uint8_t m[3];
     median_rgb(rgb, idx, n, m);
-    if (cdist2(m, usbx_bg_portrait) > cdist2(m, hm) && cdist(m, usbx_bg_portrait) > 15) side_hair++;
+    if (out->hair >= 0 && cdist2(m, usbx_bg_portrait) > cdist2(m, hm) && cdist(m, usbx_bg_portrait) > 15) side_hair++;
   }
   out->gender = side_hair == 2 ? 0 : side_hair == 0 ? 1 : -1;
   /* age lines on the forehead of adults */
@@ -241,7 +318,7 @@ void usbx_sandbox_read(const uint8_t *rgb, int w, int h, usbx_scene_reading *out
       if (x > bx1) bx1 = x;
       if (y < by0) by0 = y;
       if (y > by1) by1 = y;
-      if (x == 0 || y == 0 || x == w - 1 || y == h - 1) touches = 1;
+      if ((x == 0 || y == 0 || x == w - 1 || y == h - 1) && cdist(rgb + (size_t)p * 3, bg) > 120) touches = 1;   /* solid, not a blurred halo */
       for (int dy = -1; dy <= 1; dy++)
         for (int dx = -1; dx <= 1; dx++) {
           int xx = x + dx, yy = y + dy;
@@ -255,7 +332,7 @@ void usbx_sandbox_read(const uint8_t *rgb, int w, int h, usbx_scene_reading *out
     int cls;
     char why[160] = "";
     if (touches) { cls = -1; snprintf(why, sizeof why, "object cut by the image border"); }
-    else cls = classify(rgb, w, mask, lab, id, pix, n, bx0, by0, bx1, by1, why, sizeof why);
+    else cls = classify(rgb, w, h, lab, id, pix, n, bx0, by0, bx1, by1, why, sizeof why);
     if (cls < 0 && !out->why[0]) snprintf(out->why, sizeof out->why, "object %d: %s", out->n + 1, why);
     out->obj[out->n++] = cls;
     out->kind = 1;

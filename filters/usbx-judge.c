@@ -10,6 +10,7 @@
 #include "jsonl.h"
 #include "openai.h"
 #include "util.h"
+#include "sandbox.h"
 #include <errno.h>
 #include <jv.h>
 #include <pthread.h>
@@ -642,10 +643,8 @@ int main(int argc, char **argv) {
   if (!(G.retry_time_s >= 0)) usbx_usage_die("--retry-time: expected seconds >= 0");
   G.shard_n = 1;
   if (G.shard) usbx_parse_shard(G.shard, &G.shard_i, &G.shard_n);
-  if (strcmp(G.backend_name, "sandbox") == 0)
-    usbx_usage_die("--backend sandbox: the offline sandbox judge is not available in this build yet "
-                   "(it comes with the sandbox-world issue); use --backend openai");
-  if (strcmp(G.backend_name, "openai") != 0) usbx_usage_die("--backend: expected openai or sandbox, got '%s'", G.backend_name);
+  bool sandbox = strcmp(G.backend_name, "sandbox") == 0;
+  if (!sandbox && strcmp(G.backend_name, "openai") != 0) usbx_usage_die("--backend: expected openai or sandbox, got '%s'", G.backend_name);
 
   usbx_judge_prompts prompts;
   char err[1024];
@@ -654,7 +653,10 @@ int main(int argc, char **argv) {
     usbx_die("--prompts: %s", err);
 
   char *key = NULL;
-  if (G.key_file) {
+  if (sandbox) {
+    /* the offline judge of the sandbox world: reads the rendered scenes back exactly */
+    G.backend = usbx_judge_backend_sync("sandbox", "sandbox", usbx_sandbox_judge);
+  } else if (G.key_file) {
     if (usbx_oai_read_key_file(G.key_file, &key, err, sizeof err) != 0) usbx_die("%s", err);
   } else if (getenv("OPENAI_API_KEY") && *getenv("OPENAI_API_KEY")) {
     key = xstrdup(getenv("OPENAI_API_KEY"));
@@ -662,7 +664,7 @@ int main(int argc, char **argv) {
   usbx_judge_openai_opts oo = {.url = G.url, .model = G.model, .api_key = key, .jobs = (int)G.jobs,
                                .timeout_s = G.timeout_s, .retry_time_s = G.retry_time_s, .retries = (int)G.retries,
                                .prompts = &prompts};
-  G.backend = usbx_judge_backend_openai(&oo, err, sizeof err);
+  if (!sandbox) G.backend = usbx_judge_backend_openai(&oo, err, sizeof err);
   if (key) { memset(key, 0, strlen(key)); free(key); }
   if (!G.backend) usbx_die("%s", err);
 

@@ -257,8 +257,12 @@ eq "violations: only the keyless request" "$(stat_ .violations)" 1
 if grep -q SECRET out5a.jsonl err5a.txt out5b.jsonl err5b.txt; then bad "the key leaked into output"; else pass; fi
 "$JUDGE" --api-key sk-x < /dev/null > /dev/null 2> err5d.txt
 eq "--api-key refused" "$?,$(grep -c 'never taken on the command line' err5d.txt)" "2,1"
-"$JUDGE" --backend sandbox < /dev/null > /dev/null 2> err5e.txt
-eq "--backend sandbox refused" "$?,$(grep -c 'sandbox judge is not available' err5e.txt)" "2,1"
+"$JUDGE" --backend nosuch < /dev/null > /dev/null 2> err5e.txt
+eq "unknown backend refused" "$?,$(grep -c 'expected openai or sandbox' err5e.txt)" "2,1"
+# the sandbox backend judges rendered ground truth offline: all YES
+usbx-synth math --level 1 --n 6 --seed 9 --render sb > sb.jsonl
+"$JUDGE" --backend sandbox < sb.jsonl > sb_out.jsonl 2>/dev/null
+eq "--backend sandbox on ground truth" "$?,$(jq -s 'map(select(.verdict == "YES" and .judge != null)) | length' sb_out.jsonl)" "0,6"
 
 # ---- 6. Ctrl-C, kill -9, truncated last line, --resume ------------------------------------------
 rm -f gen6.jsonl pngs6.txt script6.jsonl
