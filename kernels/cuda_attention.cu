@@ -11,7 +11,8 @@
  * When the grid would leave multiprocessors idle (decode: n_q = 1, G = 7 rows per KV head), the
  * key tiles of each block are split over gridDim.z blocks (flash-decoding); each writes a
  * normalised partial O and its log-sum-exp, and a second kernel merges them.
- * Head dims that are not a multiple of 8 (or > 128) take a simple one-warp-per-row kernel. */
+ * Head dims that are not a multiple of 8, or above 128 (up to 512: the autoencoder's single-head
+ * attention over 512 channels), take a simple one-warp-per-(query, head) kernel. */
 #include "cuda_common.cuh"
 #include <math.h>
 #include <algorithm>
@@ -44,6 +45,16 @@ __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return (uint32_t)f32_to_bf16_bits(lo) | ((uint32_t)f32_to_bf16_bits(hi) << 16);
 }
+/* P (finite, in [0, 1]) to bf16 pairs: one cvt.rn.bf16x2.f32, same rounding (RNE) */
+__device__ __forceinline__ uint32_t pack_bf16_fast(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *(uint32_t *)&h;
+}
+__device__ __forceinline__ float ex2(float x) {   /* 2^x, flush-to-zero; ex2(-inf) = 0 */
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 struct AttnP {
   const bf16 *q, *k, *v;
@@ -61,13 +72,20 @@ __device__ __forceinline__ int row_lim(const AttnP &p, int r) {
   return min(lim, p.kv_len);
 }
 
-template <int DP, int NW>
-__global__ void __launch_bounds__(NW * 32) k_flash(AttnP p) {
+/* QA: the Q tile is staged in K/V buffer 1 (free until the second key tile), which saves
+ * BR·LD·2 bytes of shared memory per block.
+ * OPT: fewer instructions per key tile — K/V load addresses from per-thread bases (no division
+ * per chunk, no bounds test on full tiles), O rescaled only when a row maximum moved, and tree
+ * reductions for the row max and sum. */
+template <int DP, int NW, bool QA, bool OPT>
+__global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
   constexpr int BR = 16 * NW, LD = DP + 8, NT = NW * 32, CH = DP / 8;
+  constexpr bool FASTLOAD = OPT && (NT % CH == 0);
+  constexpr int RPI = FASTLOAD ? NT / CH : 1;    /* K/V rows per load iteration */
+  static_assert(!QA || BR <= 2 * BC, "Q tile must fit in one K/V buffer pair");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16 *sQ = (bf16 *)smem_raw;
-  bf16 *sK = sQ + BR * LD;             /* [2][BC][LD] */
-  bf16 *sV = sK + 2 * BC * LD;         /* [2][BC][LD] */
+  bf16 *sKV = (bf16 *)smem_raw;        /* [2 buffers][K, V][BC][LD] */
+  bf16 *sQ = QA ? sKV + 2 * BC * LD : sKV + 4 * BC * LD;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int kvh = blockIdx.y, split = blockIdx.z;
@@ -102,33 +120,59 @@ __global__ void __launch_bounds__(NW * 32) k_flash(AttnP p) {
       cp_async16(sQ + rr * LD + cc, src, ok);
     }
     cp_commit();
+    const int row0 = tid / CH, cc0 = (tid % CH) * 8;
+    const bool col_ok = cc0 < p.d;
+    const size_t rstride = (size_t)p.Hkv * p.d;
+    const bf16 *kbase = p.k + (size_t)kvh * p.d + cc0, *vbase = p.v + (size_t)kvh * p.d + cc0;
     auto load_kv = [&](int t, int buf) {
       int j0 = t * BC;
-      for (int c = tid; c < BC * CH; c += NT) {
-        int jj = c / CH, cc = (c % CH) * 8, j = j0 + jj;
-        bool ok = j < kv_end && cc < p.d;
-        size_t off = ok ? ((size_t)j * p.Hkv + kvh) * p.d + cc : 0;
-        cp_async16(sK + (buf * BC + jj) * LD + cc, p.k + off, ok);
-        cp_async16(sV + (buf * BC + jj) * LD + cc, p.v + off, ok);
+      if constexpr (FASTLOAD) {
+        const bool full = j0 + BC <= kv_end;
+        bf16 *sk = sKV + (2 * buf * BC + row0) * LD + cc0, *sv = sk + BC * LD;
+#pragma unroll 4
+        for (int i = 0; i < BC / RPI; i++) {
+          int j = j0 + row0 + i * RPI;
+          bool ok = col_ok && (full || j < kv_end);
+          size_t off = ok ? (size_t)j * rstride : 0;
+          cp_async16(sk + i * RPI * LD, kbase + off, ok);
+          cp_async16(sv + i * RPI * LD, vbase + off, ok);
+        }
+      } else {
+#pragma unroll 2
+        for (int c = tid; c < BC * CH; c += NT) {
+          int jj = c / CH, cc = (c % CH) * 8, j = j0 + jj;
+          bool ok = j < kv_end && cc < p.d;
+          size_t off = ok ? ((size_t)j * p.Hkv + kvh) * p.d + cc : 0;
+          cp_async16(sKV + (2 * buf * BC + jj) * LD + cc, p.k + off, ok);
+          cp_async16(sKV + ((2 * buf + 1) * BC + jj) * LD + cc, p.v + off, ok);
+        }
       }
       cp_commit();
     };
     load_kv(t_begin, 0);
 
     uint32_t qf[DP / 16][4];
+    if (QA) {                           /* Q to registers before buffer 1 is reused */
+      cp_wait<1>();
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; kk++)
+        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+      __syncthreads();
+    }
     for (int t = t_begin; t < t_end; t++) {
       const int buf = (t - t_begin) & 1;
       if (t + 1 < t_end) { load_kv(t + 1, buf ^ 1); cp_wait<1>(); }
       else cp_wait<0>();
       __syncthreads();
-      if (t == t_begin) {
+      if (!QA && t == t_begin) {
 #pragma unroll
         for (int kk = 0; kk < DP / 16; kk++)
           ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
       }
       const int j0 = t * BC;
       if (j0 < wmax) {                  /* some row of this warp sees keys of this tile */
-        const bf16 *kb = sK + buf * BC * LD, *vb = sV + buf * BC * LD;
+        const bf16 *kb = sKV + 2 * buf * BC * LD, *vb = kb + BC * LD;
         float s[8][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
@@ -144,45 +188,65 @@ __global__ void __launch_bounds__(NW * 32) k_flash(AttnP p) {
         }
         const bool need_mask = j0 + BC > wmin;
         float mx_a = -INFINITY, mx_b = -INFINITY;
+        float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < 8; j++) {
 #pragma unroll
           for (int e = 0; e < 2; e++) {
             int key = j0 + j * 8 + 2 * (lane & 3) + e;
-            float xa = s[j][e] * p.scale_log2, xb = s[j][2 + e] * p.scale_log2;
+            float xa = s[j][e], xb = s[j][2 + e];      /* raw q·k; scaled inside the exponent */
             if (need_mask) {
               if (key >= lim_a) xa = -INFINITY;
               if (key >= lim_b) xb = -INFINITY;
             }
             s[j][e] = xa; s[j][2 + e] = xb;
-            mx_a = fmaxf(mx_a, xa); mx_b = fmaxf(mx_b, xb);
+            if constexpr (OPT) { ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], xa); mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], xb); }
+            else { mx_a = fmaxf(mx_a, xa); mx_b = fmaxf(mx_b, xb); }
           }
+        }
+        if constexpr (OPT) {
+          mx_a = fmaxf(fmaxf(ma[0], ma[1]), fmaxf(ma[2], ma[3]));
+          mx_b = fmaxf(fmaxf(mb[0], mb[1]), fmaxf(mb[2], mb[3]));
         }
         mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
         mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        /* m_a, m_b: running maxima of the scaled scores (log2 domain) */
+        const float mn_a = fmaxf(m_a, mx_a * p.scale_log2), mn_b = fmaxf(m_b, mx_b * p.scale_log2);
         const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
-        const float al_a = exp2f(m_a - mu_a), al_b = exp2f(m_b - mu_b);
+        const float al_a = ex2(m_a - mu_a), al_b = ex2(m_b - mu_b);
         m_a = mn_a; m_b = mn_b;
+        const float sc = p.scale_log2;
         float sum_a = 0.f, sum_b = 0.f;
+        float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-          s[j][0] = exp2f(s[j][0] - mu_a); s[j][1] = exp2f(s[j][1] - mu_a);
-          s[j][2] = exp2f(s[j][2] - mu_b); s[j][3] = exp2f(s[j][3] - mu_b);
-          sum_a += s[j][0] + s[j][1]; sum_b += s[j][2] + s[j][3];
+          s[j][0] = ex2(fmaf(s[j][0], sc, -mu_a)); s[j][1] = ex2(fmaf(s[j][1], sc, -mu_a));
+          s[j][2] = ex2(fmaf(s[j][2], sc, -mu_b)); s[j][3] = ex2(fmaf(s[j][3], sc, -mu_b));
+          if constexpr (OPT) {
+            sa[(j & 1) * 2] += s[j][0]; sa[(j & 1) * 2 + 1] += s[j][1];
+            sb[(j & 1) * 2] += s[j][2]; sb[(j & 1) * 2 + 1] += s[j][3];
+          } else {
+            sum_a += s[j][0] + s[j][1]; sum_b += s[j][2] + s[j][3];
+          }
+        }
+        if constexpr (OPT) {
+          sum_a = (sa[0] + sa[1]) + (sa[2] + sa[3]);
+          sum_b = (sb[0] + sb[1]) + (sb[2] + sb[3]);
         }
         l_a = l_a * al_a + sum_a; l_b = l_b * al_b + sum_b;
+        if (!OPT || __any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {
 #pragma unroll
-        for (int j = 0; j < DP / 8; j++) { o_acc[j][0] *= al_a; o_acc[j][1] *= al_a; o_acc[j][2] *= al_b; o_acc[j][3] *= al_b; }
+          for (int j = 0; j < DP / 8; j++) { o_acc[j][0] *= al_a; o_acc[j][1] *= al_a; o_acc[j][2] *= al_b; o_acc[j][3] *= al_b; }
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
           uint32_t a[4];
-          a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-          a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-          a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-          a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+          a[0] = pack_bf16_fast(s[2 * kk][0], s[2 * kk][1]);
+          a[1] = pack_bf16_fast(s[2 * kk][2], s[2 * kk][3]);
+          a[2] = pack_bf16_fast(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+          a[3] = pack_bf16_fast(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
           for (int dp = 0; dp < DP / 16; dp++) {
             uint32_t b0, b1, b2, b3;
@@ -265,7 +329,9 @@ __global__ void k_flash_combine(AttnP p) {
   }
 }
 
-/* Fallback for any head dim <= 256: one warp per (query, head), keys one by one. */
+/* Fallback for any head dim <= 32·NC (NC = 8: 256, NC = 16: 512, e.g. the autoencoder's
+ * single-head attention over 512 channels): one warp per (query, head), keys one by one. */
+template <int NC>
 __global__ void k_attn_simple(AttnP p) {
   int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (w >= p.n_q * p.H) return;
@@ -273,36 +339,36 @@ __global__ void k_attn_simple(AttnP p) {
   int lim = p.causal ? p.q_start + i + 1 : p.q_start + p.n_q;
   lim = min(lim, p.kv_len);
   const bf16 *qr = p.q + ((size_t)i * p.H + h) * p.d;
-  float qv[8], o[8];
+  float qv[NC], o[NC];
 #pragma unroll
-  for (int c = 0; c < 8; c++) { int col = lane + 32 * c; qv[c] = col < p.d ? bf2f(qr[col]) : 0.f; o[c] = 0.f; }
+  for (int c = 0; c < NC; c++) { int col = lane + 32 * c; qv[c] = col < p.d ? bf2f(qr[col]) : 0.f; o[c] = 0.f; }
   float m = -INFINITY, l = 0.f;
   for (int j = 0; j < lim; j++) {
     const bf16 *kr = p.k + ((size_t)j * p.Hkv + kvh) * p.d, *vr = p.v + ((size_t)j * p.Hkv + kvh) * p.d;
     float s = 0.f;
 #pragma unroll
-    for (int c = 0; c < 8; c++) { int col = lane + 32 * c; if (col < p.d) s += qv[c] * bf2f(kr[col]); }
+    for (int c = 0; c < NC; c++) { int col = lane + 32 * c; if (col < p.d) s += qv[c] * bf2f(kr[col]); }
     for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     s *= p.scale_log2;
     float mn = fmaxf(m, s), al = exp2f(m - mn), pe = exp2f(s - mn);
     l = l * al + pe;
 #pragma unroll
-    for (int c = 0; c < 8; c++) { int col = lane + 32 * c; o[c] = o[c] * al + (col < p.d ? pe * bf2f(vr[col]) : 0.f); }
+    for (int c = 0; c < NC; c++) { int col = lane + 32 * c; o[c] = o[c] * al + (col < p.d ? pe * bf2f(vr[col]) : 0.f); }
     m = mn;
   }
   bf16 *orow = p.out + ((size_t)i * p.H + h) * p.d;
   float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
-  for (int c = 0; c < 8; c++) { int col = lane + 32 * c; if (col < p.d) orow[col] = f2bf(o[c] * inv); }
+  for (int c = 0; c < NC; c++) { int col = lane + 32 * c; if (col < p.d) orow[col] = f2bf(o[c] * inv); }
 }
 
-template <int DP, int NW>
+template <int DP, int NW, bool QA, bool OPT>
 static void launch_flash(usbx_cuda *c, AttnP &p) {
   constexpr int BR = 16 * NW;
-  const size_t smem = (size_t)(BR + 4 * BC) * (DP + 8) * sizeof(bf16);
+  const size_t smem = (size_t)((QA ? 0 : BR) + 4 * BC) * (DP + 8) * sizeof(bf16);
   static bool attr_set[64];                       /* per device */
   if (c->device < 64 && !attr_set[c->device]) {
-    CUDA_CHECK(cudaFuncSetAttribute(k_flash<DP, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CUDA_CHECK(cudaFuncSetAttribute(k_flash<DP, NW, QA, OPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr_set[c->device] = true;
   }
   const int row_blocks = (p.R + BR - 1) / BR;
@@ -318,7 +384,7 @@ static void launch_flash(usbx_cuda *c, AttnP &p) {
     p.part_lse = p.part_o + (size_t)n_split * p.Hkv * p.R * DP;
   }
   dim3 grid(row_blocks, p.Hkv, n_split);
-  k_flash<DP, NW><<<grid, NW * 32, smem, c->stream>>>(p);
+  k_flash<DP, NW, QA, OPT><<<grid, NW * 32, smem, c->stream>>>(p);
   CUDA_LAUNCHED();
   if (n_split > 1) {
     size_t warps = (size_t)p.Hkv * p.R;
@@ -327,12 +393,33 @@ static void launch_flash(usbx_cuda *c, AttnP &p) {
   }
 }
 
+/* variants (option "attn_variant"): 0 = 4 warps, Q own smem; 1 = 4 warps, Q staged;
+ * 2 = 8 warps, Q staged; 3 = variant 1 + OPT; 4 = variant 2 + OPT; 5 (default) = auto:
+ * 3, except for a bidirectional block of >= 1024 rows that gives 3 fewer than two full waves
+ * (3 blocks of 4 warps per SM), where 4 leaves less of the last wave idle (H100, 2026-11-26:
+ * 4098-token image block v3 276 vs v4 242 TFLOP/s; 1026-token block v3 161 vs v4 173). */
+template <int DP>
+static void launch_variant(usbx_cuda *c, AttnP &p) {
+  int v = c->opt_attn_variant;
+  if (v == 5) {
+    long blocks3 = (long)((p.R + 63) / 64) * p.Hkv;
+    v = (!p.causal && p.R >= 1024 && blocks3 < 2L * 3 * c->prop.multiProcessorCount) ? 4 : 3;
+  }
+  switch (v) {
+    case 0: launch_flash<DP, 4, false, false>(c, p); break;
+    case 2: launch_flash<DP, 8, true, false>(c, p); break;
+    case 3: launch_flash<DP, 4, true, true>(c, p); break;
+    case 4: launch_flash<DP, 8, true, true>(c, p); break;
+    default: launch_flash<DP, 4, true, false>(c, p); break;
+  }
+}
+
 void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a) {
   usbx_cuda *c = CU(be);
   if (a->n_q <= 0) return;
   if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads)
     usbx_die("cuda attention: %d query heads are not a multiple of %d KV heads", a->n_heads, a->n_kv_heads);
-  if (a->head_dim <= 0 || a->head_dim > 256) usbx_die("cuda attention: head dim %d not in 1..256", a->head_dim);
+  if (a->head_dim <= 0 || a->head_dim > 512) usbx_die("cuda attention: head dim %d not in 1..512", a->head_dim);
   if (a->q_start < 0 || a->kv_len < a->q_start + a->n_q || a->kv_len <= 0)
     usbx_die("cuda attention: kv_len %d too short for q_start %d + n_q %d", a->kv_len, a->q_start, a->n_q);
   AttnP p;
@@ -346,13 +433,14 @@ void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, con
   const int d = p.d;
   bool al = (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15u) == 0;
   if (d % 8 == 0 && al && d <= 128) {
-    if (d <= 64) launch_flash<64, 4>(c, p);
-    else if (d <= 80) launch_flash<80, 4>(c, p);
-    else if (d <= 96) launch_flash<96, 4>(c, p);
-    else launch_flash<128, 4>(c, p);
+    if (d <= 64) launch_variant<64>(c, p);
+    else if (d <= 80) launch_variant<80>(c, p);
+    else if (d <= 96) launch_variant<96>(c, p);
+    else launch_variant<128>(c, p);
     return;
   }
   size_t warps = (size_t)p.n_q * p.H;
-  k_attn_simple<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(p);
+  if (d <= 256) k_attn_simple<8><<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(p);
+  else k_attn_simple<16><<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(p);
   CUDA_LAUNCHED();
 }

@@ -240,7 +240,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
     cuda_release(c);
     return NULL;
   }
-  c->opt_gemv = 1; c->opt_lt = 1; c->opt_attn_split = 1;
+  c->opt_gemv = 1; c->opt_lt = 1; c->opt_attn_split = 1; c->opt_attn_variant = 5;
+  if (getenv("USBX_CUDA_ATTN_VARIANT")) c->opt_attn_variant = atoi(getenv("USBX_CUDA_ATTN_VARIANT"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
            c->prop.major, c->prop.minor);
 
@@ -276,6 +277,7 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   be->group_norm = cu_group_norm;
   be->upsample2x = cu_upsample2x;
   be->argmax = cu_argmax;
+  cu_install_train_ops(be);
   be->destroy = usbx_backend_cuda_free;
   be->impl = c;
   return be;
@@ -294,7 +296,8 @@ extern "C" void usbx_backend_cuda_free(usbx_backend *be) {
 extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int value) {
   usbx_cuda *c = CU(be);
   int *o = !strcmp(name, "gemv") ? &c->opt_gemv : !strcmp(name, "lt") ? &c->opt_lt
-         : !strcmp(name, "attn_split") ? &c->opt_attn_split : NULL;
+         : !strcmp(name, "attn_split") ? &c->opt_attn_split
+         : !strcmp(name, "attn_variant") ? &c->opt_attn_variant : NULL;
   if (!o) return -1;
   int old = *o;
   *o = value;

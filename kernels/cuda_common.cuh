@@ -63,7 +63,7 @@ typedef struct {
   void *attn_scratch; size_t attn_scratch_bytes;
   usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
   /* options (cuda_extra.h) */
-  int opt_gemv, opt_lt, opt_attn_split;
+  int opt_gemv, opt_lt, opt_attn_split, opt_attn_variant;
   char name[160];
 } usbx_cuda;
 
@@ -99,6 +99,9 @@ void cu_group_norm(usbx_backend *be, float *out, const float *x, const float *w,
 void cu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
 /* device scratch of at least `bytes` (stream-ordered reuse; grows with a synchronising free) */
 void *cu_scratch(usbx_cuda *c, size_t bytes);
+
+/* cuda_train.cu: sets the training ops of the table */
+void cu_install_train_ops(usbx_backend *be);
 
 /* cuda_attention.cu */
 void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);

@@ -185,35 +185,41 @@ void cu_layernorm(usbx_backend *be, void *out, bool out_mm, const float *x, cons
 }
 
 /* ---------------------------------------------------------------- qk-norm + RoPE
- * One warp per (token, head); lane handles pairs (j, j + d/2) for j = lane + 32p, d <= 256. */
+ * One block per token: the cos/sin table of its position is computed once into shared memory
+ * (powf/sincosf in fp32 as the CPU does), then one warp per head; lane handles pairs
+ * (j, j + d/2) for j = lane + 32p, d <= 256. */
 __global__ void k_qk_norm_rope(uint16_t *out, int out_stride, const float *x, const float *nw, const int32_t *pos,
-                               int T, int heads, int d, float eps, float theta) {
-  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-  if (warp >= T * heads) return;
-  int t = warp / heads, h = warp % heads, half = d / 2;
-  const float *xr = x + ((size_t)t * heads + h) * d;
-  float a[4], b[4], ss = 0.f;
-#pragma unroll
-  for (int p = 0; p < 4; p++) {
-    int j = lane + 32 * p;
-    a[p] = j < half ? xr[j] : 0.f;
-    b[p] = j < half ? xr[j + half] : 0.f;
-    ss += a[p] * a[p] + b[p] * b[p];
+                               int heads, int d, float eps, float theta) {
+  __shared__ float cs[128], sn[128];
+  const int t = blockIdx.x, half = d / 2, lane = threadIdx.x & 31;
+  const float fp = (float)pos[t];
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
+    sincosf(fp * inv, &sn[j], &cs[j]);
   }
-  for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  float rs = rsqrtf(ss / (float)d + eps);
-  float fp = (float)pos[t];
-  uint16_t *o = out + (size_t)t * out_stride + (size_t)h * d;
+  __syncthreads();
+  for (int h = threadIdx.x >> 5; h < heads; h += blockDim.x >> 5) {
+    const float *xr = x + ((size_t)t * heads + h) * d;
+    float a[4], b[4], ss = 0.f;
 #pragma unroll
-  for (int p = 0; p < 4; p++) {
-    int j = lane + 32 * p;
-    if (j < half) {
-      float y1 = a[p] * rs * nw[j], y2 = b[p] * rs * nw[j + half];
-      float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
-      float s, c;
-      sincosf(fp * inv, &s, &c);
-      o[j] = f32_to_bf16_bits(y1 * c - y2 * s);
-      o[j + half] = f32_to_bf16_bits(y2 * c + y1 * s);
+    for (int p = 0; p < 4; p++) {
+      int j = lane + 32 * p;
+      a[p] = j < half ? xr[j] : 0.f;
+      b[p] = j < half ? xr[j + half] : 0.f;
+      ss += a[p] * a[p] + b[p] * b[p];
+    }
+    for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    float rs = rsqrtf(ss / (float)d + eps);
+    uint16_t *o = out + (size_t)t * out_stride + (size_t)h * d;
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+      int j = lane + 32 * p;
+      if (j < half) {
+        float y1 = a[p] * rs * nw[j], y2 = b[p] * rs * nw[j + half];
+        float c = cs[j], s = sn[j];
+        o[j] = f32_to_bf16_bits(y1 * c - y2 * s);
+        o[j + half] = f32_to_bf16_bits(y2 * c + y1 * s);
+      }
     }
   }
 }
@@ -221,8 +227,8 @@ void cu_qk_norm_rope(usbx_backend *be, void *out, int out_stride, const float *x
                      const int32_t *pos, int T, int heads, int d, float eps, float theta) {
   if (T <= 0 || heads <= 0) return;
   if (d <= 0 || d % 2 || d > 256) usbx_die("cuda qk_norm_rope: head dim %d must be even and <= 256", d);
-  size_t warps = (size_t)T * heads;
-  k_qk_norm_rope<<<(unsigned)((warps + 3) / 4), 128, 0, S(be)>>>((uint16_t *)out, out_stride, x, norm_w, pos, T, heads, d, eps, theta);
+  int threads = heads >= 8 ? 256 : 128;
+  k_qk_norm_rope<<<T, threads, 0, S(be)>>>((uint16_t *)out, out_stride, x, norm_w, pos, heads, d, eps, theta);
   CUDA_LAUNCHED();
 }
 
@@ -351,59 +357,86 @@ __device__ __forceinline__ void bf8_to_f(const uint4 &u, float *f) {
   f[4] = __uint_as_float(u.z << 16); f[5] = __uint_as_float(u.z & 0xffff0000u);
   f[6] = __uint_as_float(u.w << 16); f[7] = __uint_as_float(u.w & 0xffff0000u);
 }
+/* WPR warps share one weight row (each takes every WPR-th 16-byte chunk) so that short outputs
+ * (N = 512) still spread over all multiprocessors; partial sums meet in shared memory. */
 template <int MR>
-__global__ void __launch_bounds__(256) k_gemv(float *y, const bf16 *x, const bf16 *w, const float *bias, int N, int K, bool acc) {
-  int n = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  if (n >= N) return;
-  const uint4 *wr = (const uint4 *)(w + (size_t)n * K);
-  const uint4 *xr = (const uint4 *)x;
-  int K8 = K / 8;
+__global__ void __launch_bounds__(256) k_gemv(float *y, const bf16 *x, const bf16 *w, const float *bias, int N, int K, bool acc, int WPR) {
+  __shared__ float red[8][MR];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * (8 / WPR) + warp / WPR, part = warp % WPR;
+  const int K8 = K / 8, step = 32 * WPR;
   float s[MR];
 #pragma unroll
   for (int m = 0; m < MR; m++) s[m] = 0.f;
-  int k = lane;
-  for (; k + 96 < K8; k += 128) {       /* four 16-byte weight loads in flight per lane */
-    uint4 u[4];
+  if (n < N) {
+    const uint4 *wr = (const uint4 *)(w + (size_t)n * K);
+    const uint4 *xr = (const uint4 *)x;
+    int k = part * 32 + lane;
+    for (; k + 3 * step < K8; k += 4 * step) {       /* four 16-byte weight loads in flight per lane */
+      uint4 u[4];
 #pragma unroll
-    for (int q = 0; q < 4; q++) u[q] = __ldcs(wr + k + 32 * q);
+      for (int q = 0; q < 4; q++) u[q] = __ldcs(wr + k + step * q);
 #pragma unroll
-    for (int q = 0; q < 4; q++) {
-      float wf[8]; bf8_to_f(u[q], wf);
+      for (int q = 0; q < 4; q++) {
+        float wf[8]; bf8_to_f(u[q], wf);
+#pragma unroll
+        for (int m = 0; m < MR; m++) {
+          float xf[8]; bf8_to_f(xr[(size_t)m * K8 + k + step * q], xf);
+#pragma unroll
+          for (int e = 0; e < 8; e++) s[m] += wf[e] * xf[e];
+        }
+      }
+    }
+    for (; k < K8; k += step) {
+      float wf[8]; bf8_to_f(__ldcs(wr + k), wf);
 #pragma unroll
       for (int m = 0; m < MR; m++) {
-        float xf[8]; bf8_to_f(xr[(size_t)m * K8 + k + 32 * q], xf);
+        float xf[8]; bf8_to_f(xr[(size_t)m * K8 + k], xf);
 #pragma unroll
         for (int e = 0; e < 8; e++) s[m] += wf[e] * xf[e];
       }
-    }
-  }
-  for (; k < K8; k += 32) {
-    float wf[8]; bf8_to_f(__ldcs(wr + k), wf);
-#pragma unroll
-    for (int m = 0; m < MR; m++) {
-      float xf[8]; bf8_to_f(xr[(size_t)m * K8 + k], xf);
-#pragma unroll
-      for (int e = 0; e < 8; e++) s[m] += wf[e] * xf[e];
     }
   }
 #pragma unroll
   for (int m = 0; m < MR; m++) {
     float v = s[m];
     for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    s[m] = v;
+  }
+  if (WPR > 1) {
     if (lane == 0) {
+#pragma unroll
+      for (int m = 0; m < MR; m++) red[warp][m] = s[m];
+    }
+    __syncthreads();
+    if (part == 0 && lane == 0) {
+#pragma unroll
+      for (int m = 0; m < MR; m++) {
+        float v = 0.f;
+        for (int q = 0; q < WPR; q++) v += red[warp + q][m];
+        s[m] = v;
+      }
+    }
+  }
+  if (n < N && part == 0 && lane == 0) {
+#pragma unroll
+    for (int m = 0; m < MR; m++) {
       float *yp = y + (size_t)m * N + n;
-      *yp = (acc ? *yp : 0.f) + v + (bias ? bias[n] : 0.f);
+      *yp = (acc ? *yp : 0.f) + s[m] + (bias ? bias[n] : 0.f);
     }
   }
 }
 bool cu_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, const float *bias, int M, int N, int K, bool acc) {
   if (M < 1 || M > 4 || K % 8 || !aligned16(x) || !aligned16(w)) return false;
-  unsigned g = (unsigned)((N + 7) / 8);
+  int wpr = 1;                          /* enough blocks for ~2 per SM on an H100 */
+  while (wpr < 8 && (size_t)N * wpr / 8 < 264 && K / 8 >= 64 * wpr) wpr *= 2;
+  int rpb = 8 / wpr;
+  unsigned g = (unsigned)((N + rpb - 1) / rpb);
   switch (M) {
-    case 1: k_gemv<1><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc); break;
-    case 2: k_gemv<2><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc); break;
-    case 3: k_gemv<3><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc); break;
-    default: k_gemv<4><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc); break;
+    case 1: k_gemv<1><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc, wpr); break;
+    case 2: k_gemv<2><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc, wpr); break;
+    case 3: k_gemv<3><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc, wpr); break;
+    default: k_gemv<4><<<g, 256, 0, s>>>(y, x, w, bias, N, K, acc, wpr); break;
   }
   CUDA_LAUNCHED();
   return true;

@@ -16,6 +16,11 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *   "gemv"       [1] own GEMV kernel for matmul with M <= 4 (else cuBLAS)
  *   "lt"         [1] cublasLt with fused bias epilogue (else cublasGemmEx + bias kernel)
  *   "attn_split" [1] flash-decoding key split when the grid would leave SMs idle
+ *   "attn_variant" [5] flash kernel: 0 = 4 warps, Q tile in its own shared memory;
+ *                  1 = 4 warps, Q staged in a K/V buffer (less shared memory, more blocks per SM);
+ *                  2 = 8 warps (128 query rows per block), Q staged; 3 = 1 with fewer instructions
+ *                  per key tile; 4 = 2 with fewer instructions; 5 = auto (3, or 4 for image blocks
+ *                  too small to fill two waves of 3).  Env USBX_CUDA_ATTN_VARIANT.
  * Returns the previous value, or -1 for an unknown name. */
 int usbx_cuda_set_option(struct usbx_backend *be, const char *name, int value);
 

@@ -1,0 +1,238 @@
+/* bench_ops_cuda.c — micro-benchmarks of the CUDA backend's ops at BAGEL-7B shapes.
+ * Times with CUDA events on the backend's stream (usbx_cuda_time_ms): warm-up, then the median of
+ * N timed runs.  Inputs are random (never zeros).  Where one set of operands would fit in L2
+ * (GEMV, decode attention), several copies are rotated so that every run reads device memory.
+ * Prints a markdown report on stdout (and into argv[1] if given).  Without a GPU it says
+ * "skipped" and exits 0. */
+#include "ops.h"
+#include "tensor.h"
+#include "util.h"
+#ifdef USBX_HAVE_CUDA
+#include "cuda_extra.h"
+#endif
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef USBX_HAVE_CUDA
+int main(void) {
+  printf("skipped: this build has no CUDA support\n");
+  return 0;
+}
+#else
+
+static usbx_backend *be;
+static FILE *rep;
+static uint64_t rs = 0x9E3779B97F4A7C15ull;
+static float frand(void) {            /* uniform in [-1, 1), never exactly 0 */
+  rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+  float f = (float)((rs >> 40) * (1.0 / 16777216.0)) * 2.f - 1.f;
+  return f == 0.f ? 0.5f : f;
+}
+static void *rand_dev(size_t n, bool mm, float scale) {
+  float *h = xmalloc(n * sizeof *h);
+  for (size_t i = 0; i < n; i++) h[i] = frand() * scale;
+  void *d = be->alloc(be, n * (mm ? usbx_dtype_size(be->mm_dtype) : 4));
+  be->upload_convert(be, d, mm, h, USBX_F32, n);
+  free(h);
+  return d;
+}
+static void out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void out(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt); vprintf(fmt, ap); va_end(ap);
+  fflush(stdout);
+  if (rep) { va_start(ap, fmt); vfprintf(rep, fmt, ap); va_end(ap); }
+}
+
+/* ---------------------------------------------------------------- matmul */
+typedef struct { float *y; void **x, **w; float *b; int M, N, K, nrot, i; } mm_arg;
+static void mm_fn(void *p) {
+  mm_arg *a = p;
+  int r = a->i++ % a->nrot;
+  be->matmul(be, a->y, a->x[r], a->w[r], a->b, a->M, a->N, a->K, false);
+}
+static double time_matmul(int M, int N, int K, bool bias, int reps, double *gbs) {
+  size_t wbytes = (size_t)N * K * 2;
+  int nrot = M <= 16 ? (int)((size_t)(256u << 20) / wbytes + 1) : 1;   /* > 2x L2 of weights */
+  if (nrot > 64) nrot = 64;
+  mm_arg a = {0};
+  a.M = M; a.N = N; a.K = K; a.nrot = nrot;
+  a.x = xmalloc(nrot * sizeof(void *)); a.w = xmalloc(nrot * sizeof(void *));
+  for (int r = 0; r < nrot; r++) { a.x[r] = rand_dev((size_t)M * K, true, 1.f); a.w[r] = rand_dev((size_t)N * K, true, 0.05f); }
+  a.y = be->alloc(be, (size_t)M * N * 4);
+  a.b = bias ? rand_dev(N, false, 1.f) : NULL;
+  double ms = usbx_cuda_time_ms(be, mm_fn, &a, 5 + nrot, reps);
+  if (gbs) *gbs = ((double)wbytes + (double)M * K * 2 + (double)M * N * 4) / (ms * 1e-3) / 1e9;
+  for (int r = 0; r < nrot; r++) { be->free(be, a.x[r]); be->free(be, a.w[r]); }
+  be->free(be, a.y); be->free(be, a.b);
+  free(a.x); free(a.w);
+  return ms;
+}
+
+/* ---------------------------------------------------------------- attention */
+typedef struct { void *o; void **q, **k, **v; usbx_attn_args a; int nrot, i; } at_arg;
+static void at_fn(void *p) {
+  at_arg *a = p;
+  int r = a->i++ % a->nrot;
+  be->attention(be, a->o, a->q[r], a->k[r], a->v[r], &a->a);
+}
+static double time_attention(int n_q, int q_start, int kv, bool causal, int reps, double *tflops, double *gbs) {
+  const int H = 28, Hkv = 4, d = 128;
+  size_t kvbytes = (size_t)kv * Hkv * d * 2 * 2;
+  int nrot = (int)((size_t)(256u << 20) / (kvbytes + (size_t)n_q * H * d * 4) + 1);
+  if (nrot > 64) nrot = 64;
+  at_arg a = {0};
+  a.a = (usbx_attn_args){n_q, q_start, kv, H, Hkv, d, causal};
+  a.nrot = nrot;
+  a.q = xmalloc(nrot * sizeof(void *)); a.k = xmalloc(nrot * sizeof(void *)); a.v = xmalloc(nrot * sizeof(void *));
+  for (int r = 0; r < nrot; r++) {
+    a.q[r] = rand_dev((size_t)n_q * H * d, true, 2.f);
+    a.k[r] = rand_dev((size_t)kv * Hkv * d, true, 2.f);
+    a.v[r] = rand_dev((size_t)kv * Hkv * d, true, 1.f);
+  }
+  a.o = be->alloc(be, (size_t)n_q * H * d * 2);
+  double ms = usbx_cuda_time_ms(be, at_fn, &a, 3 + nrot, reps);
+  double keys = 0;     /* visible (query, key) pairs */
+  for (int i = 0; i < n_q; i++) keys += causal ? q_start + i + 1 : q_start + n_q;
+  *tflops = 4.0 * keys * H * d / (ms * 1e-3) / 1e12;
+  *gbs = (kvbytes + (double)n_q * H * d * 4) / (ms * 1e-3) / 1e9;
+  for (int r = 0; r < nrot; r++) { be->free(be, a.q[r]); be->free(be, a.k[r]); be->free(be, a.v[r]); }
+  be->free(be, a.o);
+  free(a.q); free(a.k); free(a.v);
+  return ms;
+}
+
+/* ---------------------------------------------------------------- element-wise */
+typedef struct { int op; void *o; float *x, *y, *w; int32_t *pos; int T, D; } ew_arg;
+static void ew_fn(void *p) {
+  ew_arg *a = p;
+  switch (a->op) {
+    case 0: be->rmsnorm(be, a->o, true, a->x, a->w, a->T, a->D, 1e-6f); break;
+    case 1: be->silu_mul(be, a->o, a->x, a->y, a->T, a->D); break;
+    case 2: be->qk_norm_rope(be, a->o, a->D, a->x, a->w, a->pos, a->T, a->D / 128, 128, 1e-6f, 1e6f); break;
+    case 3: be->add(be, a->x, a->y, (size_t)a->T * a->D); break;
+    case 4: be->argmax(be, a->pos, a->x, a->T, a->D); break;
+  }
+}
+static void bench_ew(const char *name, int op, int T, int D, double bytes, int reps) {
+  ew_arg a = {0};
+  a.op = op; a.T = T; a.D = D;
+  size_t n = (size_t)T * D;
+  a.x = rand_dev(n, false, 1.f); a.y = rand_dev(n, false, 1.f); a.w = rand_dev(D, false, 1.f);
+  a.o = be->alloc(be, n * 4);
+  int32_t *pos = xmalloc((size_t)T * 4);
+  for (int t = 0; t < T; t++) pos[t] = t;
+  a.pos = be->alloc(be, (size_t)T * 4 > 64 ? (size_t)T * 4 : 64);
+  be->upload(be, a.pos, pos, (size_t)T * 4);
+  free(pos);
+  double ms = usbx_cuda_time_ms(be, ew_fn, &a, 5, reps);
+  out("| %s | %d x %d | %.1f | %.0f |\n", name, T, D, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+  be->free(be, a.x); be->free(be, a.y); be->free(be, a.w); be->free(be, a.o); be->free(be, a.pos);
+}
+
+int main(int argc, char **argv) {
+  usbx_set_progname("bench_ops_cuda");
+  char err[256];
+  be = usbx_backend_cuda(err, sizeof err);
+  if (!be) { printf("skipped: %s\n", err); return 0; }
+  if (argc > 1 && !(rep = fopen(argv[1], "w"))) usbx_die("%s: cannot write", argv[1]);
+  time_t now = time(NULL);
+  char date[32];
+  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
+  int reps = getenv("BENCH_REPS") ? atoi(getenv("BENCH_REPS")) : 30;
+  out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up, CUDA events, random data\n\n",
+      be->name, date, reps);
+
+  /* BENCH_ONLY=gemm|gemv|attn|ew runs one section; BENCH_ATTN_CASES=n the first n attention
+   * cases; BENCH_VARIANT=v one prefill attention variant (for profiling) */
+  const char *only = getenv("BENCH_ONLY");
+#define SECTION(name) (!only || !strcmp(only, name))
+  int Ms[] = {1000, 4098};
+  int NK[][2] = {{3584, 3584}, {512, 3584}, {18944, 3584}, {3584, 18944}, {152064, 3584}};
+  int ncases = getenv("BENCH_ATTN_CASES") ? atoi(getenv("BENCH_ATTN_CASES")) : 1000;
+  int only_variant = getenv("BENCH_VARIANT") ? atoi(getenv("BENCH_VARIANT")) : -1;
+  if (SECTION("gemm")) {
+  out("### GEMM (bf16 in, fp32 accumulate, f32 out), y[M,N] = x[M,K] W[N,K]^T\n\n");
+  out("| M | N | K | bias | path | ms | TFLOP/s |\n|---|---|---|---|---|---|---|\n");
+  for (int mi = 0; mi < 2; mi++)
+    for (int s = 0; s < 4; s++) {
+      int M = Ms[mi], N = NK[s][0], K = NK[s][1];
+      bool bias = N == 512 || (N == 3584 && K == 3584);
+      double ms = time_matmul(M, N, K, bias, reps, NULL);
+      out("| %d | %d | %d | %s | cublasLt | %.3f | %.0f |\n", M, N, K, bias ? "yes" : "no", ms, 2.0 * M * N * K / (ms * 1e-3) / 1e12);
+    }
+  /* fused bias epilogue vs GemmEx + bias kernel */
+  usbx_cuda_set_option(be, "lt", 0);
+  for (int mi = 0; mi < 2; mi++) {
+    double ms = time_matmul(Ms[mi], 3584, 3584, true, reps, NULL);
+    out("| %d | 3584 | 3584 | yes | cublasGemmEx + bias kernel | %.3f | %.0f |\n", Ms[mi], ms, 2.0 * Ms[mi] * 3584 * 3584 / (ms * 1e-3) / 1e12);
+  }
+  usbx_cuda_set_option(be, "lt", 1);
+  }
+  if (SECTION("gemv")) {
+
+  out("\n### GEMV (decode, M = 1): GB/s of weights + activations read\n\n");
+  out("| N | K | weights MB | own GEMV us | GB/s | cuBLAS(Lt) us | GB/s |\n|---|---|---|---|---|---|---|\n");
+  for (int s = 0; s < 5; s++) {
+    int N = NK[s][0], K = NK[s][1];
+    double g1, g2;
+    usbx_cuda_set_option(be, "gemv", 1);
+    double t1 = time_matmul(1, N, K, false, reps, &g1);
+    usbx_cuda_set_option(be, "gemv", 0);
+    double t2 = time_matmul(1, N, K, false, reps, &g2);
+    usbx_cuda_set_option(be, "gemv", 1);
+    out("| %d | %d | %.1f | %.1f | %.0f | %.1f | %.0f |\n", N, K, N * (double)K * 2 / 1e6, t1 * 1e3, g1, t2 * 1e3, g2);
+  }
+  }
+  if (SECTION("attn")) {
+
+  out("\n### Attention (H = 28, Hkv = 4, d = 128, bf16)\n\n");
+  out("| case | n_q | q_start | kv_len | mask | kernel | ms | TFLOP/s | GB/s (q,k,v,out) |\n|---|---|---|---|---|---|---|---|---|\n");
+  struct { const char *name; int n_q, q_start, kv; bool causal; } ac[] = {
+      {"image block after context", 4098, 30, 4128, false},
+      {"image block 1024 tokens", 1026, 30, 1056, false},
+      {"text prefill", 1000, 0, 1000, true},
+      {"text prefill after image", 300, 4128, 4428, true},
+      {"decode", 1, 1000, 1001, true},
+      {"decode after 4k image", 1, 4200, 4201, true},
+  };
+  static const char *vname[] = {"v0: 4 warps, Q own smem", "v1: 4 warps, Q staged", "v2: 8 warps, Q staged",
+                                 "v3: v1 + fewer instructions", "v4: v2 + fewer instructions",
+                                 "v5: auto, v3 or v4 (default)"};
+  int vdef = usbx_cuda_set_option(be, "attn_variant", 1);
+  usbx_cuda_set_option(be, "attn_variant", vdef);
+  for (size_t i = 0; i < sizeof ac / sizeof ac[0] && (int)i < ncases; i++) {
+    bool dec = ac[i].n_q <= 16;
+    for (int k = 0; k < (dec ? 2 : 6); k++) {      /* decode: split auto / off; prefill: variants */
+      if (!dec && only_variant >= 0 && k != only_variant) continue;
+      if (dec) usbx_cuda_set_option(be, "attn_split", k == 0);
+      else usbx_cuda_set_option(be, "attn_variant", k);
+      double tf, gb;
+      double ms = time_attention(ac[i].n_q, ac[i].q_start, ac[i].kv, ac[i].causal, reps, &tf, &gb);
+      out("| %s | %d | %d | %d | %s | %s | %.4f | %.1f | %.0f |\n", ac[i].name, ac[i].n_q, ac[i].q_start, ac[i].kv,
+          ac[i].causal ? "causal" : "block", dec ? (k == 0 ? "split keys (auto)" : "no split") : vname[k], ms, tf, gb);
+    }
+    usbx_cuda_set_option(be, "attn_split", 1);
+    usbx_cuda_set_option(be, "attn_variant", vdef);
+  }
+
+  }
+  if (SECTION("ew")) {
+  out("\n### Element-wise (GB/s = bytes read + written)\n\n| op | shape | us | GB/s |\n|---|---|---|---|\n");
+  bench_ew("rmsnorm f32 -> bf16", 0, 4098, 3584, 4098.0 * 3584 * 6, reps);
+  bench_ew("rmsnorm f32 -> bf16 (decode)", 0, 1, 3584, 3584.0 * 6, reps);
+  bench_ew("silu_mul f32 -> bf16", 1, 4098, 18944, 4098.0 * 18944 * 10, reps);
+  bench_ew("qk_norm_rope (28 heads)", 2, 4098, 3584, 4098.0 * 3584 * 6, reps);
+  bench_ew("qk_norm_rope (4 heads)", 2, 4098, 512, 4098.0 * 512 * 6, reps);
+  bench_ew("add f32", 3, 4098, 3584, 4098.0 * 3584 * 12, reps);
+  bench_ew("argmax (lm head logits)", 4, 1, 152064, 152064.0 * 4, reps);
+  }
+  if (rep) fclose(rep);
+  be->destroy(be);
+  return 0;
+}
+#endif

@@ -1,0 +1,624 @@
+/* cuda_train.cu — the training ops of ops.h on CUDA: backward passes (matmul through cuBLAS,
+ * norms, QK-norm + RoPE, activations, embedding), packed masked attention with its log-sum-exp
+ * and backward, cross entropy, AdamW, squared-norm accumulation and EMA.
+ *
+ * Written for correctness first: each kernel follows the CPU reference (kernels/cpu_backward.c,
+ * cpu_attention_masked.c, cpu_optim.c) step by step in fp32, with column reductions (dw, db)
+ * done deterministically in two passes (per-block partials, then an ordered sum).  The masked
+ * attention is a one-warp-per-(token, head) online-softmax loop on CUDA cores, not the tensor-
+ * core flash kernel of cuda_attention.cu (a follow-up).  Conventions as ops.h: "+=" outputs
+ * accumulate, "overwrite" outputs are written, NULL outputs are skipped. */
+#include "cuda_common.cuh"
+#include <math.h>
+#include <algorithm>
+
+static inline cudaStream_t S(usbx_backend *be) { return CU(be)->stream; }
+static inline int grid_for(size_t n, int threads, int cap = 65535 * 8) {
+  size_t g = (n + threads - 1) / threads;
+  if (g < 1) g = 1;
+  if (g > (size_t)cap) g = cap;
+  return (int)g;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+/* sum over a block of NT threads (NT multiple of 32, <= 1024); every thread gets the result */
+template <typename T>
+__device__ T block_sum_t(T v, T *red) {
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (l == 0) red[w] = v;
+  __syncthreads();
+  T s = 0;
+  for (int i = 0; i < nw; i++) s += red[i];
+  return s;
+}
+
+/* ---------------------------------------------------------------- column sums
+ * out[c] += Σ_r part[r][c] for an [nparts, cols] partial table, in order (deterministic). */
+__global__ void k_colsum_parts(float *out, const float *part, int nparts, int cols) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  double s = 0;
+  for (int r = 0; r < nparts; r++) s += part[(size_t)r * cols + c];
+  out[c] += (float)s;
+}
+/* rows split into gridDim.y chunks; part[chunk][c] = Σ_{rows of chunk} src[r][c] (f32 or bf16) */
+template <bool BF>
+__global__ void k_colsum_chunks(float *part, const void *src, int rows, int cols) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  int per = (rows + gridDim.y - 1) / gridDim.y, r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+  double s = 0;
+  for (int r = r0; r < r1; r++)
+    s += BF ? (double)bf2f(((const bf16 *)src)[(size_t)r * cols + c]) : (double)((const float *)src)[(size_t)r * cols + c];
+  part[(size_t)blockIdx.y * cols + c] = (float)s;
+}
+static int row_chunks(int rows) { return std::max(1, std::min(64, rows / 32)); }
+
+/* ---------------------------------------------------------------- matmul_bwd */
+static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
+                         const void *x, const void *w, int M, int N, int K) {
+  usbx_cuda *c = CU(be);
+  if ((!dy_mm && !dy) || M <= 0 || N <= 0) return;
+  /* one scratch request for everything (a later, larger request would reallocate it) */
+  const bool convert = (dx || dw) && K > 0 && !dy_mm;      /* cuBLAS takes bf16 operands */
+  const int ch = row_chunks(M);
+  const size_t conv_bytes = convert ? (((size_t)M * N * sizeof(bf16) + 255) & ~(size_t)255) : 0;
+  char *scr = (char *)cu_scratch(c, conv_bytes + (db ? (size_t)ch * N * sizeof(float) : 0) + 256);
+  const void *g = dy_mm;
+  if (convert) {
+    cu_to_mm(be, scr, N, dy, M, N);
+    g = scr;
+  }
+  float one = 1.f;
+  if (dx && K > 0)   /* dxᵀ[K,M] += (W as stored, K×N column-major) · dyᵀ[N,M] */
+    CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
+                              &one, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (dw && K > 0)   /* dwᵀ[K,N] += xᵀ[K,M] · dy[M,N] */
+    CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, x, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
+                              &one, dw, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (db) {
+    float *part = (float *)(scr + conv_bytes);
+    dim3 grid((N + 255) / 256, ch);
+    if (dy) k_colsum_chunks<false><<<grid, 256, 0, c->stream>>>(part, dy, M, N);
+    else k_colsum_chunks<true><<<grid, 256, 0, c->stream>>>(part, dy_mm, M, N);
+    CUDA_LAUNCHED();
+    k_colsum_parts<<<(N + 255) / 256, 256, 0, c->stream>>>(db, part, ch, N);
+    CUDA_LAUNCHED();
+  }
+}
+
+/* ---------------------------------------------------------------- rmsnorm_bwd / layernorm_bwd
+ * Pass 1, one block per row: the forward's statistics (computed the same way), dx, and the
+ * row's scalars for the weight gradients (rstd; mean too for LayerNorm).  Pass 2: column
+ * partials over row chunks; pass 3: ordered sum into dw (and db). */
+__global__ void k_rms_bwd_rows(float *dx, float *rstat, const float *dy, const float *x, const float *w, int dim, float eps) {
+  __shared__ double redd[32];
+  __shared__ float redf[32];
+  size_t r = blockIdx.x;
+  const float *xr = x + r * dim, *gr = dy + r * dim;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum_t<float>(ss, redf);
+  float rs = 1.0f / sqrtf(ss / (float)dim + eps);
+  double dot = 0;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) dot += (double)gr[i] * w[i] * xr[i];
+  dot = block_sum_t<double>(dot, redd);
+  if (dx) {
+    double cc = dot * (double)rs * rs * rs / dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) dx[r * dim + j] += (float)((double)rs * w[j] * gr[j] - cc * xr[j]);
+  }
+  if (threadIdx.x == 0 && rstat) rstat[r] = rs;
+}
+__global__ void k_ln_bwd_rows(float *dx, float2 *rstat, const float *dy, const float *x, const float *w, int dim, float eps) {
+  __shared__ double redd[32];
+  __shared__ float redf[32];
+  size_t r = blockIdx.x;
+  const float *xr = x + r * dim, *gr = dy + r * dim;
+  /* the CPU forward/backward statistics: mean and var summed sequentially in float; a block sum
+   * in float differs only by rounding */
+  float s = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+  float mean = block_sum_t<float>(s, redf) / (float)dim;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) { float dd = xr[i] - mean; v += dd * dd; }
+  float var = block_sum_t<float>(v, redf) / (float)dim;
+  float inv = 1.0f / sqrtf(var + eps);
+  double mg = 0, mgx = 0;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    double xh = (double)(xr[i] - mean) * inv, g = (double)gr[i] * w[i];
+    mg += g; mgx += g * xh;
+  }
+  mg = block_sum_t<double>(mg, redd) / dim;
+  mgx = block_sum_t<double>(mgx, redd) / dim;
+  if (dx)
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      double xh = (double)(xr[i] - mean) * inv, g = (double)gr[i] * w[i];
+      dx[r * dim + i] += (float)(inv * (g - mg - xh * mgx));
+    }
+  if (threadIdx.x == 0 && rstat) rstat[r] = make_float2(mean, inv);
+}
+/* part[chunk][c] = Σ_rows dy·x̂ (x̂ = x·rstd for RMSNorm, (x−mean)·inv for LayerNorm); partb: Σ dy */
+template <bool LN>
+__global__ void k_norm_wgrad(float *partw, float *partb, const float *dy, const float *x, const void *rstat, int rows, int dim) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= dim) return;
+  int per = (rows + gridDim.y - 1) / gridDim.y, r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+  double sw = 0, sb = 0;
+  for (int r = r0; r < r1; r++) {
+    float g = dy[(size_t)r * dim + c], xv = x[(size_t)r * dim + c];
+    double xh;
+    if (LN) { float2 st = ((const float2 *)rstat)[r]; xh = (double)(xv - st.x) * st.y; }
+    else xh = (double)xv * ((const float *)rstat)[r];
+    sw += (double)g * xh;
+    sb += g;
+  }
+  if (partw) partw[(size_t)blockIdx.y * dim + c] = (float)sw;
+  if (partb) partb[(size_t)blockIdx.y * dim + c] = (float)sb;
+}
+static void norm_bwd(usbx_backend *be, bool ln, float *dx, float *dw, float *db, const float *dy, const float *x,
+                     const float *w, int rows, int dim, float eps) {
+  usbx_cuda *c = CU(be);
+  if (rows <= 0 || dim <= 0) return;
+  int ch = row_chunks(rows);
+  size_t stat_bytes = (((size_t)rows * (ln ? sizeof(float2) : sizeof(float))) + 255) & ~(size_t)255;
+  size_t part_bytes = (size_t)ch * dim * sizeof(float);
+  char *scr = (char *)cu_scratch(c, stat_bytes + 2 * part_bytes);
+  void *rstat = scr;
+  float *pw = (float *)(scr + stat_bytes), *pb = (float *)(scr + stat_bytes + part_bytes);
+  int threads = dim >= 1024 ? 512 : dim >= 256 ? 256 : 128;
+  if (ln) k_ln_bwd_rows<<<rows, threads, 0, c->stream>>>(dx, (float2 *)rstat, dy, x, w, dim, eps);
+  else k_rms_bwd_rows<<<rows, threads, 0, c->stream>>>(dx, (float *)rstat, dy, x, w, dim, eps);
+  CUDA_LAUNCHED();
+  if (dw || db) {
+    dim3 grid((dim + 255) / 256, ch);
+    if (ln) k_norm_wgrad<true><<<grid, 256, 0, c->stream>>>(dw ? pw : NULL, db ? pb : NULL, dy, x, rstat, rows, dim);
+    else k_norm_wgrad<false><<<grid, 256, 0, c->stream>>>(pw, NULL, dy, x, rstat, rows, dim);
+    CUDA_LAUNCHED();
+    if (dw) { k_colsum_parts<<<(dim + 255) / 256, 256, 0, c->stream>>>(dw, pw, ch, dim); CUDA_LAUNCHED(); }
+    if (db && ln) { k_colsum_parts<<<(dim + 255) / 256, 256, 0, c->stream>>>(db, pb, ch, dim); CUDA_LAUNCHED(); }
+  }
+}
+static void c_rmsnorm_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w, int rows,
+                          int dim, float eps) {
+  norm_bwd(be, false, dx, dw, NULL, dy, x, w, rows, dim, eps);
+}
+static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, int rows, int dim, float eps) {
+  norm_bwd(be, true, dx, dw, db, dy, x, w, rows, dim, eps);
+}
+
+/* ---------------------------------------------------------------- qk_norm_rope_bwd
+ * One warp per (token, head), lanes over pairs (j, j + d/2) as the forward.  Every value a lane
+ * needs is read before it writes, and it writes only the positions it read, so dx may alias x
+ * (or dy when dy_stride = heads·d).  dw: per-block column partials in shared memory, then an
+ * ordered sum. */
+#define QKB_BLOCKS 256
+__global__ void k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x, const float *w,
+                         const int32_t *pos, int T, int heads, int d, float eps, float theta) {
+  __shared__ float accw[4][256];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = d / 2;
+  float aw[4] = {0.f, 0.f, 0.f, 0.f}, bw[4] = {0.f, 0.f, 0.f, 0.f};
+  for (size_t pr = (size_t)blockIdx.x * 4 + warp; pr < (size_t)T * heads; pr += (size_t)gridDim.x * 4) {
+    int t = (int)(pr / heads), h = (int)(pr % heads);
+    const float *go = dy + (size_t)t * dy_stride + (size_t)h * d;
+    const float *xh = x + ((size_t)t * heads + h) * d;
+    float fp = (float)pos[t];
+    float xa[4], xb[4], ta[4], tb[4], ss = 0.f;
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+      int j = lane + 32 * p;
+      xa[p] = xb[p] = ta[p] = tb[p] = 0.f;
+      if (j < half) {
+        float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
+        float sn, cs;
+        sincosf(fp * inv, &sn, &cs);
+        float g1 = go[j], g2 = go[j + half];
+        ta[p] = g1 * cs + g2 * sn;
+        tb[p] = g2 * cs - g1 * sn;
+        xa[p] = xh[j]; xb[p] = xh[j + half];
+      }
+      ss += xa[p] * xa[p] + xb[p] * xb[p];
+    }
+    ss = warp_sum(ss);
+    float rs = 1.0f / sqrtf(ss / (float)d + eps);
+    double dot = 0;
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+      int j = lane + 32 * p;
+      if (j < half) dot += (double)ta[p] * w[j] * xa[p] + (double)tb[p] * w[j + half] * xb[p];
+    }
+    dot = warp_sum_d(dot);
+    double cc = dot * (double)rs * rs * rs / d;
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+      int j = lane + 32 * p;
+      if (j < half) {
+        if (dx) {
+          float *o = dx + ((size_t)t * heads + h) * d;
+          o[j] = (float)((double)rs * w[j] * ta[p] - cc * xa[p]);
+          o[j + half] = (float)((double)rs * w[j + half] * tb[p] - cc * xb[p]);
+        }
+        aw[p] += ta[p] * xa[p] * rs;
+        bw[p] += tb[p] * xb[p] * rs;
+      }
+    }
+  }
+  if (!partw) return;
+#pragma unroll
+  for (int p = 0; p < 4; p++) {
+    int j = lane + 32 * p;
+    if (j < half) { accw[warp][j] = aw[p]; accw[warp][j + half] = bw[p]; }
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < d; j += blockDim.x)
+    partw[(size_t)blockIdx.x * d + j] = accw[0][j] + accw[1][j] + accw[2][j] + accw[3][j];
+}
+static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
+                               const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta) {
+  usbx_cuda *c = CU(be);
+  if (d <= 0 || (d & 1) || d > 256) usbx_die("cuda qk_norm_rope_bwd: head dim %d must be even and <= 256", d);
+  if (T <= 0 || heads <= 0) return;
+  int nb = (int)std::min<size_t>(QKB_BLOCKS, ((size_t)T * heads + 3) / 4);
+  float *part = dw ? (float *)cu_scratch(c, (size_t)nb * d * sizeof(float)) : NULL;
+  k_qk_bwd<<<nb, 128, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, heads, d, eps, theta);
+  CUDA_LAUNCHED();
+  if (dw) { k_colsum_parts<<<(d + 255) / 256, 256, 0, c->stream>>>(dw, part, nb, d); CUDA_LAUNCHED(); }
+}
+
+/* ---------------------------------------------------------------- activation backward, embed_bwd */
+__global__ void k_silu_mul_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float g = gate[i], u = up[i], s = 1.0f / (1.0f + expf(-g)), go = dout[i];
+    if (dup) dup[i] = go * g * s;
+    if (dgate) dgate[i] = go * u * s * (1.0f + g * (1.0f - s));
+  }
+}
+__global__ void k_gelu_bwd(float *dx, const float *dy, const float *x, size_t n) {
+  const float k = 0.7978845608028654f, c = 0.044715f;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float v = x[i], th = tanhf(k * (v + c * v * v * v)), g = dy[i];
+    dx[i] = g * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * k * (1.0f + 3.0f * c * v * v));
+  }
+}
+__global__ void k_silu_bwd(float *dx, const float *dy, const float *x, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float v = x[i], s = 1.0f / (1.0f + expf(-v));
+    dx[i] = dy[i] * s * (1.0f + v * (1.0f - s));
+  }
+}
+static void c_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                           int T, int F) {
+  size_t n = (size_t)T * F;
+  if (!n || T < 0 || F < 0 || (!dgate && !dup)) return;
+  k_silu_mul_bwd<<<grid_for(n, 256), 256, 0, S(be)>>>(dgate, dup, dout, gate, up, n);
+  CUDA_LAUNCHED();
+}
+static void c_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n) {
+  if (!n) return;
+  k_gelu_bwd<<<grid_for(n, 256), 256, 0, S(be)>>>(dx, dy, x, n);
+  CUDA_LAUNCHED();
+}
+static void c_silu_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n) {
+  if (!n) return;
+  k_silu_bwd<<<grid_for(n, 256), 256, 0, S(be)>>>(dx, dy, x, n);
+  CUDA_LAUNCHED();
+}
+/* repeated ids accumulate through atomics (order of the adds is not fixed) */
+__global__ void k_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int D) {
+  int t = blockIdx.x;
+  float *row = dtable + (size_t)ids[t] * D;
+  const float *g = dout + (size_t)t * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(row + i, g[i]);
+}
+static void c_embed_bwd(usbx_backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int D) {
+  if (T <= 0 || D <= 0) return;
+  k_embed_bwd<<<T, 256, 0, S(be)>>>(dtable, dout, ids, D);
+  CUDA_LAUNCHED();
+}
+
+/* ---------------------------------------------------------------- masked (training) attention */
+struct MaskP {
+  const int32_t *order, *sample, *split, *mode;
+  int n, H, Hkv, G, d;
+  float scale;
+};
+__device__ __forceinline__ bool visible(const MaskP &m, int oq, int sq, int pq, int mq, int k) {
+  int sk = m.sample[k], pk = m.split[k], mk = m.mode[k];
+  return sq == sk && (m.order[k] <= oq || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
+}
+/* forward: one warp per (token q, head h); warps of a block take consecutive tokens of one head
+ * so that they stream the same keys.  lse in natural log, [H, n]. */
+__global__ void k_attn_masked_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, MaskP m) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= m.n * m.H) return;
+  int h = wid / m.n, qi = wid % m.n, g = h / m.G;
+  int oq = m.order[qi], sq = m.sample[qi], pq = m.split[qi], mq = m.mode[qi];
+  const bf16 *qr = q + ((size_t)qi * m.H + h) * m.d;
+  float qv[4], o[4];
+#pragma unroll
+  for (int c = 0; c < 4; c++) { int col = lane + 32 * c; qv[c] = col < m.d ? bf2f(qr[col]) : 0.f; o[c] = 0.f; }
+  float mx = -INFINITY, l = 0.f;
+  for (int j = 0; j < m.n; j++) {
+    if (!visible(m, oq, sq, pq, mq, j)) continue;           /* uniform across the warp */
+    const bf16 *kr = k + ((size_t)j * m.Hkv + g) * m.d, *vr = v + ((size_t)j * m.Hkv + g) * m.d;
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < 4; c++) { int col = lane + 32 * c; if (col < m.d) s += qv[c] * bf2f(kr[col]); }
+    s = warp_sum(s) * m.scale;
+    float mn = fmaxf(mx, s), al = expf(mx - mn), p = expf(s - mn);
+    l = l * al + p;
+#pragma unroll
+    for (int c = 0; c < 4; c++) { int col = lane + 32 * c; o[c] = o[c] * al + (col < m.d ? p * bf2f(vr[col]) : 0.f); }
+    mx = mn;
+  }
+  float inv = l > 0.f ? 1.f / l : 0.f;
+  bf16 *orow = out + ((size_t)qi * m.H + h) * m.d;
+#pragma unroll
+  for (int c = 0; c < 4; c++) { int col = lane + 32 * c; if (col < m.d) orow[col] = f2bf(o[c] * inv); }
+  if (lane == 0 && lse) lse[(size_t)h * m.n + qi] = l > 0.f ? mx + logf(l) : -INFINITY;
+}
+/* D[h, q] = Σ_c dout·out */
+__global__ void k_attn_masked_D(float *D, const float *dout, const bf16 *out, MaskP m) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= m.n * m.H) return;
+  int h = wid / m.n, qi = wid % m.n;
+  const float *gr = dout + ((size_t)qi * m.H + h) * m.d;
+  const bf16 *orow = out + ((size_t)qi * m.H + h) * m.d;
+  double s = 0;
+  for (int c = lane; c < m.d; c += 32) s += (double)gr[c] * bf2f(orow[c]);
+  s = warp_sum_d(s);
+  if (lane == 0) D[(size_t)h * m.n + qi] = (float)s;
+}
+/* dq[q, h] = scale Σ_j P (dO·v_j − D) k_j : one warp per (q, h) */
+__global__ void k_attn_masked_dq(float *dq, const float *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+                                 const float *lse, const float *D, MaskP m) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= m.n * m.H) return;
+  int h = wid / m.n, qi = wid % m.n, g = h / m.G;
+  int oq = m.order[qi], sq = m.sample[qi], pq = m.split[qi], mq = m.mode[qi];
+  const bf16 *qr = q + ((size_t)qi * m.H + h) * m.d;
+  const float *gr = dout + ((size_t)qi * m.H + h) * m.d;
+  float qv[4], gv[4], acc[4];
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    int col = lane + 32 * c;
+    qv[c] = col < m.d ? bf2f(qr[col]) : 0.f;
+    gv[c] = col < m.d ? gr[col] : 0.f;
+    acc[c] = 0.f;
+  }
+  float L = lse[(size_t)h * m.n + qi], Dq = D[(size_t)h * m.n + qi];
+  for (int j = 0; j < m.n; j++) {
+    if (!visible(m, oq, sq, pq, mq, j)) continue;
+    const bf16 *kr = k + ((size_t)j * m.Hkv + g) * m.d, *vr = v + ((size_t)j * m.Hkv + g) * m.d;
+    float s = 0.f, dp = 0.f;
+    float kv[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      int col = lane + 32 * c;
+      kv[c] = col < m.d ? bf2f(kr[col]) : 0.f;
+      s += qv[c] * kv[c];
+      dp += col < m.d ? gv[c] * bf2f(vr[col]) : 0.f;
+    }
+    s = warp_sum(s) * m.scale;
+    dp = warp_sum(dp);
+    float p = expf(s - L), ds = p * (dp - Dq);
+#pragma unroll
+    for (int c = 0; c < 4; c++) acc[c] += ds * kv[c];
+  }
+  float *o = dq + ((size_t)qi * m.H + h) * m.d;
+#pragma unroll
+  for (int c = 0; c < 4; c++) { int col = lane + 32 * c; if (col < m.d) o[col] = acc[c] * m.scale; }
+}
+/* dk[j, g] = scale Σ_{q, h in group} dS q ; dv[j, g] = Σ P dO : one warp per (key j, kv head g) */
+__global__ void k_attn_masked_dkv(float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+                                  const float *lse, const float *D, MaskP m) {
+  int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (wid >= m.n * m.Hkv) return;
+  int g = wid / m.n, j = wid % m.n;
+  int sk = m.sample[j], pk = m.split[j], mk = m.mode[j], ok_ = m.order[j];
+  const bf16 *kr = k + ((size_t)j * m.Hkv + g) * m.d, *vr = v + ((size_t)j * m.Hkv + g) * m.d;
+  float kv[4], vv[4], ak[4], av[4];
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    int col = lane + 32 * c;
+    kv[c] = col < m.d ? bf2f(kr[col]) : 0.f;
+    vv[c] = col < m.d ? bf2f(vr[col]) : 0.f;
+    ak[c] = av[c] = 0.f;
+  }
+  for (int qi = 0; qi < m.n; qi++) {
+    int sq = m.sample[qi], pq = m.split[qi], mq = m.mode[qi];
+    bool vis = sq == sk && (ok_ <= m.order[qi] || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
+    if (!vis) continue;
+    for (int h = g * m.G; h < (g + 1) * m.G; h++) {
+      const bf16 *qr = q + ((size_t)qi * m.H + h) * m.d;
+      const float *gr = dout + ((size_t)qi * m.H + h) * m.d;
+      float s = 0.f, dp = 0.f, qv[4], gv[4];
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        int col = lane + 32 * c;
+        qv[c] = col < m.d ? bf2f(qr[col]) : 0.f;
+        gv[c] = col < m.d ? gr[col] : 0.f;
+        s += qv[c] * kv[c];
+        dp += gv[c] * vv[c];
+      }
+      s = warp_sum(s) * m.scale;
+      dp = warp_sum(dp);
+      float p = expf(s - lse[(size_t)h * m.n + qi]), ds = p * (dp - D[(size_t)h * m.n + qi]);
+#pragma unroll
+      for (int c = 0; c < 4; c++) { av[c] += p * gv[c]; ak[c] += ds * qv[c]; }
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    int col = lane + 32 * c;
+    if (col < m.d) {
+      if (dk) dk[((size_t)j * m.Hkv + g) * m.d + col] = ak[c] * m.scale;
+      if (dv) dv[((size_t)j * m.Hkv + g) * m.d + col] = av[c];
+    }
+  }
+}
+static MaskP mask_params(const usbx_attn_masked_args *a) {
+  if (a->n < 0 || a->n_heads <= 0 || a->n_kv_heads <= 0 || a->head_dim <= 0 || a->n_heads % a->n_kv_heads || a->head_dim > 128)
+    usbx_die("cuda attention_masked: bad shape n=%d heads=%d kv_heads=%d head_dim=%d (head dim at most 128)", a->n,
+             a->n_heads, a->n_kv_heads, a->head_dim);
+  MaskP m;
+  m.order = a->order; m.sample = a->sample; m.split = a->split; m.mode = a->mode;
+  m.n = a->n; m.H = a->n_heads; m.Hkv = a->n_kv_heads; m.G = m.H / m.Hkv; m.d = a->head_dim;
+  m.scale = 1.0f / sqrtf((float)m.d);
+  return m;
+}
+static void c_attention_masked(usbx_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
+                               const usbx_attn_masked_args *a) {
+  MaskP m = mask_params(a);
+  if (m.n == 0) return;
+  size_t warps = (size_t)m.n * m.H;
+  k_attn_masked_fwd<<<(unsigned)((warps + 7) / 8), 256, 0, S(be)>>>((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
+                                                                     (const bf16 *)v, m);
+  CUDA_LAUNCHED();
+}
+static void c_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const void *q,
+                                   const void *k, const void *v, const void *out, const float *lse,
+                                   const usbx_attn_masked_args *a) {
+  usbx_cuda *c = CU(be);
+  MaskP m = mask_params(a);
+  if (m.n == 0 || (!dq && !dk && !dv)) return;
+  float *D = (float *)cu_scratch(c, (size_t)m.n * m.H * sizeof(float));
+  size_t warps = (size_t)m.n * m.H;
+  k_attn_masked_D<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(D, dout, (const bf16 *)out, m);
+  CUDA_LAUNCHED();
+  if (dk || dv) {   /* before dq: dq may share memory with nothing it reads, but keep the CPU order */
+    size_t w2 = (size_t)m.n * m.Hkv;
+    k_attn_masked_dkv<<<(unsigned)((w2 + 7) / 8), 256, 0, c->stream>>>(dk, dv, dout, (const bf16 *)q, (const bf16 *)k,
+                                                                       (const bf16 *)v, lse, D, m);
+    CUDA_LAUNCHED();
+  }
+  if (dq) {
+    k_attn_masked_dq<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(dq, dout, (const bf16 *)q, (const bf16 *)k,
+                                                                         (const bf16 *)v, lse, D, m);
+    CUDA_LAUNCHED();
+  }
+}
+
+/* ---------------------------------------------------------------- cross entropy
+ * One block per row.  A label outside [0, V) gives loss NaN (the CPU backend dies; a kernel
+ * cannot), and that row's gradient is left unwritten. */
+__global__ void k_xent(float *loss, float *dlogits, const float *logits, const int32_t *labels, int V, float scale) {
+  __shared__ double redd[32];
+  __shared__ float redf[32];
+  size_t r = blockIdx.x;
+  const float *xr = logits + r * V;
+  int lab = labels[r];
+  if (lab < 0 || lab >= V) {
+    if (threadIdx.x == 0 && loss) loss[r] = __int_as_float(0x7fc00000);
+    return;
+  }
+  float xl = xr[lab];
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, xr[j]);
+  for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) redf[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = -INFINITY;
+  for (int i = 0; i < (int)(blockDim.x >> 5); i++) m = fmaxf(m, redf[i]);
+  double s = 0;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) s += exp((double)xr[j] - m);
+  s = block_sum_t<double>(s, redd);
+  double lse = (double)m + log(s);
+  if (threadIdx.x == 0 && loss) loss[r] = (float)(lse - xl);
+  __syncthreads();     /* every thread has read xr[lab] and the sums before any write */
+  if (dlogits) {
+    float *dr = dlogits + r * V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+      double p = exp((double)xr[j] - lse);
+      dr[j] = (float)((p - (j == lab ? 1.0 : 0.0)) * scale);
+    }
+  }
+}
+static void c_cross_entropy(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n,
+                            int V, float scale) {
+  if (n <= 0 || V <= 0) return;
+  k_xent<<<n, 512, 0, S(be)>>>(loss, dlogits, logits, labels, V, scale);
+  CUDA_LAUNCHED();
+}
+
+/* ---------------------------------------------------------------- optimizer */
+__global__ void k_adamw(float *w, uint16_t *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                        float beta2, float eps, float wd, float grad_scale, float step_size, float bc2_sqrt) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float gi = g[i] * grad_scale;
+    float wi = w[i] * (1.0f - lr * wd);
+    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    wi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    w[i] = wi; m[i] = mi; v[i] = vi;
+    if (w_mm) w_mm[i] = f32_to_bf16_bits(wi);
+  }
+}
+static void c_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                    float beta2, float eps, float weight_decay, float grad_scale, int step) {
+  if (!n) return;
+  float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
+  k_adamw<<<grid_for(n, 256), 256, 0, S(be)>>>(w, (uint16_t *)w_mm, g, m, v, n, lr, beta1, beta2, eps, weight_decay,
+                                               grad_scale, lr / bc1, sqrtf(bc2));
+  CUDA_LAUNCHED();
+}
+#define SUMSQ_BLOCKS 264
+__global__ void k_sumsq_part(double *part, const float *x, size_t n) {
+  __shared__ double red[32];
+  double s = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    s += (double)x[i] * x[i];
+  s = block_sum_t<double>(s, red);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+__global__ void k_sumsq_final(float *acc, const double *part, int nparts) {
+  if (threadIdx.x || blockIdx.x) return;
+  double s = 0;
+  for (int i = 0; i < nparts; i++) s += part[i];
+  acc[0] += (float)s;
+}
+static void c_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) {
+  usbx_cuda *c = CU(be);
+  if (!n) return;
+  int nb = (int)std::min<size_t>(SUMSQ_BLOCKS, (n + 255) / 256);
+  double *part = (double *)cu_scratch(c, (size_t)nb * sizeof(double));
+  k_sumsq_part<<<nb, 256, 0, c->stream>>>(part, x, n);
+  CUDA_LAUNCHED();
+  k_sumsq_final<<<1, 32, 0, c->stream>>>(acc, part, nb);
+  CUDA_LAUNCHED();
+}
+__global__ void k_ema(float *ema, const float *w, float decay, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    ema[i] = decay * ema[i] + (1.0f - decay) * w[i];
+}
+static void c_ema(usbx_backend *be, float *ema, const float *w, float decay, size_t n) {
+  if (!n) return;
+  k_ema<<<grid_for(n, 256), 256, 0, S(be)>>>(ema, w, decay, n);
+  CUDA_LAUNCHED();
+}
+
+void cu_install_train_ops(usbx_backend *be) {
+  be->matmul_bwd = c_matmul_bwd;
+  be->rmsnorm_bwd = c_rmsnorm_bwd;
+  be->layernorm_bwd = c_layernorm_bwd;
+  be->qk_norm_rope_bwd = c_qk_norm_rope_bwd;
+  be->silu_mul_bwd = c_silu_mul_bwd;
+  be->gelu_tanh_bwd = c_gelu_tanh_bwd;
+  be->silu_bwd = c_silu_bwd;
+  be->embed_bwd = c_embed_bwd;
+  be->attention_masked = c_attention_masked;
+  be->attention_masked_bwd = c_attention_masked_bwd;
+  be->cross_entropy = c_cross_entropy;
+  be->adamw = c_adamw;
+  be->sumsq_acc = c_sumsq_acc;
+  be->ema = c_ema;
+}
