@@ -12,7 +12,7 @@ for b in bin/usbx-* build/tests/test_* build/tests/helper_* build/bench/bench_*;
   ldd "$b" | awk '/=> \//{print $3}'
 done | sort -u | while read -r lib; do
   case $(basename "$lib") in
-    libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libstdc++.so*|libgcc_s.so*) continue;;
+    libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libresolv.so*|ld-linux*|libcuda.so*|libstdc++.so*|libgcc_s.so*) continue;;
     libcublas*|libcudart*) continue;;   # the device has its own CUDA toolkit
   esac
   cp -L "$lib" .devlibs/
