@@ -235,6 +235,41 @@ static const usbx_st_tensor *find_checked(loader *L, const char *name, int ndim,
   return NULL;
 }
 
+/* Moves q/k/v (and their biases) and gate/up of every expert into one allocation each, so a
+ * decoding step reads them with one matrix-vector product; the individual pointers become views
+ * into those blocks (q_w, q_b and gate own the memory). */
+static void *join(usbx_backend *be, void **parts[], const size_t *bytes, int n) {
+  size_t total = 0;
+  for (int i = 0; i < n; i++) total += bytes[i];
+  char *blk = be->alloc(be, total), *at = blk;
+  for (int i = 0; i < n; i++) {
+    be->copy(be, at, *parts[i], bytes[i]);
+    be->free(be, *parts[i]);
+    *parts[i] = at;
+    at += bytes[i];
+  }
+  return blk;
+}
+
+static void fuse_experts(usbx_bagel *m) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *c = &m->cfg;
+  size_t mm = usbx_dtype_size(be->mm_dtype), D = (size_t)c->hidden, Hd = (size_t)c->heads * c->head_dim,
+         KVd = (size_t)c->kv_heads * c->head_dim, F = (size_t)c->inter;
+  for (int l = 0; l < c->layers; l++)
+    for (int e = 0; e < 2; e++) {
+      expert_w *w = &m->layers[l].e[e];
+      void **qkv[] = {&w->q_w, &w->k_w, &w->v_w}, **qkvb[] = {(void **)&w->q_b, (void **)&w->k_b, (void **)&w->v_b};
+      void **gu[] = {&w->gate, &w->up};
+      size_t b1[] = {Hd * D * mm, KVd * D * mm, KVd * D * mm}, b2[] = {Hd * 4, KVd * 4, KVd * 4}, b3[] = {F * D * mm, F * D * mm};
+      join(be, qkv, b1, 3);
+      join(be, qkvb, b2, 3);
+      join(be, gu, b3, 2);
+      w->fused = true;
+    }
+  be->sync(be);
+}
+
 usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen) {
   usbx_bagel *m = xcalloc(1, sizeof *m);
   if (usbx_bagel_read_config(dir, &m->cfg, err, errlen)) { free(m); return NULL; }
@@ -286,6 +321,7 @@ usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, c
   be->sync(be);
   for (int f = 0; f < L.nfiles; f++) usbx_st_close(&L.files[f]);
   free(L.files); free(src); free(W);
+  if (parts & USBX_PART_LLM) fuse_experts(m);
   return m;
 }
 
@@ -314,6 +350,11 @@ void usbx_bagel_free(usbx_bagel *m) {
                   (void **)&m->up, &m->h_mm, &m->q_mm, &m->o_mm, &m->act_mm, (void **)&m->d_ids, (void **)&m->d_pos,
                   (void **)&m->logits};
   for (size_t i = 0; i < sizeof scr / sizeof scr[0]; i++) release(m, scr[i]);
+  for (int l = 0; l < m->cfg.layers && m->layers; l++)
+    for (int e = 0; e < 2; e++) {
+      expert_w *w = &m->layers[l].e[e];
+      if (w->fused) { w->k_w = w->v_w = w->up = NULL; w->k_b = w->v_b = NULL; }   /* views into q_w, q_b, gate */
+    }
   usbx_wlist wl = {0};
   usbx_bagel_enumerate(&m->cfg, m->parts, m, &wl);
   for (int i = 0; i < wl.n; i++) release(m, wl.v[i].dst);
@@ -431,12 +472,20 @@ void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool
       int r0 = runs[r].r0, n = runs[r].n;
       char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
       be->rmsnorm(be, h, true, m->x + (size_t)r0 * D, w->in_norm, n, D, cf->eps);
-      be->matmul(be, m->q + (size_t)r0 * Hd, h, w->q_w, w->q_b, n, Hd, D, false);
-      be->matmul(be, m->k + (size_t)r0 * KVd, h, w->k_w, w->k_b, n, KVd, D, false);
-      be->matmul(be, m->v + (size_t)r0 * KVd, h, w->v_w, w->v_b, n, KVd, D, false);
-      be->qk_norm_rope(be, (char *)m->q_mm + (size_t)r0 * Hd * mm, Hd, m->q + (size_t)r0 * Hd, w->q_norm, m->d_pos + r0, n, H, d, cf->eps, cf->theta);
-      be->qk_norm_rope(be, kc + (size_t)r0 * KVd * mm, KVd, m->k + (size_t)r0 * KVd, w->k_norm, m->d_pos + r0, n, Hkv, d, cf->eps, cf->theta);
-      be->to_mm(be, vc + (size_t)r0 * KVd * mm, KVd, m->v + (size_t)r0 * KVd, n, KVd);
+      float *qf = m->q + (size_t)r0 * Hd, *kf = m->k + (size_t)r0 * KVd, *vf = m->v + (size_t)r0 * KVd;
+      if (n == 1 && w->fused) {
+        /* one row (decoding): q, k and v are stored back to back, so one matrix-vector product
+         * reads all three; its output rows are contiguous, [q | k | v] */
+        be->matmul(be, m->q, h, w->q_w, w->q_b, 1, Hd + 2 * KVd, D, false);
+        qf = m->q; kf = m->q + Hd; vf = m->q + Hd + KVd;
+      } else {
+        be->matmul(be, qf, h, w->q_w, w->q_b, n, Hd, D, false);
+        be->matmul(be, kf, h, w->k_w, w->k_b, n, KVd, D, false);
+        be->matmul(be, vf, h, w->v_w, w->v_b, n, KVd, D, false);
+      }
+      be->qk_norm_rope(be, (char *)m->q_mm + (size_t)r0 * Hd * mm, Hd, qf, w->q_norm, m->d_pos + r0, n, H, d, cf->eps, cf->theta);
+      be->qk_norm_rope(be, kc + (size_t)r0 * KVd * mm, KVd, kf, w->k_norm, m->d_pos + r0, n, Hkv, d, cf->eps, cf->theta);
+      be->to_mm(be, vc + (size_t)r0 * KVd * mm, KVd, vf, n, KVd);
     }
     be->attention(be, m->o_mm, m->q_mm, c->k[l], c->v[l], &aa);
     for (int r = 0; r < nr; r++) {
@@ -446,10 +495,16 @@ void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool
       be->matmul(be, x, (char *)m->o_mm + (size_t)r0 * Hd * mm, w->o_w, NULL, n, D, Hd, true);
       char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
       be->rmsnorm(be, h, true, x, w->post_norm, n, D, cf->eps);
-      be->matmul(be, m->gate + (size_t)r0 * F, h, w->gate, NULL, n, F, D, false);
-      be->matmul(be, m->up + (size_t)r0 * F, h, w->up, NULL, n, F, D, false);
+      float *gf = m->gate + (size_t)r0 * F, *uf = m->up + (size_t)r0 * F;
+      if (n == 1 && w->fused) {   /* gate and up are adjacent: one product, [gate | up] */
+        be->matmul(be, m->gate, h, w->gate, NULL, 1, 2 * F, D, false);
+        gf = m->gate; uf = m->gate + F;
+      } else {
+        be->matmul(be, gf, h, w->gate, NULL, n, F, D, false);
+        be->matmul(be, uf, h, w->up, NULL, n, F, D, false);
+      }
       char *act = (char *)m->act_mm + (size_t)r0 * F * mm;
-      be->silu_mul(be, act, m->gate + (size_t)r0 * F, m->up + (size_t)r0 * F, n, F);
+      be->silu_mul(be, act, gf, uf, n, F);
       be->matmul(be, x, act, w->down, NULL, n, D, F, true);
     }
   }

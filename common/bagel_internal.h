@@ -7,14 +7,15 @@
 typedef struct {
   void *q_w, *k_w, *v_w, *o_w, *gate, *up, *down;   /* mm */
   float *q_b, *k_b, *v_b, *q_norm, *k_norm, *in_norm, *post_norm;  /* f32 */
+  bool fused;   /* q|k|v, their biases and gate|up sit back to back (k_w, v_w, k_b, v_b, up are views) */
 } expert_w;
 
-typedef struct { expert_w e[2]; } layer_w;
+typedef struct { expert_w e[2]; } layer_w;   /* e[0] = und, e[1] = gen (*_moe_gen) */
 
 typedef struct {
   void *q_w, *k_w, *v_w, *o_w, *fc1_w, *fc2_w;                       /* mm */
   float *q_b, *k_b, *v_b, *o_b, *fc1_b, *fc2_b, *ln1_w, *ln1_b, *ln2_w, *ln2_b;
-} vit_layer_w;   /* e[0] = und, e[1] = gen (*_moe_gen) */
+} vit_layer_w;
 
 struct usbx_bagel {
   usbx_bagel_config cfg;

@@ -218,7 +218,7 @@ int usbx_train_run(const usbx_train_opts *o) {
   usbx_bagel_enumerate(cf, parts, m, &S.wl);
   S.p = xcalloc((size_t)S.wl.n, sizeof *S.p);
   S.np = S.wl.n;
-  int64_t n_trained = 0;
+  int64_t n_trained = 0;   /* parameters that receive updates */
   /* fp32 masters: the weights file read again in fp32 (a bf16 device copy would lose bits) */
   char *wpath = usbx_path_join(o->model, "model.safetensors");
   if (!usbx_file_exists(wpath)) { free(wpath); wpath = usbx_path_join(o->model, "ema.safetensors"); }
@@ -277,7 +277,11 @@ int usbx_train_run(const usbx_train_opts *o) {
   long total = o->steps;
   if (!total && !o->epochs) usbx_usage_die("give --steps or --epochs");
   float *acc = be->alloc(be, sizeof(float));
-  double flops_per_token = 6.0 * (double)n_trained;   /* rough: forward + backward of the trained weights */
+  /* model FLOPs of a training step: every token passes through one expert's layers
+   * (6 x those weights: forward + backward), plus attention, 12 x L x (H*d) x S^2 per sample of
+   * S tokens (QK^T and PV forward, twice that backward), counted as if fully visible */
+  double layer_w = (double)cf->hidden * ((double)cf->heads * cf->head_dim * 2 + 2.0 * cf->kv_heads * cf->head_dim) + 3.0 * cf->hidden * cf->inter;
+  double flops_per_token = 6.0 * cf->layers * layer_w;
   int rc = 0;
   while ((total && step < total) || (!total && pos.epoch < o->epochs)) {
     double t0 = usbx_now();
@@ -313,7 +317,14 @@ int usbx_train_run(const usbx_train_opts *o) {
     rec = usbx_jv_set_num(rec, "samples", ns);
     rec = usbx_jv_set_num(rec, "tokens", b.n);
     rec = usbx_jv_set_num(rec, "tokens_per_s", (double)b.n / dt);
-    if (be->dev == USBX_DEV_CUDA) rec = usbx_jv_set_num(rec, "mfu", flops_per_token * b.n / dt / 989e12);
+    if (be->dev == USBX_DEV_CUDA) {
+      double sq_len = 0;
+      for (int i = 0, start = 0; i <= b.n; i++)
+        if (i == b.n || (i > 0 && b.sample[i] != b.sample[i - 1])) { sq_len += (double)(i - start) * (i - start); start = i; }
+      double flops = flops_per_token * b.n + 12.0 * cf->layers * cf->heads * cf->head_dim * sq_len;
+      rec = usbx_jv_set_num(rec, "tflops", flops / dt / 1e12);
+      rec = usbx_jv_set_num(rec, "mfu", flops / dt / 989e12);   /* H100/H200 dense bf16 peak */
+    }
     if (o->log_every <= 1 || step % o->log_every == 0 || step == total)
       if (usbx_jsonl_write(stdout, rec)) usbx_die("<stdout>: write failed");
     if (o->log_every > 1 && step % o->log_every && step != total) jv_free(rec);
