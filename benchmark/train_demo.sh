@@ -28,7 +28,7 @@ for m in base trained; do
   usbx-judge --backend sandbox < "$W/gen-$m.jsonl" > "$OUT/verdicts-$m.jsonl" 2> "$OUT/judge-$m.txt" || true
   echo "$m: $(jq -s '[length, (map(.score) | add)]' "$OUT/verdicts-$m.jsonl")"
 done
-python3 - "$W" "$OUT" <<'PY'
+python3 - "$W" "$OUT" <<'PY' || echo "no PIL: sample grid skipped"
 import sys, json
 from PIL import Image
 W, OUT = sys.argv[1:3]
@@ -49,3 +49,9 @@ usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --wa
   --save-every 1000000 "$W/big.jsonl" > "$OUT/mfu_log.jsonl" 2> "$OUT/mfu_err.txt" || cat "$OUT/mfu_err.txt"
 cat "$OUT/mfu_log.jsonl"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
+# decode speed at the 7B-MoT shape after the q|k|v and gate|up fusion
+if [ "${DECODE_BENCH:-1}" = 1 ]; then
+  rm -rf "$W/b15" "$W/b15run" "$W/run"
+  usbx-ckpt init --config benchmark/shape-7b-mot.json --seed 1 /tmp/b7 > /dev/null && cp .devdata/tokenizer.json /tmp/b7/
+  build/bench/bench_llm --model /tmp/b7 --device cuda --prefill 1000 --decode 200 --reps 3 | tee "$OUT/bench_llm_fused.json"
+fi

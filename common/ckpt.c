@@ -20,6 +20,8 @@
 
 #define CHUNK (4u << 20)   /* bytes of source (or output) handled per step */
 
+static bool g_progress;    /* --progress: a progress line on stderr even when it is not a terminal */
+
 static void emit(jv rec) {
   if (usbx_jsonl_write(stdout, rec) != 0) usbx_die("<stdout>: write error");
 }
@@ -253,6 +255,10 @@ int usbx_ckpt_write(const char *path, const usbx_ckpt_item *items, size_t n, jv 
   started = true;
   /* The reader thread only reads (it mostly waits on the disk); conversion and writing happen
    * here, so the two halves of the work overlap. */
+  uint64_t total_in = 0, done_in = 0;
+  for (size_t ti = 0; ti < ntask; ti++) total_in += task[ti].len;
+  usbx_progress prog;
+  usbx_progress_init(&prog, g_progress, (int64_t)(total_in >> 20), "MiB read");
   bool ok = true;
   for (size_t ti = 0; ti < ntask && ok; ti++) {
     rd_task *t = &task[ti];
@@ -280,7 +286,11 @@ int usbx_ckpt_write(const char *path, const usbx_ckpt_item *items, size_t n, jv 
       ok = false;
     }
     prefetch_release(&p, ti);
+    int64_t before = (int64_t)(done_in >> 20);
+    done_in += t->len;
+    usbx_progress_tick(&prog, (int64_t)(done_in >> 20) - before);
   }
+  if (ok) usbx_progress_done(&prog);
   if (ok) rc = usbx_st_writer_finish(w, err, errlen);
   else usbx_st_writer_abort(w);
 out:
@@ -565,6 +575,7 @@ int usbx_ckpt_convert_main(int argc, char **argv) {
   const usbx_opt opts[] = {
     {"dtype", USBX_OPT_STR, &dts, "D", "target float dtype: bf16, f16, f32 or f64 (required)", false},
     {"quiet", USBX_OPT_FLAG, &quiet, NULL, "only the per-file record, not one per converted tensor", false},
+    {"progress", USBX_OPT_FLAG, &g_progress, NULL, "progress line on stderr (default: only on a terminal)", false},
     {0},
   };
   char **pos;
@@ -776,6 +787,7 @@ int usbx_ckpt_complete_main(int argc, char **argv) {
   const usbx_opt opts[] = {
     {"base", USBX_OPT_STR, &base, "DIR", "base model folder (its ema.safetensors and other files); required", false},
     {"dtype", USBX_OPT_STR, &dts, "D", "bf16 (default), f16, f32, f64, or keep: dtype of float tensors", false},
+    {"progress", USBX_OPT_FLAG, &g_progress, NULL, "progress line on stderr (default: only on a terminal)", false},
     {0},
   };
   char **pos;

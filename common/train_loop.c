@@ -245,6 +245,7 @@ int usbx_train_run(const usbx_train_opts *o) {
   }
   if (need_masters) usbx_st_close(&wf);
   free(wpath);
+  usbx_err("training %lld parameters on %s", (long long)n_trained, be->name);
 
   long step = 0;
   usbx_data_pos pos = {0, 0};
