@@ -7,9 +7,12 @@
 #   bash benchmark/train_demo.sh [STEPS]
 set -euo pipefail
 export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-OUT=${OUT:-/tmp/out}; W=/tmp/td; STEPS=${1:-2000}
-mkdir -p "$OUT" "$W"
+FINAL=${OUT:-/tmp/out}; W=/tmp/td; STEPS=${1:-2000}
+OUT=$W/results   # everything lands here; one tarball goes to $FINAL at the end
+mkdir -p "$OUT" "$W" "$FINAL"
+trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
 export PATH=$PWD/bin:$PATH
+jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up our libjq
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
 usbx-synth scenes --n 4000 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"
 usbx-synth scenes --n 48 --render "$W/heldout-img" --size 64 --seed 99 --max-count 4 | jq -c '{id, task: "math", prompt, answer}' > "$W/test.jsonl"
@@ -17,30 +20,42 @@ usbx-ckpt init --config benchmark/sandbox-small.json --seed 1 "$W/base" > /dev/n
 cp .devdata/tokenizer.json "$W/base/"
 date -u
 usbx-train --model "$W/base" --out "$W/run" --device cuda --no-visual-und --lr 5e-4 --warmup 100 --schedule cosine \
-  --steps "$STEPS" --expected-tokens 4096 --max-tokens 4600 --save-every "$STEPS" --log-every 10 "$W/pairs.jsonl" > "$OUT/train_log.jsonl"
+  --steps "$STEPS" --expected-tokens 4096 --max-tokens 4600 --save-every $((STEPS / 4)) --log-every 10 "$W/pairs.jsonl" > "$OUT/train_log.jsonl"
 date -u
 tail -n 2 "$OUT/train_log.jsonl"
-ck=$W/run/$(printf %07d "$STEPS")
-usbx-ckpt complete --base "$W/base" "$ck" > /dev/null
-for m in base trained; do
-  model=$W/base; [ $m = trained ] && model=$ck
+models="base"
+for k in 1 2 4; do
+  s=$((STEPS * k / 4)); ck=$W/run/$(printf %07d "$s")
+  usbx-ckpt complete --base "$W/base" "$ck" > /dev/null
+  models="$models step$s"
+done
+for m in $models; do
+  model=$W/base; [ $m != base ] && model=$W/run/$(printf %07d "${m#step}")
   usbx-gen --model "$model" --out "$W/gen-$m" --modes normal --size 64x64 --device cuda --stem heldout "$W/test.jsonl" > "$W/gen-$m.jsonl"
   usbx-judge --backend sandbox < "$W/gen-$m.jsonl" > "$OUT/verdicts-$m.jsonl" 2> "$OUT/judge-$m.txt" || true
-  echo "$m: $(jq -s '[length, (map(.score) | add)]' "$OUT/verdicts-$m.jsonl")"
+  echo "$m: $(jq -c -s '[length, (map(.score) | add), (map(.caption) | .[0:6])]' "$OUT/verdicts-$m.jsonl")"
 done
 python3 - "$W" "$OUT" <<'PY' || echo "no PIL: sample grid skipped"
 import sys, json
 from PIL import Image
 W, OUT = sys.argv[1:3]
-for m in ("base", "trained"):
-    recs = [json.loads(l) for l in open(f"{W}/gen-{m}.jsonl")][:24]
+import glob, os
+for path in sorted(glob.glob(f"{W}/gen-*.jsonl")):
+    m = os.path.basename(path)[4:-6]
+    recs = [json.loads(l) for l in open(path)][:24]
     grid = Image.new("RGB", (6 * 66, 4 * 66), "white")
     for i, r in enumerate(recs):
         grid.paste(Image.open(r["image"]).convert("RGB"), ((i % 6) * 66 + 1, (i // 6) * 66 + 1))
     grid.save(f"{OUT}/samples-{m}.png")
+    if m == "base":   # the ground-truth renders of the same prompts, for comparison
+        t = Image.new("RGB", (6 * 66, 4 * 66), "white")
+        for i, r in enumerate(recs):
+            t.paste(Image.open(f"{W}/heldout-img/{r['id']}.png").convert("RGB").resize((64, 64)), ((i % 6) * 66 + 1, (i // 6) * 66 + 1))
+        t.save(f"{OUT}/samples-truth.png")
     with open(f"{OUT}/samples-{m}.txt", "w") as f:
         for i, r in enumerate(recs): f.write(f"{i}\t{r['prompt']}\n")
 PY
+[ "${MFU:-1}" = 1 ] || exit 0
 # MFU of one training step at ~1.5B parameters (256x256 pixel-space images, 4096 tokens each)
 usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null
