@@ -4,9 +4,9 @@
 # eval.sh --ground-truth.  THESE ARE GROUND-TRUTH RENDERS, NOT MODEL GENERATIONS: the run checks
 # the task generators, the renderer, the offline judge and the pipeline, and must score 100 %.
 #
-# With DEMO_CKPT=DIR (or DEMO_RANDOM_CKPT=1: a random checkpoint from usbx-ckpt init) it also
-# evaluates a model's generations (usbx-gen at a small size) with the same judge; an untrained
-# model scores whatever it scores (expect about 0 %).
+# Then it evaluates a model's generations (usbx-gen at a small size) with the same judge: DEMO_CKPT=DIR,
+# or by default a small random checkpoint from usbx-ckpt init (DEMO_RANDOM_CKPT=0 skips it); an
+# untrained model scores whatever it scores (expect about 0 %).
 #
 # Environment: OUT (default build/demo), N (tasks per file, default 8), JUDGE (judge command, default
 # usbx-judge --backend sandbox, or the test helper while that backend is not wired in).
@@ -46,15 +46,23 @@ echo "demo: ground truth scored 100 % on every file (summary: $OUT/ground-truth/
 # tiny fixture).  Note: the tiny fixture's vocabulary (1024) does not match the Qwen tokenizer, so
 # usbx-gen refuses it; use a --like/--config whose vocab_size covers the tokenizer.
 ck=${DEMO_CKPT:-}
-if [ -z "$ck" ] && [ "${DEMO_RANDOM_CKPT:-0}" = 1 ]; then
+tok=${USBX_TOKENIZER:-}
+[ -n "$tok" ] && [ -f "$tok" ] || tok=$SHARED/fixtures/tokenizer/tokenizer.json
+if [ -z "$ck" ] && [ "${DEMO_RANDOM_CKPT:-1}" = 1 ] && [ -f "$tok" ]; then
+  # a small random BAGEL-architecture checkpoint with the Qwen vocabulary (tests/data/tiny-qwen.json)
   ck=$OUT/random-ckpt
-  [ -e "$ck/ema.safetensors" ] || usbx-ckpt init --like "${DEMO_LIKE:-$SHARED/fixtures/bagel-tiny-a}" --seed 1 "$ck" > /dev/null
+  [ -e "$ck/ema.safetensors" ] || usbx-ckpt init --config tests/data/tiny-qwen.json --seed 1 "$ck" > /dev/null
+  [ -e "$ck/tokenizer.json" ] || cp "$tok" "$ck/tokenizer.json"
 fi
 if [ -n "$ck" ]; then
   echo
   echo "=== 2. MODEL GENERATIONS from $ck (usbx-gen), same offline judge ==="
-  echo "    (a random, untrained checkpoint scores whatever it scores: expect about 0 %)"
+  echo "    (a random, UNTRAINED checkpoint: it scores whatever it scores, expect about 0 %;"
+  echo "     no trained model ships with usbx yet — train one with usbx-train, see benchmark/train-demo)"
   head -n 2 "$OUT/tasks/math1.jsonl" > "$OUT/tasks/model-math1.jsonl"
-  bash pipelines/eval.sh --model "$ck" -o "$OUT/model-eval" --title "MODEL generations: $ck" \
-    --gen-args "${DEMO_GEN_ARGS:---size 64x64 --steps 4 --tokenizer $SHARED/fixtures/tokenizer}" "$OUT/tasks/model-math1.jsonl"
+  bash pipelines/eval.sh --model "$ck" -o "$OUT/model-eval" --title "MODEL generations (random untrained checkpoint): $ck" \
+    --gen-args "${DEMO_GEN_ARGS:---size 64x64 --steps 8}" "$OUT/tasks/model-math1.jsonl"
+else
+  echo
+  echo "demo: no tokenizer (run 'make tokenizer'); the model part was skipped"
 fi
