@@ -106,6 +106,82 @@ static double time_attention(int n_q, int q_start, int kv, bool causal, int reps
   return ms;
 }
 
+/* ---------------------------------------------------------------- fp32 autoencoder ops */
+typedef struct { float *y, *x, *w, *b; int M, N, K; } mf_arg;
+static void mf_fn(void *p) {
+  mf_arg *a = p;
+  be->matmul_f32(be, a->y, a->x, a->w, a->b, a->M, a->N, a->K, false);
+}
+static double time_matmul_f32(int M, int N, int K, int reps) {
+  mf_arg a = {0};
+  a.M = M; a.N = N; a.K = K;
+  a.x = rand_dev((size_t)M * K, false, 1.f); a.w = rand_dev((size_t)N * K, false, 0.05f); a.b = rand_dev(N, false, 1.f);
+  a.y = be->alloc(be, (size_t)M * N * 4);
+  double ms = usbx_cuda_time_ms(be, mf_fn, &a, 3, reps);
+  be->free(be, a.x); be->free(be, a.w); be->free(be, a.b); be->free(be, a.y);
+  return ms;
+}
+typedef struct { void *o, *q, *k, *v; usbx_attn_args a; bool f32; } af_arg;
+static void af_fn(void *p) {
+  af_arg *a = p;
+  if (a->f32) be->attention_f32(be, a->o, a->q, a->k, a->v, &a->a);
+  else be->attention(be, a->o, a->q, a->k, a->v, &a->a);
+}
+static double time_vae_attn(int HW, int C, bool f32, int reps) {
+  af_arg a = {0};
+  a.f32 = f32;
+  a.a = (usbx_attn_args){HW, 0, HW, 1, 1, C, false};
+  size_t n = (size_t)HW * C;
+  a.q = rand_dev(n, !f32, 0.3f); a.k = rand_dev(n, !f32, 0.3f); a.v = rand_dev(n, !f32, 1.f);
+  a.o = be->alloc(be, n * 4);
+  double ms = usbx_cuda_time_ms(be, af_fn, &a, f32 ? 1 : 0, reps);
+  be->free(be, a.q); be->free(be, a.k); be->free(be, a.v); be->free(be, a.o);
+  return ms;
+}
+
+/* ---------------------------------------------------------------- training attention */
+typedef struct { void *o, *q, *k, *v; float *lse, *dout, *dq, *dk, *dv; usbx_attn_masked_args a; bool bwd; } tm_arg;
+static void tm_fn(void *p) {
+  tm_arg *a = p;
+  if (a->bwd) be->attention_masked_bwd(be, a->dq, a->dk, a->dv, a->dout, a->q, a->k, a->v, a->o, a->lse, &a->a);
+  else be->attention_masked(be, a->o, a->lse, a->q, a->k, a->v, &a->a);
+}
+/* a packed batch of `ns` samples of n/ns tokens each: text (causal, 1/4) + noisy image (noise)
+ * per sample, tokens in packed order; returns the visible (query, key) pairs in *pairs */
+static void time_train_attn(int n, int ns, int reps, double *fwd_ms, double *bwd_ms, double *pairs) {
+  const int H = 28, Hkv = 4, d = 128;
+  int32_t *meta = xmalloc(4 * (size_t)n * sizeof *meta);
+  int per = n / ns;
+  for (int t = 0; t < n; t++) {
+    int smp = t / per < ns ? t / per : ns - 1, off = t - smp * per, text = per / 4;
+    meta[t] = t; meta[n + t] = smp; meta[2 * n + t] = 2 * smp + (off >= text); meta[3 * n + t] = off >= text ? 2 : 0;
+  }
+  double vis = 0;
+  for (int q = 0; q < n; q++)
+    for (int k = 0; k < n; k++) {
+      bool v = meta[n + q] == meta[n + k] && (meta[k] <= meta[q] || (meta[2 * n + k] == meta[2 * n + q] && meta[3 * n + q] != 0)) &&
+               !(meta[3 * n + k] == 2 && meta[2 * n + k] != meta[2 * n + q]);
+      vis += v;
+    }
+  *pairs = vis * H;
+  int32_t *dm = be->alloc(be, 4 * (size_t)n * sizeof *dm);
+  be->upload(be, dm, meta, 4 * (size_t)n * sizeof *dm);
+  free(meta);
+  tm_arg a = {0};
+  a.a = (usbx_attn_masked_args){n, H, Hkv, d, dm, dm + n, dm + 2 * n, dm + 3 * n};
+  size_t nq = (size_t)n * H * d, nk = (size_t)n * Hkv * d;
+  a.q = rand_dev(nq, true, 1.f); a.k = rand_dev(nk, true, 1.f); a.v = rand_dev(nk, true, 1.f);
+  a.o = be->alloc(be, nq * 2); a.lse = be->alloc(be, (size_t)H * n * 4);
+  a.dout = rand_dev(nq, false, 1.f);
+  a.dq = be->alloc(be, nq * 4); a.dk = be->alloc(be, nk * 4); a.dv = be->alloc(be, nk * 4);
+  a.bwd = false;
+  *fwd_ms = usbx_cuda_time_ms(be, tm_fn, &a, 1, reps);
+  a.bwd = true;
+  *bwd_ms = usbx_cuda_time_ms(be, tm_fn, &a, 1, reps);
+  be->free(be, a.q); be->free(be, a.k); be->free(be, a.v); be->free(be, a.o); be->free(be, a.lse); be->free(be, a.dout);
+  be->free(be, a.dq); be->free(be, a.dk); be->free(be, a.dv); be->free(be, dm);
+}
+
 /* ---------------------------------------------------------------- element-wise */
 typedef struct { int op; void *o; float *x, *y, *w; int32_t *pos; int T, D; } ew_arg;
 static void ew_fn(void *p) {
@@ -147,7 +223,7 @@ int main(int argc, char **argv) {
   out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up, CUDA events, random data\n\n",
       be->name, date, reps);
 
-  /* BENCH_ONLY=gemm|gemv|attn|ew runs one section; BENCH_ATTN_CASES=n the first n attention
+  /* BENCH_ONLY=gemm|gemv|attn|vae|train|ew runs one section; BENCH_ATTN_CASES=n the first n attention
    * cases; BENCH_VARIANT=v one prefill attention variant (for profiling) */
   const char *only = getenv("BENCH_ONLY");
 #define SECTION(name) (!only || !strcmp(only, name))
@@ -220,6 +296,54 @@ int main(int argc, char **argv) {
     usbx_cuda_set_option(be, "attn_variant", vdef);
   }
 
+  }
+  if (SECTION("vae")) {
+  out("\n### Autoencoder in fp32 (FLUX VAE, 7B config): matmul_f32 and attention_f32\n\n");
+  out("| op | shape | compute | ms | TFLOP/s |\n|---|---|---|---|---|\n");
+  struct { const char *name; int M, N, K; } vm[] = {
+      {"conv 3x3 128->128 at 1024^2 (band of 455 rows)", 465920, 128, 1152},
+      {"conv 3x3 256->256 at 512^2", 262144, 256, 2304},
+      {"conv 3x3 512->512 at 256^2", 65536, 512, 4608},
+      {"conv 3x3 512->512 at 128^2", 16384, 512, 4608},
+  };
+  static const char *mname[] = {"fp32", "TF32", "bf16x3 (split + 2 bf16 GEMMs)"};
+  for (size_t i = 0; i < sizeof vm / sizeof vm[0]; i++)
+    for (int md = 0; md < 3; md++) {
+      int old = usbx_cuda_set_option(be, "f32_mode", md);
+      double ms = time_matmul_f32(vm[i].M, vm[i].N, vm[i].K, reps > 10 ? 10 : reps);
+      usbx_cuda_set_option(be, "f32_mode", old);
+      out("| matmul_f32 %s | %d x %d x %d | %s | %.3f | %.1f |\n", vm[i].name, vm[i].M, vm[i].N, vm[i].K, mname[md],
+          ms, 2.0 * vm[i].M * vm[i].N * vm[i].K / (ms * 1e-3) / 1e12);
+    }
+  int HWs[] = {4096, 16384};
+  for (int i = 0; i < 2; i++) {
+    double fl = 4.0 * HWs[i] * (double)HWs[i] * 512;
+    for (int tf = 0; tf < 2; tf++) {
+      int old = usbx_cuda_set_option(be, "f32_mode", tf);
+      double ms = time_vae_attn(HWs[i], 512, true, 5);
+      usbx_cuda_set_option(be, "f32_mode", old);
+      out("| attention_f32 (cuBLAS + softmax) | HW=%d d=512 | %s | %.3f | %.1f |\n", HWs[i], tf ? "TF32" : "fp32", ms, fl / (ms * 1e-3) / 1e12);
+    }
+    if (i) continue;        /* the old path at 16384 positions would take seconds */
+    double ms = time_vae_attn(HWs[i], 512, false, 1);
+    out("| attention bf16 (old path: warp per query) | HW=%d d=512 | bf16 in, fp32 | %.3f | %.2f |\n", HWs[i], ms, fl / (ms * 1e-3) / 1e12);
+  }
+  }
+  if (SECTION("train")) {
+  out("\n### Training attention (attention_masked, H = 28, Hkv = 4, d = 128; samples of 1/4 causal text + 3/4 noisy image, packed order)\n\n");
+  out("| n | samples | kernels | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
+  int tn[][2] = {{2048, 1}, {8192, 4}, {16384, 4}};
+  for (int i = 0; i < 3; i++)
+    for (int tc = 1; tc >= 0; tc--) {
+      if (!tc && tn[i][0] > 8192) continue;    /* the scalar kernels take seconds there */
+      int old = usbx_cuda_set_option(be, "attn_masked_tc", tc);
+      double f, b, pairs;
+      time_train_attn(tn[i][0], tn[i][1], tc ? (reps > 10 ? 10 : reps) : 2, &f, &b, &pairs);
+      usbx_cuda_set_option(be, "attn_masked_tc", old);
+      /* visible pairs: fwd 4·d flops each (QK, PV), bwd 10·d (QK, dO·V, dV, dK, dQ; hi/lo terms not counted) */
+      out("| %d | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", tn[i][0], tn[i][1], tc ? "tiled tensor cores" : "scalar (warp per row)",
+          f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
+    }
   }
   if (SECTION("ew")) {
   out("\n### Element-wise (GB/s = bytes read + written)\n\n| op | shape | us | GB/s |\n|---|---|---|---|\n");

@@ -11,12 +11,41 @@
 
 typedef struct { void *w; float *g; int64_t n; char *name; } gslot;
 
+/* Step buffers.  A step allocates its activations in the same pattern every time, so buffers are
+ * kept between steps in free lists by size class (powers of two) instead of being returned to the
+ * device allocator: no cudaMalloc/cudaFree inside the training loop once the sizes are known. */
+typedef struct { void *p; size_t cap; } pblk;
+typedef struct { usbx_backend *be; pblk *used, *spare; int n, cap, ns, scap; } pool;
+static size_t size_class(size_t b) { size_t c = 256; while (c < b) c *= 2; return c; }
+static void *P_alloc(pool *P, size_t bytes) {
+  size_t c = size_class(bytes);
+  void *p = NULL;
+  for (int i = P->ns - 1; i >= 0; i--)
+    if (P->spare[i].cap == c) { p = P->spare[i].p; P->spare[i] = P->spare[--P->ns]; break; }
+  if (!p) p = P->be->alloc(P->be, c);
+  if (P->n == P->cap) { P->cap = P->cap ? 2 * P->cap : 256; P->used = xrealloc(P->used, sizeof *P->used * (size_t)P->cap); }
+  P->used[P->n++] = (pblk){p, c};
+  return p;
+}
+/* end of a step: every buffer becomes spare */
+static void P_release(pool *P) {
+  if (P->ns + P->n > P->scap) { P->scap = P->ns + P->n + 64; P->spare = xrealloc(P->spare, sizeof *P->spare * (size_t)P->scap); }
+  for (int i = 0; i < P->n; i++) P->spare[P->ns++] = P->used[i];
+  P->n = 0;
+}
+static void P_destroy(pool *P) {
+  P_release(P);
+  for (int i = 0; i < P->ns; i++) P->be->free(P->be, P->spare[i].p);
+  free(P->used); free(P->spare);
+  memset(P, 0, sizeof *P);
+}
 struct usbx_trainer {
   usbx_bagel *m;
   usbx_backend *be;
   gslot *slots;
   int nslots, cap;        /* open addressing on the weight pointer */
   usbx_wlist wl;
+  pool pool;              /* step buffers, kept between steps */
 };
 
 static size_t hash_ptr(const void *p, int cap) { uint64_t x = (uint64_t)(uintptr_t)p; x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; return (size_t)(x & (uint64_t)(cap - 1)); }
@@ -56,6 +85,7 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
 void usbx_trainer_free(usbx_trainer *t) {
   if (!t) return;
   for (int i = 0; i < t->cap; i++) if (t->slots[i].w) t->be->free(t->be, t->slots[i].g);
+  P_destroy(&t->pool);
   free(t->slots); free(t->wl.v); free(t);
 }
 
@@ -67,13 +97,6 @@ float *usbx_trainer_grad(usbx_trainer *t, const char *name, int64_t *numel) {
 
 /* ---------------------------------------------------------------- buffers */
 
-typedef struct { usbx_backend *be; void **p; int n, cap; } pool;   /* frees everything at the end of a step */
-static void *P_alloc(pool *P, size_t bytes) {
-  if (P->n == P->cap) { P->cap = P->cap ? 2 * P->cap : 256; P->p = xrealloc(P->p, sizeof(void *) * (size_t)P->cap); }
-  void *p = P->be->alloc(P->be, bytes ? bytes : 4);
-  P->p[P->n++] = p;
-  return p;
-}
 static float *F32(pool *P, size_t n) { return P_alloc(P, sizeof(float) * n); }
 static float *F32Z(pool *P, size_t n) { float *p = F32(P, n); P->be->memset0(P->be, p, sizeof(float) * n); return p; }
 static void *MM(pool *P, size_t n) { return P_alloc(P, usbx_dtype_size(P->be->mm_dtype) * n); }
@@ -82,7 +105,6 @@ static int32_t *I32(pool *P, const int32_t *host, size_t n) {
   if (host) P->be->upload(P->be, p, host, sizeof(int32_t) * n);
   return p;
 }
-static void P_free(pool *P) { for (int i = 0; i < P->n; i++) P->be->free(P->be, P->p[i]); free(P->p); P->p = NULL; P->n = P->cap = 0; }
 
 static size_t MMB(usbx_backend *be) { return usbx_dtype_size(be->mm_dtype); }
 
@@ -238,7 +260,8 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   usbx_bagel *m = t->m;
   usbx_backend *be = t->be;
   const usbx_bagel_config *c = &m->cfg;
-  pool P = {.be = be};
+  pool *P = &t->pool;
+  P->be = be;
   int n = b->n, D = c->hidden, F = c->inter, H = c->heads, Hkv = c->kv_heads, d = c->head_dim, Hd = H * d, KVd = Hkv * d;
   int PL = c->latent_patch * c->latent_patch * c->latent_channels;
   for (int i = 0; i < t->cap; i++) if (t->slots[i].w) be->memset0(be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
@@ -253,25 +276,25 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   int32_t *hp = xmalloc(sizeof(int32_t) * (size_t)n * 5);
   int32_t *h_pos = hp, *h_smp = hp + n, *h_spl = hp + 2 * n, *h_mode = hp + 3 * n, *h_tmp = hp + 4 * n;
   for (int i = 0; i < n; i++) { int p = perm[i]; h_pos[i] = b->pos[p]; h_smp[i] = b->sample[p]; h_spl[i] = b->split[p]; h_mode[i] = b->mode[p]; }
-  int32_t *d_perm = I32(&P, perm, (size_t)n), *d_inv = I32(&P, inv, (size_t)n), *d_pos = I32(&P, h_pos, (size_t)n);
-  usbx_attn_masked_args aa = {n, H, Hkv, d, d_perm, I32(&P, h_smp, (size_t)n), I32(&P, h_spl, (size_t)n), I32(&P, h_mode, (size_t)n)};
+  int32_t *d_perm = I32(P, perm, (size_t)n), *d_inv = I32(P, inv, (size_t)n), *d_pos = I32(P, h_pos, (size_t)n);
+  usbx_attn_masked_args aa = {n, H, Hkv, d, d_perm, I32(P, h_smp, (size_t)n), I32(P, h_spl, (size_t)n), I32(P, h_mode, (size_t)n)};
 
   /* ---- input embeddings, assembled in packed order then permuted */
-  float *xp = F32Z(&P, (size_t)n * D);
+  float *xp = F32Z(P, (size_t)n * D);
   int n_text = 0;
   for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_TEXT) { h_tmp[n_text] = p; n_text++; }
-  int32_t *text_idx = I32(&P, h_tmp, (size_t)n_text), *text_ids;
+  int32_t *text_idx = I32(P, h_tmp, (size_t)n_text), *text_ids;
   for (int i = 0; i < n_text; i++) h_tmp[i] = b->text_id[h_tmp[i]];
-  text_ids = I32(&P, h_tmp, (size_t)n_text);
-  float *rows = F32(&P, (size_t)(n > 0 ? n : 1) * D);
+  text_ids = I32(P, h_tmp, (size_t)n_text);
+  float *rows = F32(P, (size_t)(n > 0 ? n : 1) * D);
   if (n_text) { be->embed(be, rows, m->embed, text_ids, n_text, D); be->scatter_rows(be, xp, rows, text_idx, n_text, D); }
   vit_state vs = {0};
   int32_t *vit_idx = NULL;
   if (b->n_vit) {
     int k = 0;
     for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_VIT) h_tmp[k++] = p;
-    vit_idx = I32(&P, h_tmp, (size_t)k);
-    vit_forward(t, &P, b, &vs, rows);
+    vit_idx = I32(P, h_tmp, (size_t)k);
+    vit_forward(t, P, b, &vs, rows);
     be->scatter_rows(be, xp, rows, vit_idx, b->n_vit, D);
   }
   /* VAE tokens: x_t = (1 - t) x0 + t noise; vae2llm(x_t) + TimestepEmbed(t) + latent_pos_embed[pid] */
@@ -282,7 +305,7 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   if (nv) {
     int k = 0;
     for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_VAE) h_tmp[k++] = p;
-    vae_idx = I32(&P, h_tmp, (size_t)k);
+    vae_idx = I32(P, h_tmp, (size_t)k);
     float *xt = xmalloc(sizeof(float) * (size_t)nv * PL), *feat = xmalloc(sizeof(float) * (size_t)nv * 256);
     for (int i = 0; i < nv; i++) {
       float tt = b->t[i];
@@ -293,27 +316,27 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
         feat[(size_t)i * 256 + 128 + j] = sinf(tt * f);
       }
     }
-    float *dxt = F32(&P, (size_t)nv * PL), *dfeat = F32(&P, (size_t)nv * 256);
+    float *dxt = F32(P, (size_t)nv * PL), *dfeat = F32(P, (size_t)nv * 256);
     be->upload(be, dxt, xt, sizeof(float) * (size_t)nv * PL);
     be->upload(be, dfeat, feat, sizeof(float) * (size_t)nv * 256);
     free(xt); free(feat);
-    xt_mm = MM(&P, (size_t)nv * PL); feat_mm = MM(&P, (size_t)nv * 256); te_act_mm = MM(&P, (size_t)nv * D);
-    te_h = F32(&P, (size_t)nv * D);
+    xt_mm = MM(P, (size_t)nv * PL); feat_mm = MM(P, (size_t)nv * 256); te_act_mm = MM(P, (size_t)nv * D);
+    te_h = F32(P, (size_t)nv * D);
     lin_f32(be, rows, xt_mm, dxt, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
-    float *te = F32(&P, (size_t)nv * D);
+    float *te = F32(P, (size_t)nv * D);
     lin_f32(be, te_h, feat_mm, dfeat, m->te_w1, m->te_b1, nv, D, 256);
-    float *tmp = F32(&P, (size_t)nv * D);
+    float *tmp = F32(P, (size_t)nv * D);
     be->silu(be, tmp, te_h, (size_t)nv * D);
     be->to_mm(be, te_act_mm, D, tmp, nv, D);
     be->matmul(be, te, te_act_mm, m->te_w2, m->te_b2, nv, D, D, false);
     be->add(be, rows, te, (size_t)nv * D);
     for (int i = 0; i < nv; i++) h_tmp[i] = b->lat_pid[i];
-    d_lpid = I32(&P, h_tmp, (size_t)nv);
+    d_lpid = I32(P, h_tmp, (size_t)nv);
     be->gather_rows(be, te, m->latent_pos, d_lpid, nv, D);
     be->add(be, rows, te, (size_t)nv * D);
     be->scatter_rows(be, xp, rows, vae_idx, nv, D);
   }
-  float *x = F32(&P, (size_t)n * D);
+  float *x = F32(P, (size_t)n * D);
   be->gather_rows(be, x, xp, d_perm, n, D);
 
   /* ---- decoder layers, keeping activations */
@@ -326,11 +349,11 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   llm_saved *S = xcalloc((size_t)c->layers, sizeof *S);
   for (int l = 0; l < c->layers; l++) {
     llm_saved *s = &S[l];
-    s->x_in = F32(&P, (size_t)n * D); be->copy(be, s->x_in, x, sizeof(float) * (size_t)n * D);
-    s->h1 = MM(&P, (size_t)n * D); s->qf = F32(&P, (size_t)n * Hd); s->kf = F32(&P, (size_t)n * KVd);
-    float *vf = F32(&P, (size_t)n * KVd);
-    s->q = MM(&P, (size_t)n * Hd); s->k = MM(&P, (size_t)n * KVd); s->v = MM(&P, (size_t)n * KVd); s->o = MM(&P, (size_t)n * Hd);
-    s->lse = F32(&P, (size_t)H * n);
+    s->x_in = F32(P, (size_t)n * D); be->copy(be, s->x_in, x, sizeof(float) * (size_t)n * D);
+    s->h1 = MM(P, (size_t)n * D); s->qf = F32(P, (size_t)n * Hd); s->kf = F32(P, (size_t)n * KVd);
+    float *vf = F32(P, (size_t)n * KVd);
+    s->q = MM(P, (size_t)n * Hd); s->k = MM(P, (size_t)n * KVd); s->v = MM(P, (size_t)n * KVd); s->o = MM(P, (size_t)n * Hd);
+    s->lse = F32(P, (size_t)H * n);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
@@ -344,13 +367,13 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     }
     be->to_mm(be, s->v, KVd, vf, n, KVd);
     be->attention_masked(be, s->o, s->lse, s->q, s->k, s->v, &aa);
-    s->h2 = MM(&P, (size_t)n * D); s->gate = F32(&P, (size_t)n * F); s->up = F32(&P, (size_t)n * F); s->act = MM(&P, (size_t)n * F);
+    s->h2 = MM(P, (size_t)n * D); s->gate = F32(P, (size_t)n * F); s->up = F32(P, (size_t)n * F); s->act = MM(P, (size_t)n * F);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
       be->matmul(be, x + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd, true);
     }
-    s->x_mid = F32(&P, (size_t)n * D); be->copy(be, s->x_mid, x, sizeof(float) * (size_t)n * D);
+    s->x_mid = F32(P, (size_t)n * D); be->copy(be, s->x_mid, x, sizeof(float) * (size_t)n * D);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
@@ -363,12 +386,12 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     }
   }
   /* final norm per expert */
-  float *hfin = F32(&P, (size_t)n * D);
+  float *hfin = F32(P, (size_t)n * D);
   for (int r = 0; r < nr; r++)
     be->rmsnorm(be, hfin + (size_t)runs[r].r0 * D, false, x + (size_t)runs[r].r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
 
   /* ---- losses */
-  float *dfin = F32Z(&P, (size_t)n * D);
+  float *dfin = F32Z(P, (size_t)n * D);
   double ce = 0, mse = 0;
   if (b->n_ce) {
     int nc = b->n_ce;
@@ -376,9 +399,9 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
       h_tmp[i] = inv[b->ce_idx[i]];
       if (b->kind[b->ce_idx[i]] == USBX_TOK_VAE) usbx_die("CE row %d is not a text token", b->ce_idx[i]);
     }
-    int32_t *rows_ce = I32(&P, h_tmp, (size_t)nc), *labels = I32(&P, b->ce_label, (size_t)nc);
-    float *hc = F32(&P, (size_t)nc * D), *logits = F32(&P, (size_t)nc * c->vocab), *loss = F32(&P, (size_t)nc);
-    void *hcm = MM(&P, (size_t)nc * D);
+    int32_t *rows_ce = I32(P, h_tmp, (size_t)nc), *labels = I32(P, b->ce_label, (size_t)nc);
+    float *hc = F32(P, (size_t)nc * D), *logits = F32(P, (size_t)nc * c->vocab), *loss = F32(P, (size_t)nc);
+    void *hcm = MM(P, (size_t)nc * D);
     be->gather_rows(be, hc, hfin, rows_ce, nc, D);
     lin_f32(be, logits, hcm, hc, m->lm_head, NULL, nc, c->vocab, D);
     be->cross_entropy(be, loss, logits, logits, labels, nc, c->vocab, ce_weight / (float)nc);
@@ -388,8 +411,8 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     if (out && out->ce_tok) memcpy(out->ce_tok, hl, sizeof(float) * (size_t)nc);
     free(hl);
     ce /= nc;
-    float *dhc = F32Z(&P, (size_t)nc * D);
-    lin_bwd(t, &P, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
+    float *dhc = F32Z(P, (size_t)nc * D);
+    lin_bwd(t, P, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
     be->scatter_rows(be, dfin, dhc, rows_ce, nc, D);
   }
   if (b->n_mse) {
@@ -401,9 +424,9 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
       if (vrank[b->mse_idx[i]] < 0) usbx_die("MSE row %d is not a VAE token", b->mse_idx[i]);
       h_tmp[i] = inv[b->mse_idx[i]];
     }
-    int32_t *rows_m = I32(&P, h_tmp, (size_t)nm);
-    float *hm = F32(&P, (size_t)nm * D), *pred = F32(&P, (size_t)nm * PL);
-    void *hmm = MM(&P, (size_t)nm * D);
+    int32_t *rows_m = I32(P, h_tmp, (size_t)nm);
+    float *hm = F32(P, (size_t)nm * D), *pred = F32(P, (size_t)nm * PL);
+    void *hmm = MM(P, (size_t)nm * D);
     be->gather_rows(be, hm, hfin, rows_m, nm, D);
     lin_f32(be, pred, hmm, hm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
     float *hpred = xmalloc(sizeof(float) * (size_t)nm * PL);
@@ -422,21 +445,21 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     mse /= (double)PL * nm;
     be->upload(be, pred, hpred, sizeof(float) * (size_t)nm * PL);
     free(hpred); free(vrank);
-    float *dhm = F32Z(&P, (size_t)nm * D);
-    lin_bwd(t, &P, dhm, pred, hmm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
+    float *dhm = F32Z(P, (size_t)nm * D);
+    lin_bwd(t, P, dhm, pred, hmm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
     be->scatter_rows(be, dfin, dhm, rows_m, nm, D);
   }
   if (out) { out->ce = ce; out->mse = mse; out->loss = ce_weight * ce + mse_weight * mse; }
 
   /* ---- backward through the decoder */
-  float *dx = F32Z(&P, (size_t)n * D);
+  float *dx = F32Z(P, (size_t)n * D);
   for (int r = 0; r < nr; r++) {
     int r0 = runs[r].r0;
     be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, m->norm[runs[r].e]), dfin + (size_t)r0 * D, x + (size_t)r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
   }
-  float *dact = F32(&P, (size_t)n * F), *dg = F32(&P, (size_t)n * F), *du = F32(&P, (size_t)n * F), *dh = F32(&P, (size_t)n * D);
-  float *dO = F32(&P, (size_t)n * Hd), *dq = F32(&P, (size_t)n * Hd), *dk = F32(&P, (size_t)n * KVd), *dv = F32(&P, (size_t)n * KVd);
-  float *dqf = F32(&P, (size_t)n * Hd), *dkf = F32(&P, (size_t)n * KVd);
+  float *dact = F32(P, (size_t)n * F), *dg = F32(P, (size_t)n * F), *du = F32(P, (size_t)n * F), *dh = F32(P, (size_t)n * D);
+  float *dO = F32(P, (size_t)n * Hd), *dq = F32(P, (size_t)n * Hd), *dk = F32(P, (size_t)n * KVd), *dv = F32(P, (size_t)n * KVd);
+  float *dqf = F32(P, (size_t)n * Hd), *dkf = F32(P, (size_t)n * KVd);
   for (int l = c->layers - 1; l >= 0; l--) {
     llm_saved *s = &S[l];
     be->memset0(be, dact, sizeof(float) * (size_t)n * F);
@@ -444,18 +467,18 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd(t, &P, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
+      lin_bwd(t, P, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
       be->silu_mul_bwd(be, dg + (size_t)r0 * F, du + (size_t)r0 * F, dact + (size_t)r0 * F, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
       char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
-      lin_bwd(t, &P, dh + (size_t)r0 * D, dg + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D);
-      lin_bwd(t, &P, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
+      lin_bwd(t, P, dh + (size_t)r0 * D, dg + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D);
+      lin_bwd(t, P, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
     }
     be->memset0(be, dO, sizeof(float) * (size_t)n * Hd);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd(t, &P, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
+      lin_bwd(t, P, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
     }
     be->attention_masked_bwd(be, dq, dk, dv, dO, s->q, s->k, s->v, s->o, s->lse, &aa);
     be->memset0(be, dh, sizeof(float) * (size_t)n * D);
@@ -465,14 +488,14 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
       be->qk_norm_rope_bwd(be, dqf + (size_t)r0 * Hd, G(t, w->q_norm), dq + (size_t)r0 * Hd, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
       be->qk_norm_rope_bwd(be, dkf + (size_t)r0 * KVd, G(t, w->k_norm), dk + (size_t)r0 * KVd, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
       char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
-      lin_bwd(t, &P, dh + (size_t)r0 * D, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
-      lin_bwd(t, &P, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
-      lin_bwd(t, &P, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
+      lin_bwd(t, P, dh + (size_t)r0 * D, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
+      lin_bwd(t, P, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
+      lin_bwd(t, P, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
     }
   }
   /* ---- back to packed order, then into the embeddings */
-  float *dxp = F32(&P, (size_t)n * D);
+  float *dxp = F32(P, (size_t)n * D);
   be->gather_rows(be, dxp, dx, d_inv, n, D);
   if (n_text && G(t, m->embed)) {
     be->gather_rows(be, rows, dxp, text_idx, n_text, D);
@@ -480,17 +503,17 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   }
   if (b->n_vit) {
     be->gather_rows(be, rows, dxp, vit_idx, b->n_vit, D);
-    vit_backward(t, &P, b, &vs, rows);
+    vit_backward(t, P, b, &vs, rows);
   }
   if (nv) {
     be->gather_rows(be, rows, dxp, vae_idx, nv, D);
-    lin_bwd(t, &P, NULL, rows, xt_mm, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
-    float *dte = F32Z(&P, (size_t)nv * D), *dpre = F32(&P, (size_t)nv * D);
-    lin_bwd(t, &P, dte, rows, te_act_mm, m->te_w2, m->te_b2, nv, D, D);
+    lin_bwd(t, P, NULL, rows, xt_mm, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
+    float *dte = F32Z(P, (size_t)nv * D), *dpre = F32(P, (size_t)nv * D);
+    lin_bwd(t, P, dte, rows, te_act_mm, m->te_w2, m->te_b2, nv, D, D);
     be->silu_bwd(be, dpre, dte, te_h, (size_t)nv * D);
-    lin_bwd(t, &P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
+    lin_bwd(t, P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
   be->sync(be);
   free(S); free(perm); free(inv); free(hp);
-  P_free(&P);
+  P_release(P);
 }

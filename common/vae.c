@@ -1,5 +1,7 @@
 /* vae.c — FLUX autoencoder: encoder and decoder built from im2col + matmul convolutions,
- * GroupNorm(+SiLU), nearest upsampling and single-head attention, all channels-last. */
+ * GroupNorm(+SiLU), nearest upsampling and single-head attention, all channels-last.
+ * Everything runs in fp32 on every backend, as upstream runs the autoencoder: conv weights stay
+ * f32 on the device and the products go through matmul_f32 / im2col_f32 / attention_f32. */
 #include "vae.h"
 #include "bagel_internal.h"
 #include "safetensors.h"
@@ -9,14 +11,43 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { char *name; void *p; int co, k; } vt;   /* conv weights mm [co, ci*k*k]; others f32 */
+typedef struct { char *name; void *p; int co, k; } vt;   /* all f32; conv weights [co, ci*k*k] */
 
+#define VAE_POOL 32
 struct usbx_vae {
   usbx_backend *be;
   usbx_ae_config cfg;
   vt *t;
   int n;
+  /* device buffers given back during a decode/encode, reused by size (the same activation and
+   * column-matrix sizes recur layer after layer); emptied when the decode/encode returns.  On
+   * CUDA this saves a cudaMalloc + synchronising cudaFree per activation. */
+  struct { void *p; size_t bytes; } pool[VAE_POOL];
+  int npool;
 };
+
+static void *vbuf_get(usbx_vae *v, size_t bytes) {
+  for (int i = 0; i < v->npool; i++)
+    if (v->pool[i].bytes == bytes) {
+      void *p = v->pool[i].p;
+      v->pool[i] = v->pool[--v->npool];
+      return p;
+    }
+  /* a miss: smaller buffers left over from an earlier (lower-resolution) level are not needed again */
+  for (int i = 0; i < v->npool;)
+    if (v->pool[i].bytes < bytes) { v->be->free(v->be, v->pool[i].p); v->pool[i] = v->pool[--v->npool]; }
+    else i++;
+  return v->be->alloc(v->be, bytes);
+}
+static void vbuf_put(usbx_vae *v, void *p, size_t bytes) {
+  if (!p) return;
+  if (v->npool < VAE_POOL) { v->pool[v->npool].p = p; v->pool[v->npool].bytes = bytes; v->npool++; }
+  else v->be->free(v->be, p);
+}
+static void vbuf_release(usbx_vae *v) {
+  for (int i = 0; i < v->npool; i++) v->be->free(v->be, v->pool[i].p);
+  v->npool = 0;
+}
 
 static int cmp_vt(const void *a, const void *b) { return strcmp(((const vt *)a)->name, ((const vt *)b)->name); }
 
@@ -63,13 +94,13 @@ usbx_vae *usbx_vae_load(const char *dir, usbx_backend *be, char *err, size_t err
   v->n = L.n;
   for (int i = 0; i < L.n; i++) {
     const usbx_st_tensor *t = src[i];
-    bool mm = L.v[i].ndim == 4;
+    bool conv = L.v[i].ndim == 4;
     size_t n = (size_t)usbx_shape_numel(t->ndim, t->shape);
     v->t[i].name = xstrdup(L.v[i].name);
-    v->t[i].p = be->alloc(be, n * (mm ? usbx_dtype_size(be->mm_dtype) : sizeof(float)));
+    v->t[i].p = be->alloc(be, n * sizeof(float));
     v->t[i].co = (int)t->shape[0];
-    v->t[i].k = mm ? (int)t->shape[2] : 0;
-    be->upload_convert(be, v->t[i].p, mm, t->data, t->dtype, n);
+    v->t[i].k = conv ? (int)t->shape[2] : 0;
+    be->upload_convert(be, v->t[i].p, false, t->data, t->dtype, n);
   }
   be->sync(be);
   qsort(v->t, (size_t)v->n, sizeof *v->t, cmp_vt);
@@ -80,6 +111,7 @@ usbx_vae *usbx_vae_load(const char *dir, usbx_backend *be, char *err, size_t err
 
 void usbx_vae_free(usbx_vae *v) {
   if (!v) return;
+  vbuf_release(v);
   for (int i = 0; i < v->n; i++) { v->be->free(v->be, v->t[i].p); free(v->t[i].name); }
   free(v->t);
   free(v);
@@ -91,27 +123,42 @@ const usbx_ae_config *usbx_vae_cfg(const usbx_vae *v) { return &v->cfg; }
 typedef struct { float *d; int H, W, C; } act;
 
 static act act_new(usbx_vae *v, int H, int W, int C) {
-  act a = {v->be->alloc(v->be, sizeof(float) * (size_t)H * W * C), H, W, C};
+  act a = {vbuf_get(v, sizeof(float) * (size_t)H * W * C), H, W, C};
   return a;
 }
-static void act_free(usbx_vae *v, act *a) { if (a->d) v->be->free(v->be, a->d); a->d = NULL; }
+static void act_free(usbx_vae *v, act *a) { vbuf_put(v, a->d, sizeof(float) * (size_t)a->H * a->W * a->C); a->d = NULL; }
 
-/* y = conv(x) with the weights under prefix; k and Co come from the weight */
+/* y = conv(x) with the weights under prefix; k and Co come from the weight.  A 1x1 convolution
+ * is one product on x itself; others go through im2col in bands of output rows, so that the
+ * column matrix stays under COLS_BYTES (4.8 GB for a whole 1024x1024x128 layer otherwise).  A
+ * band of output rows [oy0, oy0 + nr) reads input rows [oy0·s − pt, (oy0 + nr − 1)·s − pt + k);
+ * the part outside the image becomes the band's own top/bottom padding. */
+#define COLS_BYTES ((size_t)512 << 20)
 static act conv(usbx_vae *v, const act *x, const char *prefix, int stride, int pt, int pl, int pb, int pr) {
   usbx_backend *be = v->be;
   const vt *w = get(v, "%s.weight", prefix), *b = get(v, "%s.bias", prefix);
   int k = w->k;
   int Ho = (x->H + pt + pb - k) / stride + 1, Wo = (x->W + pl + pr - k) / stride + 1;
-  size_t rows = (size_t)Ho * Wo, K = (size_t)x->C * k * k;
-  void *cols = be->alloc(be, usbx_dtype_size(be->mm_dtype) * rows * K);
-  if (k == 1 && stride == 1) be->to_mm(be, cols, x->C, x->d, (int)rows, x->C);
-  else {
-    usbx_im2col_args a = {x->H, x->W, x->C, k, stride, pt, pl, pb, pr};
-    be->im2col(be, cols, x->d, &a);
-  }
+  size_t K = (size_t)x->C * k * k;
   act y = act_new(v, Ho, Wo, w->co);
-  be->matmul(be, y.d, cols, w->p, b->p, (int)rows, w->co, (int)K, false);
-  be->free(be, cols);
+  if (k == 1 && stride == 1 && !pt && !pl && !pb && !pr) {
+    be->matmul_f32(be, y.d, x->d, w->p, b->p, Ho * Wo, w->co, x->C, false);
+    return y;
+  }
+  size_t row_bytes = sizeof(float) * (size_t)Wo * K;
+  int band = (int)(COLS_BYTES / row_bytes);
+  if (band < 1) band = 1;
+  if (band > Ho) band = Ho;
+  float *cols = vbuf_get(v, row_bytes * (size_t)band);
+  for (int oy0 = 0; oy0 < Ho; oy0 += band) {
+    int nr = Ho - oy0 < band ? Ho - oy0 : band;
+    int iy0 = oy0 * stride - pt, iy1 = (oy0 + nr - 1) * stride - pt + k;
+    int cy0 = iy0 < 0 ? 0 : iy0, cy1 = iy1 > x->H ? x->H : iy1;
+    usbx_im2col_args a = {cy1 - cy0, x->W, x->C, k, stride, cy0 - iy0, pl, iy1 - cy1, pr};
+    be->im2col_f32(be, cols, x->d + (size_t)cy0 * x->W * x->C, &a);
+    be->matmul_f32(be, y.d + (size_t)oy0 * Wo * w->co, cols, w->p, b->p, nr * Wo, w->co, (int)K, false);
+  }
+  vbuf_put(v, cols, row_bytes * (size_t)band);
   return y;
 }
 
@@ -164,16 +211,13 @@ static act attnblock(usbx_vae *v, act x, const char *pre) {
   act q = conv_same(v, &n, "%s.q", pre), k = conv_same(v, &n, "%s.k", pre), vv = conv_same(v, &n, "%s.v", pre);
   act_free(v, &n);
   int HW = x.H * x.W, C = x.C;
-  size_t mm = usbx_dtype_size(be->mm_dtype);
-  void *qm = be->alloc(be, mm * (size_t)HW * C), *km = be->alloc(be, mm * (size_t)HW * C), *vm = be->alloc(be, mm * (size_t)HW * C),
-       *om = be->alloc(be, mm * (size_t)HW * C);
-  be->to_mm(be, qm, C, q.d, HW, C); be->to_mm(be, km, C, k.d, HW, C); be->to_mm(be, vm, C, vv.d, HW, C);
-  act_free(v, &q); act_free(v, &k); act_free(v, &vv);
+  act o = act_new(v, x.H, x.W, C);
   usbx_attn_args a = {.n_q = HW, .q_start = 0, .kv_len = HW, .n_heads = 1, .n_kv_heads = 1, .head_dim = C, .causal = false};
-  be->attention(be, om, qm, km, vm, &a);
+  be->attention_f32(be, o.d, q.d, k.d, vv.d, &a);
+  act_free(v, &q); act_free(v, &k); act_free(v, &vv);
   const vt *w = get(v, "%s.proj_out.weight", pre), *bias = get(v, "%s.proj_out.bias", pre);
-  be->matmul(be, x.d, om, w->p, bias->p, HW, C, C, true);   /* residual accumulate */
-  be->free(be, qm); be->free(be, km); be->free(be, vm); be->free(be, om);
+  be->matmul_f32(be, x.d, o.d, w->p, bias->p, HW, C, C, true);   /* residual accumulate */
+  act_free(v, &o);
   return x;
 }
 
@@ -220,6 +264,7 @@ void usbx_vae_decode(usbx_vae *v, const float *z, int h, int w, float *img) {
   be->download(be, img, out.d, sizeof(float) * (size_t)out.H * out.W * out.C);
   be->sync(be);
   act_free(v, &out);
+  vbuf_release(v);
 }
 
 void usbx_vae_encode(usbx_vae *v, const float *img, int H, int W, const float *eps, float *z, float *moments) {
@@ -249,6 +294,7 @@ void usbx_vae_encode(usbx_vae *v, const float *img, int H, int W, const float *e
   be->download(be, m, mo.d, sizeof(float) * hw * 2 * Z);
   be->sync(be);
   act_free(v, &mo);
+  vbuf_release(v);
   for (size_t p = 0; p < hw; p++)
     for (int ch = 0; ch < Z; ch++) {
       float mean = m[p * 2 * Z + ch], logvar = m[p * 2 * Z + Z + ch];

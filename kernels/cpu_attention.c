@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <cblas.h>
 
 typedef struct { float *out; const float *q, *k, *v; const usbx_attn_args *a; int h0, h1; } job;
 
@@ -58,4 +59,41 @@ void usbx_cpu_attention(usbx_backend *be, void *out, const void *q, const void *
   }
   run(&jobs[0]);
   for (int t = 1; t < nt; t++) pthread_join(th[t], NULL);
+}
+
+/* attention_f32: the same rule, blocked for the autoencoder's long single-head attention
+ * (16384 positions at 1024x1024): per head and block of QB query rows, S = scale·Q·Kᵀ over the
+ * block's widest key range and O = P·V go through OpenBLAS (threaded inside); the softmax in
+ * between is a scalar loop with keys beyond a row's limit at probability exactly 0. */
+void usbx_cpu_attention_f32(usbx_backend *be, float *out, const float *q, const float *k, const float *v, const usbx_attn_args *a) {
+  enum { QB = 256 };
+  int H = a->n_heads, Hkv = a->n_kv_heads, d = a->head_dim, group = H / Hkv;
+  if (a->n_q <= 0 || a->kv_len <= 0) return;
+  float scale = 1.0f / sqrtf((float)d);
+  int qb = a->n_q < QB ? a->n_q : QB;
+  float *S = xmalloc(sizeof(float) * (size_t)qb * a->kv_len);
+  for (int h = 0; h < H; h++) {
+    int g = h / group;
+    for (int q0 = 0; q0 < a->n_q; q0 += qb) {
+      int nb = a->n_q - q0 < qb ? a->n_q - q0 : qb;
+      int hi = a->causal ? a->q_start + q0 + nb : a->q_start + a->n_q;
+      if (hi > a->kv_len) hi = a->kv_len;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, hi, d, scale, q + ((size_t)q0 * H + h) * d, H * d,
+                  k + (size_t)g * d, Hkv * d, 0.0f, S, hi);
+      for (int i = 0; i < nb; i++) {
+        int lim = a->causal ? a->q_start + q0 + i + 1 : hi;
+        if (lim > hi) lim = hi;
+        float *sr = S + (size_t)i * hi, m = -INFINITY;
+        for (int j = 0; j < lim; j++) if (sr[j] > m) m = sr[j];
+        double sum = 0;
+        for (int j = 0; j < lim; j++) { sr[j] = expf(sr[j] - m); sum += sr[j]; }
+        float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+        for (int j = 0; j < lim; j++) sr[j] *= inv;
+        for (int j = lim; j < hi; j++) sr[j] = 0.0f;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, d, hi, 1.0f, S, hi, v + (size_t)g * d, Hkv * d, 0.0f,
+                  out + ((size_t)q0 * H + h) * d, H * d);
+    }
+  }
+  free(S);
 }

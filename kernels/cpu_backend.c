@@ -48,6 +48,7 @@ usbx_backend *usbx_backend_cpu(void) {
     be.gelu_tanh_bwd = usbx_cpu_gelu_tanh_bwd; be.silu_bwd = usbx_cpu_silu_bwd; be.embed_bwd = usbx_cpu_embed_bwd;
     be.attention_masked = usbx_cpu_attention_masked; be.attention_masked_bwd = usbx_cpu_attention_masked_bwd;
     be.cross_entropy = usbx_cpu_cross_entropy;
+    be.matmul_f32 = usbx_cpu_matmul_f32; be.im2col_f32 = usbx_cpu_im2col_f32; be.attention_f32 = usbx_cpu_attention_f32;
   }
   return &be;
 }

@@ -44,3 +44,7 @@ void usbx_cpu_upsample2x(usbx_backend *be, float *out, const float *x, int H, in
     for (int xx = 0; xx < 2 * W; xx++)
       memcpy(out + ((size_t)y * 2 * W + xx) * C, x + ((size_t)(y / 2) * W + xx / 2) * C, sizeof(float) * (size_t)C);
 }
+
+void usbx_cpu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a) {
+  usbx_cpu_im2col(be, out, x, a);
+}

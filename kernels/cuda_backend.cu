@@ -112,17 +112,17 @@ static void plan_destroy(usbx_cuda_plan *p) {
   if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
   memset(p, 0, sizeof *p);
 }
-static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bool acc, int align) {
+static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bool acc, int align, int kind) {
   for (int i = 0; i < c->n_plans; i++) {
     usbx_cuda_plan *p = &c->plans[i];
-    if (p->M == M && p->N == N && p->K == K && p->bias == bias && p->acc == acc && p->align == align) return p;
+    if (p->M == M && p->N == N && p->K == K && p->bias == bias && p->acc == acc && p->align == align && p->kind == kind) return p;
   }
   usbx_cuda_plan *p;
   if (c->n_plans < USBX_CUDA_PLAN_CACHE) p = &c->plans[c->n_plans++];
   else { p = &c->plans[(M + N + K) % USBX_CUDA_PLAN_CACHE]; plan_destroy(p); }
   memset(p, 0, sizeof *p);
-  p->M = M; p->N = N; p->K = K; p->bias = bias; p->acc = acc; p->align = align;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  p->M = M; p->N = N; p->K = K; p->bias = bias; p->acc = acc; p->align = align; p->kind = kind;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, kind == 2 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
   cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB));
@@ -132,8 +132,9 @@ static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bo
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
   }
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, K, N, K));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, K, M, K));
+  const cudaDataType_t in_t = kind ? CUDA_R_32F : CUDA_R_16BF;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, in_t, K, N, K));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, in_t, K, M, K));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, N, M, N));
   cublasLtMatmulPreference_t pref;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -168,7 +169,7 @@ static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, c
   float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   if (c->opt_lt) {
     int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(ptr_align(y), bias ? ptr_align(bias) : 256));
-    usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al);
+    usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al, 0);
     if (p->ok) {
       if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
       CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, y, p->lc, y, p->lc, &p->algo,
@@ -178,6 +179,74 @@ static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, c
   }
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K,
                             &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (bias) cu_add_bias(c->stream, y, bias, M, N);
+}
+
+/* fp32 operands (the autoencoder): the same TN product with f32 A/B.
+ * Mode 0 (default): cublasLt in fp32 (SIMT, ~52 TFLOP/s on H100), bias epilogue.
+ * Mode 1: the same with TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32; ~3e-4 relative).
+ * Mode 2: "bf16x3": each operand is split into bf16 hi + lo (lo = bf16(x − hi)); x is laid out
+ *   as rows [hi | lo] (2K) and W as rows [hi | hi] plus W_lo, so one bf16 product over 2K gives
+ *   x_hi·W_hi + x_lo·W_hi and a second over K (x_hi rows at stride 2K) adds x_hi·W_lo.  The
+ *   dropped x_lo·W_lo term and the split's residual are ~2^-16 relative: fp32-class results on
+ *   bf16 tensor cores, for one extra pass over x. */
+template <typename I>
+__global__ void k_split_bf16(uint16_t *dst, uint16_t *lo_out, const float *src, I R, I K, bool dup_hi) {
+  const I n = R * K;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
+    I r = i / K, c = i - r * K;
+    float x = src[i];
+    uint16_t h = f32_to_bf16_bits(x);
+    uint16_t l = f32_to_bf16_bits(x - __uint_as_float((uint32_t)h << 16));
+    dst[r * 2 * K + c] = h;
+    dst[r * 2 * K + K + c] = dup_hi ? h : l;
+    if (lo_out) lo_out[i] = l;
+  }
+}
+static void split_bf16(cudaStream_t s, uint16_t *dst, uint16_t *lo_out, const float *src, size_t R, size_t K, bool dup_hi) {
+  size_t n = R * K;
+  unsigned grid = (unsigned)std::min<size_t>((n + 255) / 256, 65535u * 8);
+  if (n < (size_t)INT32_MAX / 2) k_split_bf16<int><<<grid, 256, 0, s>>>(dst, lo_out, src, (int)R, (int)K, dup_hi);
+  else k_split_bf16<size_t><<<grid, 256, 0, s>>>(dst, lo_out, src, R, K, dup_hi);
+  CUDA_LAUNCHED();
+}
+static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias,
+                     int M, int N, int K, bool accumulate);
+static void c_matmul_f32(usbx_backend *be, float *y, const float *x, const float *w, const float *bias,
+                         int M, int N, int K, bool accumulate) {
+  usbx_cuda *c = CU(be);
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->stream));
+    if (bias) cu_add_bias(c->stream, y, bias, M, N);
+    return;
+  }
+  float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+  if (c->opt_f32_mode == 2) {
+    const size_t xs_b = ((size_t)M * K * 4 + 255) & ~(size_t)255, ws_b = ((size_t)N * K * 4 + 255) & ~(size_t)255;
+    char *scr = (char *)cu_scratch(c, xs_b + ws_b + (size_t)N * K * 2);
+    uint16_t *xs = (uint16_t *)scr, *ws = (uint16_t *)(scr + xs_b), *wl = (uint16_t *)(scr + xs_b + ws_b);
+    split_bf16(c->stream, xs, NULL, x, (size_t)M, (size_t)K, false);
+    split_bf16(c->stream, ws, wl, w, (size_t)N, (size_t)K, true);
+    c_matmul(be, y, xs, ws, bias, M, N, 2 * K, accumulate);             /* x_hi·W_hi + x_lo·W_hi (+ bias) */
+    const float one = 1.f;
+    CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wl, CUDA_R_16BF, K, xs, CUDA_R_16BF, 2 * K,
+                              &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));   /* + x_hi·W_lo */
+    return;
+  }
+  const int kind = c->opt_f32_mode == 1 ? 2 : 1;
+  if (c->opt_lt) {
+    int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(ptr_align(y), bias ? ptr_align(bias) : 256));
+    usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al, kind);
+    if (p->ok) {
+      if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, y, p->lc, y, p->lc, &p->algo,
+                                  c->workspace, p->ws, c->stream));
+      return;
+    }
+  }
+  CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_32F, K, x, CUDA_R_32F, K, &beta, y,
+                            CUDA_R_32F, N, kind == 2 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias) cu_add_bias(c->stream, y, bias, M, N);
 }
 
@@ -242,6 +311,10 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   }
   c->opt_gemv = 1; c->opt_lt = 1; c->opt_attn_split = 1; c->opt_attn_variant = 5;
   if (getenv("USBX_CUDA_ATTN_VARIANT")) c->opt_attn_variant = atoi(getenv("USBX_CUDA_ATTN_VARIANT"));
+  c->opt_f32_mode = 0;
+  if (getenv("USBX_CUDA_F32_MODE")) c->opt_f32_mode = atoi(getenv("USBX_CUDA_F32_MODE"));
+  c->opt_attn_masked_tc = 1;
+  if (getenv("USBX_CUDA_ATTN_MASKED_TC")) c->opt_attn_masked_tc = atoi(getenv("USBX_CUDA_ATTN_MASKED_TC"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
            c->prop.major, c->prop.minor);
 
@@ -277,6 +350,9 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   be->group_norm = cu_group_norm;
   be->upsample2x = cu_upsample2x;
   be->argmax = cu_argmax;
+  be->matmul_f32 = c_matmul_f32;
+  be->im2col_f32 = cu_im2col_f32;
+  be->attention_f32 = cu_attention_f32;
   cu_install_train_ops(be);
   be->destroy = usbx_backend_cuda_free;
   be->impl = c;
@@ -297,7 +373,9 @@ extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int valu
   usbx_cuda *c = CU(be);
   int *o = !strcmp(name, "gemv") ? &c->opt_gemv : !strcmp(name, "lt") ? &c->opt_lt
          : !strcmp(name, "attn_split") ? &c->opt_attn_split
-         : !strcmp(name, "attn_variant") ? &c->opt_attn_variant : NULL;
+         : !strcmp(name, "attn_variant") ? &c->opt_attn_variant
+         : !strcmp(name, "f32_mode") ? &c->opt_f32_mode
+         : !strcmp(name, "attn_masked_tc") ? &c->opt_attn_masked_tc : NULL;
   if (!o) return -1;
   int old = *o;
   *o = value;

@@ -42,7 +42,7 @@ __device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float(((uint32_
 /* Private state behind be->impl. */
 #define USBX_CUDA_PLAN_CACHE 96
 typedef struct {
-  int M, N, K; bool bias, acc; int align;          /* key */
+  int M, N, K; bool bias, acc; int align; int kind; /* key; kind: 0 bf16, 1 f32, 2 f32 via TF32 */
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
   cublasLtMatmulAlgo_t algo;
@@ -64,6 +64,8 @@ typedef struct {
   usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
   /* options (cuda_extra.h) */
   int opt_gemv, opt_lt, opt_attn_split, opt_attn_variant;
+  int opt_f32_mode;         /* matmul_f32 / attention_f32: 0 fp32, 1 TF32, 2 bf16x3 split (cuda_extra.h) */
+  int opt_attn_masked_tc;   /* attention_masked(_bwd): 1 tiled tensor-core kernels, 0 the scalar ones */
   char name[160];
 } usbx_cuda;
 
@@ -97,11 +99,19 @@ void cu_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2col_ar
 void cu_group_norm(usbx_backend *be, float *out, const float *x, const float *w, const float *b, int HW, int C,
                    int groups, float eps, bool silu);
 void cu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
+void cu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a);
+void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float *k, const float *v, const usbx_attn_args *a);
 /* device scratch of at least `bytes` (stream-ordered reuse; grows with a synchronising free) */
 void *cu_scratch(usbx_cuda *c, size_t bytes);
 
 /* cuda_train.cu: sets the training ops of the table */
 void cu_install_train_ops(usbx_backend *be);
+/* cuda_attn_masked.cu: tiled tensor-core training attention; false when the shape is not
+ * supported (the caller then uses the scalar kernels of cuda_train.cu).  D: [H, n] f32 Σ dO·O. */
+bool cu_attn_masked_fwd_tc(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                           const usbx_attn_masked_args *a);
+bool cu_attn_masked_bwd_tc(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
+                           const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a);
 
 /* cuda_attention.cu */
 void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);

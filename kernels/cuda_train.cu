@@ -5,9 +5,10 @@
  * Written for correctness first: each kernel follows the CPU reference (kernels/cpu_backward.c,
  * cpu_attention_masked.c, cpu_optim.c) step by step in fp32, with column reductions (dw, db)
  * done deterministically in two passes (per-block partials, then an ordered sum).  The masked
- * attention is a one-warp-per-(token, head) online-softmax loop on CUDA cores, not the tensor-
- * core flash kernel of cuda_attention.cu (a follow-up).  Conventions as ops.h: "+=" outputs
- * accumulate, "overwrite" outputs are written, NULL outputs are skipped. */
+ * attention runs on the tiled tensor-core kernels of cuda_attn_masked.cu; the one-warp-per-
+ * (token, head) online-softmax kernels here remain as the reference path (option
+ * "attn_masked_tc" = 0).  Conventions as ops.h: "+=" outputs accumulate, "overwrite" outputs are
+ * written, NULL outputs are skipped. */
 #include "cuda_common.cuh"
 #include <math.h>
 #include <algorithm>
@@ -479,6 +480,9 @@ static void c_attention_masked(usbx_backend *be, void *out, float *lse, const vo
                                const usbx_attn_masked_args *a) {
   MaskP m = mask_params(a);
   if (m.n == 0) return;
+  if (CU(be)->opt_attn_masked_tc &&
+      cu_attn_masked_fwd_tc(be, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, a))
+    return;
   size_t warps = (size_t)m.n * m.H;
   k_attn_masked_fwd<<<(unsigned)((warps + 7) / 8), 256, 0, S(be)>>>((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
                                                                      (const bf16 *)v, m);
@@ -494,6 +498,9 @@ static void c_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
   size_t warps = (size_t)m.n * m.H;
   k_attn_masked_D<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(D, dout, (const bf16 *)out, m);
   CUDA_LAUNCHED();
+  if (c->opt_attn_masked_tc &&
+      cu_attn_masked_bwd_tc(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
+    return;
   if (dk || dv) {   /* before dq: dq may share memory with nothing it reads, but keep the CPU order */
     size_t w2 = (size_t)m.n * m.Hkv;
     k_attn_masked_dkv<<<(unsigned)((w2 + 7) / 8), 256, 0, c->stream>>>(dk, dv, dout, (const bf16 *)q, (const bf16 *)k,

@@ -103,7 +103,8 @@ void cu_cfg_euler(usbx_backend *be, float *x, float *v, const float *vc, const f
 }
 
 /* ---------------------------------------------------------------- im2col */
-__global__ void k_im2col(uint16_t *out, const float *x, usbx_im2col_args a, int Wo, size_t total) {
+template <typename T>
+__global__ void k_im2col(T *out, const float *x, usbx_im2col_args a, int Wo, size_t total) {
   const int k = a.k, kk = k * k;
   const size_t row = (size_t)a.C * kk;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
@@ -113,15 +114,87 @@ __global__ void k_im2col(uint16_t *out, const float *x, usbx_im2col_args a, int 
     int oy = (int)(pix / Wo), ox = (int)(pix - (size_t)oy * Wo);
     int iy = oy * a.stride + ky - a.pad_t, ix = ox * a.stride + kx - a.pad_l;
     float v = (iy >= 0 && iy < a.H && ix >= 0 && ix < a.W) ? x[((size_t)iy * a.W + ix) * a.C + c] : 0.f;
-    out[i] = f32_to_bf16_bits(v);
+    if constexpr (sizeof(T) == 2) out[i] = f32_to_bf16_bits(v);
+    else out[i] = v;
   }
 }
-void cu_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2col_args *a) {
+template <typename T>
+static void im2col_t(usbx_backend *be, T *out, const float *x, const usbx_im2col_args *a) {
   int Ho = (a->H + a->pad_t + a->pad_b - a->k) / a->stride + 1, Wo = (a->W + a->pad_l + a->pad_r - a->k) / a->stride + 1;
   if (Ho <= 0 || Wo <= 0 || a->C <= 0) return;
+  /* One thread per output element, coalesced stores.  (A thread-per-(pixel, channel) variant that
+   * writes its 9 taps with 32-bit index math made the 1024² decode ~50 ms slower on the H100,
+   * 2026-11-26: its stores land 36 bytes apart across a warp.) */
   size_t total = (size_t)Ho * Wo * a->C * a->k * a->k;
-  k_im2col<<<grid_for(total, 256), 256, 0, S(be)>>>((uint16_t *)out, x, *a, Wo, total);
+  k_im2col<T><<<grid_for(total, 256), 256, 0, S(be)>>>(out, x, *a, Wo, total);
   CUDA_LAUNCHED();
+}
+void cu_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2col_args *a) {
+  im2col_t<uint16_t>(be, (uint16_t *)out, x, a);
+}
+void cu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a) {
+  im2col_t<float>(be, out, x, a);
+}
+
+/* ---------------------------------------------------------------- attention_f32
+ * fp32 attention for the autoencoder (one head, d = 512, up to 16384 positions), any shape of
+ * usbx_attn_args: per head and chunk of query rows, S = scale·Q·Kᵀ over the chunk's widest key
+ * range (cuBLAS, fp32, or TF32 in f32_mode 1), a row softmax in place (keys past a row's limit get exactly 0),
+ * then O = P·V (cuBLAS).  The chunk keeps S under ATTN_F32_S_BYTES. */
+#define ATTN_F32_S_BYTES ((size_t)256 << 20)
+__global__ void k_softmax_rows_lim(float *S, int ld, int hi, int q_lim0, int causal) {
+  __shared__ float red[32];
+  float *sr = S + (size_t)blockIdx.x * ld;
+  int lim = causal ? min(q_lim0 + (int)blockIdx.x + 1, hi) : hi;
+  const int tid = threadIdx.x, nw = blockDim.x >> 5;
+  float m = -INFINITY;
+  for (int j = tid; j < lim; j += blockDim.x) m = fmaxf(m, sr[j]);
+  for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((tid & 31) == 0) red[tid >> 5] = m;
+  __syncthreads();
+  m = -INFINITY;
+  for (int w = 0; w < nw; w++) m = fmaxf(m, red[w]);
+  __syncthreads();
+  float s = 0.f;
+  for (int j = tid; j < lim; j += blockDim.x) { float e = expf(sr[j] - m); sr[j] = e; s += e; }
+  for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((tid & 31) == 0) red[tid >> 5] = s;
+  __syncthreads();
+  s = 0.f;
+  for (int w = 0; w < nw; w++) s += red[w];
+  float inv = s > 0.f ? 1.f / s : 0.f;
+  for (int j = tid; j < hi; j += blockDim.x) sr[j] = j < lim ? sr[j] * inv : 0.f;
+}
+void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float *k, const float *v, const usbx_attn_args *a) {
+  usbx_cuda *c = CU(be);
+  if (a->n_q <= 0) return;
+  if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads || a->head_dim <= 0)
+    usbx_die("cuda attention_f32: bad shape heads=%d kv_heads=%d head_dim=%d", a->n_heads, a->n_kv_heads, a->head_dim);
+  if (a->q_start < 0 || a->kv_len < a->q_start + a->n_q || a->kv_len <= 0)
+    usbx_die("cuda attention_f32: kv_len %d too short for q_start %d + n_q %d", a->kv_len, a->q_start, a->n_q);
+  const int H = a->n_heads, Hkv = a->n_kv_heads, d = a->head_dim, G = H / Hkv;
+  const int kv_max = std::min(a->kv_len, a->q_start + a->n_q);
+  int chunk = (int)std::min<size_t>((size_t)a->n_q, std::max<size_t>(64, ATTN_F32_S_BYTES / ((size_t)kv_max * sizeof(float))));
+  float *S = (float *)cu_scratch(c, (size_t)chunk * kv_max * sizeof(float));
+  const cublasComputeType_t ct = c->opt_f32_mode == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const float scale = (float)(1.0 / sqrt((double)d)), one = 1.f, zero = 0.f;
+  for (int h = 0; h < H; h++) {
+    const int g = h / G;
+    for (int q0 = 0; q0 < a->n_q; q0 += chunk) {
+      const int nb = std::min(chunk, a->n_q - q0);
+      const int hi = std::min(a->kv_len, a->causal ? a->q_start + q0 + nb : a->q_start + a->n_q);
+      /* column-major: Sᵀ[hi, nb] = K(d×hi)ᵀ · Q(d×nb) */
+      CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, hi, nb, d, &scale, k + (size_t)g * d, CUDA_R_32F, Hkv * d,
+                                q + ((size_t)q0 * H + h) * d, CUDA_R_32F, H * d, &zero, S, CUDA_R_32F, hi, ct,
+                                CUBLAS_GEMM_DEFAULT));
+      k_softmax_rows_lim<<<nb, 256, 0, c->stream>>>(S, hi, hi, a->q_start + q0, a->causal ? 1 : 0);
+      CUDA_LAUNCHED();
+      /* Oᵀ[d, nb] = V(d×hi) · Pᵀ(hi×nb) */
+      CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, nb, hi, &one, v + (size_t)g * d, CUDA_R_32F, Hkv * d, S,
+                                CUDA_R_32F, hi, &zero, out + ((size_t)q0 * H + h) * d, CUDA_R_32F, H * d, ct,
+                                CUBLAS_GEMM_DEFAULT));
+    }
+  }
 }
 
 /* ---------------------------------------------------------------- group_norm

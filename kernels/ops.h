@@ -159,6 +159,18 @@ struct usbx_backend {
   /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
   void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 
+  /* ---------------------------------------------------------------- fp32 ops (the autoencoder)
+   * Upstream runs the FLUX autoencoder in fp32; these keep every operand f32 on every backend.
+   * y[M,N] (f32) = x[M,K] (f32) · W[N,K]ᵀ (f32) (+ bias[N]) ; accumulate: y += ...
+   * (CUDA: cuBLAS in fp32 by default; option "f32_mode" of cuda_extra.h selects TF32 or bf16x3) */
+  void (*matmul_f32)(usbx_backend *be, float *y, const float *x, const float *w, const float *bias,
+                     int M, int N, int K, bool accumulate);
+  /* im2col into an f32 matrix [Ho*Wo, C*k*k] (same layout as im2col) */
+  void (*im2col_f32)(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a);
+  /* attention with the visibility rule of usbx_attn_args on f32 q/k/v/out, fp32 math (any head
+   * dim: the autoencoder's single head has d = C = 512 over up to 128·128 positions) */
+  void (*attention_f32)(usbx_backend *be, float *out, const float *q, const float *k, const float *v, const usbx_attn_args *a);
+
   void (*destroy)(usbx_backend *be);   /* frees handles/streams; NULL for the static CPU table */
   void *impl;                 /* backend private state */
 };

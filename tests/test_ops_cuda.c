@@ -10,6 +10,9 @@
 #include "tensor.h"
 #include "util.h"
 #include <stdint.h>
+#ifdef USBX_HAVE_CUDA
+#include "cuda_extra.h"
+#endif
 
 static usbx_backend *be;
 static usbx_rng rng;
@@ -693,6 +696,136 @@ static void test_upsample2x(void) {
   }
 }
 
+/* ---------------------------------------------------------------- fp32 ops of the autoencoder */
+static int set_opt(const char *name, int v) {   /* CUDA option; -1 when not applicable */
+#if defined(USBX_HAVE_CUDA) && !defined(USBX_TEST_OPS_ON_CPU)
+  return usbx_cuda_set_option(be, name, v);
+#else
+  (void)name; (void)v;
+  return -1;
+#endif
+}
+/* mode: the CUDA option "f32_mode" (0 fp32, 1 TF32, 2 bf16x3); modes other than 0 only where
+ * the option exists */
+static void test_matmul_f32_case(int M, int N, int K, bool bias, bool acc, int mode) {
+  int old = mode ? set_opt("f32_mode", mode) : -1;
+  if (mode && old < 0) return;
+  float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)N * K, 1.0 / sqrt(K));   /* full fp32 values */
+  float *b = bias ? randn(N, 1.0) : NULL, *y0 = randn((size_t)M * N, 1.0);
+  float *dx = dev_f32(x, (size_t)M * K), *dw = dev_f32(w, (size_t)N * K), *db = bias ? dev_f32(b, N) : NULL;
+  float *dy = be->alloc(be, (size_t)M * N * sizeof(float));
+  if (acc) be->upload(be, dy, y0, (size_t)M * N * sizeof(float));
+  else poison(dy, (size_t)M * N * sizeof(float));
+  be->matmul_f32(be, dy, dx, dw, db, M, N, K, acc);
+  if (mode) set_opt("f32_mode", old);
+  float *y = get_f32(dy, (size_t)M * N);
+  double *ref = xmalloc((size_t)M * N * sizeof *ref);
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double s = 0;
+      const float *xr = x + (size_t)m * K, *wr = w + (size_t)n * K;
+      for (int k = 0; k < K; k++) s += (double)xr[k] * wr[k];
+      if (bias) s += b[n];
+      if (acc) s += y0[(size_t)m * N + n];
+      ref[(size_t)m * N + n] = s;
+    }
+  char cas[96];
+  snprintf(cas, sizeof cas, "M=%d N=%d K=%d%s%s", M, N, K, bias ? " bias" : "", acc ? " accumulate" : "");
+  /* fp32: ~1e-6; TF32 (10-bit mantissa operands): ~3e-4, loose bound; bf16x3: ~1e-5 */
+  static const char *names[] = {"matmul_f32", "matmul_f32 (tf32 option)", "matmul_f32 (bf16x3 option)"};
+  static const double tols[] = {1e-5, 2e-3, 1e-4};
+  report(names[mode], cas, relerr(y, ref, (size_t)M * N), tols[mode]);
+  free(x); free(w); free(b); free(y0); free(y); free(ref);
+  be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy);
+}
+static void test_matmul_f32(void) {
+  test_matmul_f32_case(7, 13, 33, true, false, 0);
+  test_matmul_f32_case(300, 101, 203, true, true, 0);
+  test_matmul_f32_case(1, 64, 100, false, false, 0);
+  test_matmul_f32_case(4096, 128, 1152, true, false, 0);    /* VAE conv 3x3, 128 channels */
+  test_matmul_f32_case(1024, 512, 4608, true, false, 0);    /* VAE conv 3x3, 512 channels */
+  test_matmul_f32_case(1024, 512, 512, true, true, 0);      /* proj_out + residual */
+  test_matmul_f32_case(4096, 128, 1152, true, false, 1);
+  test_matmul_f32_case(7, 13, 33, true, false, 2);
+  test_matmul_f32_case(3, 64, 96, false, true, 2);
+  test_matmul_f32_case(300, 101, 203, true, true, 2);
+  test_matmul_f32_case(4096, 128, 1152, true, false, 2);
+  test_matmul_f32_case(1024, 512, 4608, true, false, 2);
+  test_matmul_f32_case(1024, 512, 512, true, true, 2);
+}
+static void test_im2col_f32(void) {
+  usbx_im2col_args cs[] = {{9, 9, 5, 3, 1, 1, 1, 1, 1}, {8, 6, 16, 3, 2, 0, 0, 1, 1}, {32, 32, 128, 3, 1, 1, 1, 1, 1},
+                           {13, 11, 3, 3, 1, 0, 1, 2, 1}};
+  for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+    usbx_im2col_args a = cs[ci];
+    int Ho = (a.H + a.pad_t + a.pad_b - a.k) / a.stride + 1, Wo = (a.W + a.pad_l + a.pad_r - a.k) / a.stride + 1;
+    size_t nin = (size_t)a.H * a.W * a.C, nout = (size_t)Ho * Wo * a.C * a.k * a.k;
+    float *x = randn(nin, 1.0);
+    float *dx = dev_f32(x, nin), *dout = be->alloc(be, nout * sizeof(float));
+    poison(dout, nout * sizeof(float));
+    be->im2col_f32(be, dout, dx, &a);
+    float *out = get_f32(dout, nout), *oc = xmalloc(nout * sizeof *oc);
+    cpu->im2col_f32(cpu, oc, x, &a);
+    size_t bad = 0;
+    for (size_t i = 0; i < nout; i++) bad += !(out[i] == oc[i]);
+    char cas[96];
+    snprintf(cas, sizeof cas, "%dx%dx%d k=%d s=%d pad=%d,%d,%d,%d (%zu differ)", a.H, a.W, a.C, a.k, a.stride, a.pad_t, a.pad_l,
+             a.pad_b, a.pad_r, bad);
+    report("im2col_f32 vs cpu", cas, bad ? 1.0 : 0.0, 0.0);
+    free(x); free(out); free(oc); be->free(be, dx); be->free(be, dout);
+  }
+}
+static void test_attention_f32_case(int n_q, int q_start, int kv_len, int H, int Hkv, int d, bool causal, double scale) {
+  size_t nq = (size_t)n_q * H * d, nk = (size_t)kv_len * Hkv * d;
+  float *q = randn(nq, scale), *k = randn(nk, scale), *v = randn(nk, 1.0);
+  float *dq = dev_f32(q, nq), *dk = dev_f32(k, nk), *dv = dev_f32(v, nk), *dout = be->alloc(be, nq * sizeof(float));
+  poison(dout, nq * sizeof(float));
+  usbx_attn_args a = {n_q, q_start, kv_len, H, Hkv, d, causal};
+  be->attention_f32(be, dout, dq, dk, dv, &a);
+  float *out = get_f32(dout, nq), *oc = xmalloc(nq * sizeof *oc);
+  cpu->attention_f32(cpu, oc, q, k, v, &a);
+  /* float64 reference on a few rows */
+  double *ref = xmalloc((size_t)8 * H * d * sizeof *ref), *sc = xmalloc(kv_len * sizeof *sc);
+  float *got = xmalloc((size_t)8 * H * d * sizeof *got);
+  size_t m = 0;
+  for (int s = 0; s < 8; s++) {
+    int i = (int)((long)s * (n_q - 1) / 7);
+    if (s && i == (int)((long)(s - 1) * (n_q - 1) / 7)) continue;
+    int lim = causal ? q_start + i + 1 : q_start + n_q;
+    if (lim > kv_len) lim = kv_len;
+    for (int h = 0; h < H; h++) {
+      int g = h / (H / Hkv);
+      double mx = -INFINITY, l = 0;
+      for (int j = 0; j < lim; j++) {
+        double t = 0;
+        for (int c = 0; c < d; c++) t += (double)q[((size_t)i * H + h) * d + c] * k[((size_t)j * Hkv + g) * d + c];
+        sc[j] = t / sqrt((double)d);
+        if (sc[j] > mx) mx = sc[j];
+      }
+      for (int j = 0; j < lim; j++) { sc[j] = exp(sc[j] - mx); l += sc[j]; }
+      for (int c = 0; c < d; c++) {
+        double o = 0;
+        for (int j = 0; j < lim; j++) o += sc[j] * v[((size_t)j * Hkv + g) * d + c];
+        ref[m] = o / l;
+        got[m++] = out[((size_t)i * H + h) * d + c];
+      }
+    }
+  }
+  char cas[112];
+  snprintf(cas, sizeof cas, "n_q=%d q_start=%d kv=%d H=%d/%d d=%d %s", n_q, q_start, kv_len, H, Hkv, d, causal ? "causal" : "block");
+  report("attention_f32", cas, relerr(got, ref, m), 1e-5);
+  report("attention_f32 vs cpu", cas, relerr_f(out, oc, nq), 1e-5);
+  free(q); free(k); free(v); free(out); free(oc); free(ref); free(sc); free(got);
+  be->free(be, dq); be->free(be, dk); be->free(be, dv); be->free(be, dout);
+}
+static void test_attention_f32(void) {
+  test_attention_f32_case(4096, 0, 4096, 1, 1, 512, false, 0.3);   /* VAE mid block at 512x512 */
+  test_attention_f32_case(300, 0, 300, 1, 1, 512, false, 1.0);
+  test_attention_f32_case(65, 3, 68, 6, 3, 40, true, 1.0);
+  test_attention_f32_case(130, 70, 260, 8, 2, 96, false, 1.0);
+  test_attention_f32_case(7, 5, 12, 4, 2, 64, true, 1.0);
+}
+
 /* ================================================================ training ops (vs the CPU backend) */
 static float *copyf(const float *x, size_t n) { float *y = xmalloc(n * sizeof *y); memcpy(y, x, n * sizeof *y); return y; }
 
@@ -831,13 +964,14 @@ static void test_embed_bwd(void) {
 
 /* A packed batch: sample 0 = text (causal) + noisy image (noise); sample 1 = text + clean image
  * (full) + text.  Tokens stored in a shuffled order, as the model groups them by expert. */
+static bool mask_shuffle = true;   /* false: tokens stored in packed order (whole tiles of one sample) */
 static void make_mask_meta(int n, int32_t *order, int32_t *sample, int32_t *split, int32_t *mode) {
   int len[5] = {n / 5, n / 4, n / 6, n / 4, 0};
   len[4] = n - len[0] - len[1] - len[2] - len[3];
   int smp[5] = {0, 0, 1, 1, 1}, md[5] = {0, 2, 0, 1, 0};
   int32_t *perm = xmalloc(n * sizeof *perm);
   for (int i = 0; i < n; i++) perm[i] = i;
-  for (int i = n - 1; i > 0; i--) { int j = (int)usbx_rng_below(&rng, i + 1); int32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
+  for (int i = n - 1; mask_shuffle && i > 0; i--) { int j = (int)usbx_rng_below(&rng, i + 1); int32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
   int p = 0;
   for (int sp = 0; sp < 5; sp++)
     for (int i = 0; i < len[sp]; i++, p++) {
@@ -847,12 +981,21 @@ static void make_mask_meta(int n, int32_t *order, int32_t *sample, int32_t *spli
   free(perm);
 }
 static void test_attention_masked(void) {
-  struct { int n, H, Hkv, d; } cs[] = {{100, 4, 2, 64}, {150, 28, 4, 128}, {80, 16, 16, 72}, {37, 2, 1, 20}};
+  /* tc: -1 default path (tiled tensor cores on CUDA), 0 the scalar CUDA kernels */
+  struct { int n, H, Hkv, d, tc; bool sorted; } cs[] = {
+      {100, 4, 2, 64, -1, false}, {150, 28, 4, 128, -1, false}, {80, 16, 16, 72, -1, false}, {37, 2, 1, 20, -1, false},
+      {700, 28, 4, 128, -1, false}, {333, 8, 8, 64, -1, false}, {129, 4, 1, 128, -1, false},
+      {900, 28, 4, 128, -1, true},      /* packed order: whole tiles of other samples are skipped */
+      {150, 28, 4, 128, 0, false}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int n = cs[ci].n, H = cs[ci].H, Hkv = cs[ci].Hkv, d = cs[ci].d;
+    int old_tc = cs[ci].tc >= 0 ? set_opt("attn_masked_tc", cs[ci].tc) : -1;
+    if (cs[ci].tc >= 0 && old_tc < 0) continue;
     size_t nq = (size_t)n * H * d, nk = (size_t)n * Hkv * d;
     int32_t *meta = xmalloc(4 * n * sizeof *meta);
+    mask_shuffle = !cs[ci].sorted;
     make_mask_meta(n, meta, meta + n, meta + 2 * n, meta + 3 * n);
+    mask_shuffle = true;
     int32_t *dmeta = dev_i32(meta, 4 * (size_t)n);
     float *q = randn(nq, 1.0), *k = randn(nk, 1.0), *v = randn(nk, 1.0), *go = randn(nq, 1.0);
     round_mm(q, nq); round_mm(k, nk); round_mm(v, nk);
@@ -867,7 +1010,8 @@ static void test_attention_masked(void) {
     float *cout = xmalloc(nq * sizeof *cout), *clse = xmalloc((size_t)H * n * sizeof *clse);
     cpu->attention_masked(cpu, cout, clse, q, k, v, &ca);
     char cas[80];
-    snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d", n, H, Hkv, d);
+    snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d%s%s", n, H, Hkv, d, cs[ci].sorted ? " packed order" : "",
+             cs[ci].tc == 0 ? " scalar kernels" : "");
     report("attention_masked out vs cpu", cas, relerr_f(out, cout, nq), 1e-2);
     report("attention_masked lse vs cpu", cas, relerr_f(lse, clse, (size_t)H * n), 1e-5);
     /* backward from the same forward values on both sides: the GPU's (bf16) out, the CPU's lse */
@@ -881,6 +1025,7 @@ static void test_attention_masked(void) {
     report("attention_masked_bwd dq vs cpu", cas, relerr_f(rq, cq, nq), 1e-3);
     report("attention_masked_bwd dk vs cpu", cas, relerr_f(rk, ck, nk), 1e-3);
     report("attention_masked_bwd dv vs cpu", cas, relerr_f(rv, cv, nk), 1e-3);
+    if (old_tc >= 0) set_opt("attn_masked_tc", old_tc);
     free(meta); free(q); free(k); free(v); free(go); free(out); free(lse); free(cout); free(clse);
     free(rq); free(rk); free(rv); free(cq); free(ck); free(cv);
     be->free(be, dmeta); be->free(be, dq_); be->free(be, dk_); be->free(be, dv_); be->free(be, dout); be->free(be, dlse);
@@ -1006,6 +1151,9 @@ int main(int argc, char **argv) {
   RUN(test_im2col());
   RUN(test_group_norm());
   RUN(test_upsample2x());
+  RUN(test_matmul_f32());
+  RUN(test_im2col_f32());
+  RUN(test_attention_f32());
   RUN(test_matmul_bwd());
   RUN(test_norm_bwd(false));
   RUN(test_norm_bwd(true));

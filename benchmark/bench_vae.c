@@ -1,0 +1,338 @@
+/* bench_vae.c — the FLUX autoencoder (common/vae.c, fp32 on every backend) at the 7B model's
+ * configuration, with random weights: decode time at a given image size, and (--check N) the
+ * CUDA decode of an N/8 x N/8 latent against the CPU backend, for each "f32_mode" (fp32, TF32, bf16x3).
+ *   bench_vae [--size 1024] [--reps 3] [--check 128] [--dir DIR]
+ * Writes DIR/ae.safetensors (FLUX shapes, f32, seeded) once if absent; DIR defaults to
+ * /tmp/usbx-bench-vae.  Prints one line per measurement and a JSON summary last. */
+#include "vae.h"
+#include "bagel.h"
+#include "bagel_internal.h"
+#include "safetensors.h"
+#include "ops.h"
+#include "tensor.h"
+#include "util.h"
+#ifdef USBX_HAVE_CUDA
+#include "cuda_extra.h"
+#endif
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static uint64_t rs = 0x243F6A8885A308D3ull;
+static float urand(void) {   /* uniform in [-1, 1) */
+  rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+  return (float)((rs >> 40) * (1.0 / 16777216.0)) * 2.f - 1.f;
+}
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* conv weights uniform with variance 1/fan_in (He-like, keeps activations O(1)); norm weights
+ * 1 + small noise; biases small */
+static void write_ae(const char *dir) {
+  usbx_ae_config cfg;
+  char err[512];
+  if (usbx_ae_read_config(dir, &cfg, err, sizeof err)) usbx_die("%s", err);
+  usbx_wlist L = {0};
+  usbx_ae_enumerate(&cfg, &L);
+  usbx_st_decl *d = xcalloc((size_t)L.n, sizeof *d);
+  for (int i = 0; i < L.n; i++) {
+    d[i].name = L.v[i].name;
+    d[i].dtype = USBX_F32;
+    d[i].ndim = L.v[i].ndim;
+    for (int k = 0; k < L.v[i].ndim; k++) d[i].shape[k] = L.v[i].shape[k];
+  }
+  char *path = usbx_path_join(dir, "ae.safetensors");
+  usbx_st_writer *w = usbx_st_writer_begin(path, d, (size_t)L.n, jv_null(), err, sizeof err);
+  if (!w) usbx_die("%s", err);
+  size_t total = 0;
+  for (int i = 0; i < L.n; i++) {
+    size_t n = (size_t)usbx_shape_numel(L.v[i].ndim, L.v[i].shape);
+    float *x = xmalloc(n * sizeof *x);
+    bool isw = strlen(L.v[i].name) > 7 && !strcmp(L.v[i].name + strlen(L.v[i].name) - 7, ".weight");
+    if (L.v[i].ndim == 4) {
+      double fan = (double)L.v[i].shape[1] * L.v[i].shape[2] * L.v[i].shape[3];
+      float a = (float)sqrt(3.0 / fan);
+      for (size_t j = 0; j < n; j++) x[j] = a * urand();
+    } else {
+      for (size_t j = 0; j < n; j++) x[j] = isw ? 1.f + 0.1f * urand() : 0.05f * urand();
+    }
+    if (usbx_st_writer_write(w, x, n * sizeof *x)) usbx_die("%s: %s", path, usbx_st_writer_error(w));
+    total += n;
+    free(x);
+  }
+  if (usbx_st_writer_finish(w, err, sizeof err)) usbx_die("%s", err);
+  fprintf(stderr, "wrote %s: %d tensors, %.1f M parameters\n", path, L.n, total / 1e6);
+  free(path); free(d); free(L.v);
+}
+
+static float *rand_latent(int h, int w, int C) {
+  float *z = xmalloc(sizeof(float) * (size_t)h * w * C);
+  for (size_t i = 0; i < (size_t)h * w * C; i++) z[i] = urand() * 1.7f;
+  return z;
+}
+static double rel(const float *a, const float *b, size_t n, size_t *bad) {
+  double num = 0, den = 0;
+  *bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(a[i]) || !isfinite(b[i])) { (*bad)++; continue; }
+    double e = (double)a[i] - b[i];
+    num += e * e; den += (double)b[i] * b[i];
+  }
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* ---------------------------------------------------------------- the previous decoder
+ * The autoencoder as common/vae.c ran it before it moved to fp32 (git 3f59a59): conv weights
+ * bf16, im2col into bf16, bf16 GEMMs, and the bf16 attention op (its d = 512 fallback kernel),
+ * whole-image column matrices, cudaMalloc/cudaFree per activation.  Kept here only to time the
+ * "before" on the same card. */
+typedef struct { char *name; void *p; int co, k; } lw;
+typedef struct { usbx_backend *be; usbx_ae_config cfg; lw *t; int n; } legacy;
+typedef struct { float *d; int H, W, C; } lact;
+static int cmp_lw(const void *a, const void *b) { return strcmp(((const lw *)a)->name, ((const lw *)b)->name); }
+static const lw *lget(const legacy *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static const lw *lget(const legacy *v, const char *fmt, ...) {
+  char name[256];
+  va_list ap; va_start(ap, fmt); vsnprintf(name, sizeof name, fmt, ap); va_end(ap);
+  lw key = {.name = name};
+  return bsearch(&key, v->t, (size_t)v->n, sizeof *v->t, cmp_lw);
+}
+static legacy *legacy_load(const char *dir, usbx_backend *be) {
+  char err[512];
+  legacy *v = xcalloc(1, sizeof *v);
+  v->be = be;
+  if (usbx_ae_read_config(dir, &v->cfg, err, sizeof err)) usbx_die("%s", err);
+  char *path = usbx_path_join(dir, "ae.safetensors");
+  usbx_st_file f;
+  if (usbx_st_open(path, &f, err, sizeof err)) usbx_die("%s", err);
+  usbx_wlist L = {0};
+  usbx_ae_enumerate(&v->cfg, &L);
+  v->t = xcalloc((size_t)L.n, sizeof *v->t);
+  v->n = L.n;
+  for (int i = 0; i < L.n; i++) {
+    const usbx_st_tensor *t = usbx_st_find(&f, L.v[i].name);
+    if (!t) usbx_die("%s: %s missing", path, L.v[i].name);
+    bool mm = L.v[i].ndim == 4;
+    size_t n = (size_t)usbx_shape_numel(t->ndim, t->shape);
+    v->t[i].name = xstrdup(L.v[i].name);
+    v->t[i].p = be->alloc(be, n * (mm ? usbx_dtype_size(be->mm_dtype) : sizeof(float)));
+    v->t[i].co = (int)t->shape[0];
+    v->t[i].k = mm ? (int)t->shape[2] : 0;
+    be->upload_convert(be, v->t[i].p, mm, t->data, t->dtype, n);
+  }
+  be->sync(be);
+  qsort(v->t, (size_t)v->n, sizeof *v->t, cmp_lw);
+  usbx_st_close(&f);
+  free(L.v); free(path);
+  return v;
+}
+static void legacy_free(legacy *v) {
+  for (int i = 0; i < v->n; i++) { v->be->free(v->be, v->t[i].p); free(v->t[i].name); }
+  free(v->t); free(v);
+}
+static lact lnew(legacy *v, int H, int W, int C) { lact a = {v->be->alloc(v->be, sizeof(float) * (size_t)H * W * C), H, W, C}; return a; }
+static void lfree(legacy *v, lact *a) { if (a->d) v->be->free(v->be, a->d); a->d = NULL; }
+static lact lconv(legacy *v, const lact *x, const char *prefix) {
+  usbx_backend *be = v->be;
+  const lw *w = lget(v, "%s.weight", prefix), *b = lget(v, "%s.bias", prefix);
+  int k = w->k, p = k / 2;
+  size_t rows = (size_t)x->H * x->W, K = (size_t)x->C * k * k;
+  void *cols = be->alloc(be, usbx_dtype_size(be->mm_dtype) * rows * K);
+  if (k == 1) be->to_mm(be, cols, x->C, x->d, (int)rows, x->C);
+  else {
+    usbx_im2col_args a = {x->H, x->W, x->C, k, 1, p, p, p, p};
+    be->im2col(be, cols, x->d, &a);
+  }
+  lact y = lnew(v, x->H, x->W, w->co);
+  be->matmul(be, y.d, cols, w->p, b->p, (int)rows, w->co, (int)K, false);
+  be->free(be, cols);
+  return y;
+}
+static lact lgn(legacy *v, const lact *x, const char *prefix, bool silu) {
+  char b[256];
+  lact y = lnew(v, x->H, x->W, x->C);
+  snprintf(b, sizeof b, "%s.weight", prefix);
+  const lw *w = lget(v, "%s", b);
+  snprintf(b, sizeof b, "%s.bias", prefix);
+  v->be->group_norm(v->be, y.d, x->d, w->p, lget(v, "%s", b)->p, x->H * x->W, x->C, 32, 1e-6f, silu);
+  return y;
+}
+static lact lres(legacy *v, lact x, const char *pre) {
+  char b[256];
+  snprintf(b, sizeof b, "%s.norm1", pre); lact h = lgn(v, &x, b, true);
+  snprintf(b, sizeof b, "%s.conv1", pre); lact h1 = lconv(v, &h, b); lfree(v, &h);
+  snprintf(b, sizeof b, "%s.norm2", pre); h = lgn(v, &h1, b, true); lfree(v, &h1);
+  snprintf(b, sizeof b, "%s.conv2", pre); lact h2 = lconv(v, &h, b); lfree(v, &h);
+  if (lget(v, "%s.nin_shortcut.weight", pre)) {
+    snprintf(b, sizeof b, "%s.nin_shortcut", pre);
+    lact s = lconv(v, &x, b); lfree(v, &x); x = s;
+  }
+  v->be->add(v->be, h2.d, x.d, (size_t)x.H * x.W * x.C);
+  lfree(v, &x);
+  return h2;
+}
+static lact lattn(legacy *v, lact x, const char *pre) {
+  usbx_backend *be = v->be;
+  char b[256];
+  snprintf(b, sizeof b, "%s.norm", pre); lact n = lgn(v, &x, b, false);
+  snprintf(b, sizeof b, "%s.q", pre); lact q = lconv(v, &n, b);
+  snprintf(b, sizeof b, "%s.k", pre); lact k = lconv(v, &n, b);
+  snprintf(b, sizeof b, "%s.v", pre); lact vv = lconv(v, &n, b);
+  lfree(v, &n);
+  int HW = x.H * x.W, C = x.C;
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  void *qm = be->alloc(be, mm * (size_t)HW * C), *km = be->alloc(be, mm * (size_t)HW * C), *vm = be->alloc(be, mm * (size_t)HW * C),
+       *om = be->alloc(be, mm * (size_t)HW * C);
+  be->to_mm(be, qm, C, q.d, HW, C); be->to_mm(be, km, C, k.d, HW, C); be->to_mm(be, vm, C, vv.d, HW, C);
+  lfree(v, &q); lfree(v, &k); lfree(v, &vv);
+  usbx_attn_args a = {.n_q = HW, .q_start = 0, .kv_len = HW, .n_heads = 1, .n_kv_heads = 1, .head_dim = C, .causal = false};
+  be->attention(be, om, qm, km, vm, &a);
+  be->matmul(be, x.d, om, lget(v, "%s.proj_out.weight", pre)->p, lget(v, "%s.proj_out.bias", pre)->p, HW, C, C, true);
+  be->free(be, qm); be->free(be, km); be->free(be, vm); be->free(be, om);
+  return x;
+}
+static void legacy_decode(legacy *v, const float *z, int h, int w, float *img) {
+  usbx_backend *be = v->be;
+  const usbx_ae_config *c = &v->cfg;
+  size_t n = (size_t)h * w * c->z_channels;
+  float *zz = xmalloc(sizeof(float) * n);
+  for (size_t i = 0; i < n; i++) zz[i] = z[i] / c->scale_factor + c->shift_factor;
+  lact x = lnew(v, h, w, c->z_channels);
+  be->upload(be, x.d, zz, sizeof(float) * n);
+  free(zz);
+  lact y = lconv(v, &x, "decoder.conv_in");
+  lfree(v, &x);
+  char b[256];
+  y = lres(v, y, "decoder.mid.block_1");
+  y = lattn(v, y, "decoder.mid.attn_1");
+  y = lres(v, y, "decoder.mid.block_2");
+  for (int l = c->n_mult - 1; l >= 0; l--) {
+    for (int i = 0; i <= c->num_res_blocks; i++) { snprintf(b, sizeof b, "decoder.up.%d.block.%d", l, i); y = lres(v, y, b); }
+    if (l != 0) {
+      lact u = lnew(v, 2 * y.H, 2 * y.W, y.C);
+      be->upsample2x(be, u.d, y.d, y.H, y.W, y.C);
+      lfree(v, &y);
+      snprintf(b, sizeof b, "decoder.up.%d.upsample.conv", l);
+      y = lconv(v, &u, b);
+      lfree(v, &u);
+    }
+  }
+  lact n2 = lgn(v, &y, "decoder.norm_out", true);
+  lfree(v, &y);
+  lact out = lconv(v, &n2, "decoder.conv_out");
+  lfree(v, &n2);
+  be->download(be, img, out.d, sizeof(float) * (size_t)out.H * out.W * out.C);
+  be->sync(be);
+  lfree(v, &out);
+}
+
+int main(int argc, char **argv) {
+  usbx_set_progname("bench_vae");
+  int size = 1024, reps = 3, check = 128;
+  const char *dir = "/tmp/usbx-bench-vae";
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--check") && i + 1 < argc) check = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
+    else usbx_usage_die("usage: bench_vae [--size 1024] [--reps 3] [--check 128] [--dir DIR]");
+  }
+  mkdir(dir, 0755);
+  char *aep = usbx_path_join(dir, "ae.safetensors");
+  if (!usbx_file_exists(aep)) write_ae(dir);
+  free(aep);
+  char err[512];
+  usbx_backend *be = usbx_backend_cuda(err, sizeof err);
+  if (!be) { printf("skipped: %s\n", err); return 0; }
+  double t0 = now_s();
+  usbx_vae *v = usbx_vae_load(dir, be, err, sizeof err);
+  if (!v) usbx_die("%s", err);
+  printf("backend %s; load %.2f s\n", be->name, now_s() - t0);
+  const usbx_ae_config *c = usbx_vae_cfg(v);
+  int h = size / 8, Z = c->z_channels;
+  float *z = rand_latent(h, h, Z), *img = xmalloc(sizeof(float) * (size_t)size * size * 3);
+  static const char *mname[] = {"fp32", "TF32", "bf16x3"};
+  double best[3] = {1e30, 1e30, 1e30}, med[3] = {0, 0, 0};
+#ifdef USBX_HAVE_CUDA
+  for (int md = 0; md < 3; md++) {
+    int old = usbx_cuda_set_option(be, "f32_mode", md);
+    double *ts = xmalloc(sizeof(double) * (size_t)(reps + 1));
+    for (int r = 0; r <= reps; r++) {     /* r = 0: warm-up (plans, scratch) */
+      double s = now_s();
+      usbx_vae_decode(v, z, h, h, img);
+      ts[r] = now_s() - s;
+      printf("decode %dx%d %s%s: %.3f s\n", size, size, mname[md], r ? "" : " warm-up", ts[r]);
+    }
+    size_t nonfinite = 0;
+    for (size_t i = 0; i < (size_t)size * size * 3; i++) nonfinite += !isfinite(img[i]);
+    if (nonfinite) printf("WARNING: %zu non-finite pixels\n", nonfinite);
+    for (int r = 1; r <= reps; r++) if (ts[r] < best[md]) best[md] = ts[r];
+    for (int i = 1; i <= reps; i++)
+      for (int j = i + 1; j <= reps; j++) if (ts[j] < ts[i]) { double t = ts[i]; ts[i] = ts[j]; ts[j] = t; }
+    med[md] = reps ? ts[1 + reps / 2] : ts[0];
+    free(ts);
+    usbx_cuda_set_option(be, "f32_mode", old);
+  }
+#endif
+  double errs[3] = {-1, -1, -1};
+  if (check > 0) {   /* CUDA vs CPU at check x check */
+    int hc = check / 8;
+    float *zc = rand_latent(hc, hc, Z);
+    size_t np = (size_t)check * check * 3;
+    float *ic = xmalloc(np * sizeof *ic), *ig = xmalloc(np * sizeof *ig);
+    usbx_backend *cpu = usbx_backend_cpu();
+    usbx_vae *vc = usbx_vae_load(dir, cpu, err, sizeof err);
+    if (!vc) usbx_die("%s", err);
+    double s = now_s();
+    usbx_vae_decode(vc, zc, hc, hc, ic);
+    printf("cpu decode %dx%d: %.2f s\n", check, check, now_s() - s);
+    usbx_vae_free(vc);
+    for (int md = 0; md < 3; md++) {
+#ifdef USBX_HAVE_CUDA
+      int old = usbx_cuda_set_option(be, "f32_mode", md);
+#endif
+      usbx_vae_decode(v, zc, hc, hc, ig);
+#ifdef USBX_HAVE_CUDA
+      usbx_cuda_set_option(be, "f32_mode", old);
+#endif
+      size_t bad;
+      double e = rel(ig, ic, np, &bad);
+      printf("cuda (%s) vs cpu decode %dx%d: rel %.3e, %zu non-finite\n", mname[md], check, check, e, bad);
+      errs[md] = bad ? INFINITY : e;
+    }
+    free(zc); free(ic); free(ig);
+  }
+  double legacy_s = -1, legacy_err = -1;
+  if (getenv("BENCH_VAE_LEGACY") && atoi(getenv("BENCH_VAE_LEGACY"))) {
+    legacy *lv = legacy_load(dir, be);
+    float *il = xmalloc(sizeof(float) * (size_t)size * size * 3);
+    for (int r = 0; r < 2; r++) {   /* r = 0 warm-up */
+      double s = now_s();
+      legacy_decode(lv, z, h, h, il);
+      printf("previous bf16 decoder %dx%d%s: %.3f s\n", size, size, r ? "" : " warm-up", now_s() - s);
+      if (r) legacy_s = now_s() - s;
+    }
+    usbx_vae_decode(v, z, h, h, img);   /* fp32 (default mode) output of the same latent */
+    size_t bad;
+    legacy_err = rel(il, img, (size_t)size * size * 3, &bad);
+    printf("previous bf16 decoder vs fp32 decoder at %dx%d: rel %.3e (%zu non-finite)\n", size, size, legacy_err, bad);
+    free(il);
+    legacy_free(lv);
+  }
+  printf("{\"legacy_bf16_s\": %.4f, \"legacy_rel_vs_fp32\": %.3e}\n", legacy_s, legacy_err);
+  printf("{\"size\": %d, \"decode_s\": {\"fp32\": %.4f, \"tf32\": %.4f, \"bf16x3\": %.4f}, "
+         "\"best_s\": {\"fp32\": %.4f, \"tf32\": %.4f, \"bf16x3\": %.4f}, \"check\": %d, "
+         "\"rel_vs_cpu\": {\"fp32\": %.3e, \"tf32\": %.3e, \"bf16x3\": %.3e}}\n",
+         size, med[0], med[1], med[2], best[0], best[1], best[2], check, errs[0], errs[1], errs[2]);
+  free(z); free(img);
+  usbx_vae_free(v);
+  usbx_backend_close(be);
+  return 0;
+}
