@@ -31,5 +31,5 @@ timeout 400 build/bench/bench_gen --model $B7 --device cuda --size 512x512 --rep
 timeout 400 build/bench/bench_gen --model $B7 --device cuda --size 1024x1024 --reps 1 --think-tokens 100 2>&1 | tee -a "$OUT/suite.log"
 log "torch gen composition"
 timeout 300 python3 benchmark/torch_gen_baseline.py --size 1024 2>&1 | tail -1 | tee -a "$OUT/suite.log"
-timeout 300 python3 benchmark/torch_gen_baseline.py --size 512 2>&1 | tail -1 | tee -a "$OUT/suite.log"
+[ "${TORCH512:-0}" = 1 ] && timeout 300 python3 benchmark/torch_gen_baseline.py --size 512 2>&1 | tail -1 | tee -a "$OUT/suite.log"
 log "done"; date -u | tee -a "$OUT/suite.log"

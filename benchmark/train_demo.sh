@@ -14,6 +14,7 @@ trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
 export PATH=$PWD/bin:$PATH
 jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up our libjq
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ "${ONLY_MFU:-0}" != 1 ]; then
 usbx-synth scenes --n 4000 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"
 usbx-synth scenes --n 48 --render "$W/heldout-img" --size 64 --seed 99 --max-count 4 | jq -c '{id, task: "math", prompt, answer}' > "$W/test.jsonl"
 usbx-ckpt init --config benchmark/sandbox-small.json --seed 1 "$W/base" > /dev/null
@@ -55,13 +56,14 @@ for path in sorted(glob.glob(f"{W}/gen-*.jsonl")):
     with open(f"{OUT}/samples-{m}.txt", "w") as f:
         for i, r in enumerate(recs): f.write(f"{i}\t{r['prompt']}\n")
 PY
+fi
 [ "${MFU:-1}" = 1 ] || exit 0
 # MFU of one training step at ~1.5B parameters (256x256 pixel-space images, 4096 tokens each)
 usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null
 cp .devdata/tokenizer.json "$W/b15/"
 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 --steps 6 --expected-tokens 8192 --max-tokens 8400 \
-  --save-every 1000000 "$W/big.jsonl" > "$OUT/mfu_log.jsonl" 2> "$OUT/mfu_err.txt" || cat "$OUT/mfu_err.txt"
+  --no-save "$W/big.jsonl" > "$OUT/mfu_log.jsonl" 2> "$OUT/mfu_err.txt" || cat "$OUT/mfu_err.txt"
 cat "$OUT/mfu_log.jsonl"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
 # decode speed at the 7B-MoT shape after the q|k|v and gate|up fusion

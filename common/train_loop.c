@@ -331,7 +331,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     if (o->log_every > 1 && step % o->log_every && step != total) jv_free(rec);
     usbx_train_batch_free(&b);
     bool last = (total && step == total) || (!total && pos.epoch >= o->epochs);
-    if ((o->save_every > 0 && step % o->save_every == 0) || last) {
+    if (!o->no_save && ((o->save_every > 0 && step % o->save_every == 0) || last)) {
       if (save_checkpoint(&S, o, step, &pos, err, sizeof err)) { usbx_err("%s", err); rc = 1; break; }
     }
   }

@@ -11,7 +11,7 @@ typedef struct {
   char *const *files; int nfiles;
   double lr, min_lr, beta1, beta2, eps, weight_decay, clip, ema, ce_weight, mse_weight;
   long warmup, steps, epochs, save_every, log_every;
-  bool cosine, freeze_llm, freeze_vit, resume, progress;
+  bool cosine, freeze_llm, freeze_vit, resume, progress, no_save;
   usbx_data_opts data;
 } usbx_train_opts;
 

@@ -65,6 +65,7 @@ int main(int argc, char **argv) {
     {"visual-gen", USBX_OPT_FLAG, &gen_flag, NULL, "train on prompt+image pairs (generation weights)", true},
     {"visual-und", USBX_OPT_FLAG, &und_flag, NULL, "load the understanding weights (ViT, connector)", true},
     {"resume", USBX_OPT_FLAG, &o.resume, NULL, "continue from the newest checkpoint in --out", false},
+    {"no-save", USBX_OPT_FLAG, &o.no_save, NULL, "write no checkpoint at all (benchmarks)", false},
     {"progress", USBX_OPT_FLAG, &o.progress, NULL, "(progress records are always written to stdout)", false},
     {0},
   };
