@@ -516,6 +516,71 @@ void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool
   if (update_cache) c->len += T;
 }
 
+/* Uncached image queries against nb contexts in one forward (the CFG branches of a sampling step).
+ * Each branch b has n_mark marker rows (und) and n_lat latent rows (gen), bidirectional, at its
+ * context's next position.  m->x is laid out by expert across branches — all marker rows
+ * [b * n_mark ...], then all latent rows [nb * n_mark + b * n_lat ...] — so each expert's
+ * norms, projections and MLP run once over every branch; q, k and v are then placed per branch,
+ * next to that branch's cache, and attention runs per branch.  m->d_pos must hold the positions
+ * in the same layout.  On return m->x holds the final-normed hidden states. */
+void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mark, int n_lat) {
+  usbx_backend *be = m->be;
+  const usbx_bagel_config *cf = &m->cfg;
+  int D = cf->hidden, F = cf->inter, H = cf->heads, Hkv = cf->kv_heads, d = cf->head_dim;
+  int Hd = H * d, KVd = Hkv * d, T = n_mark + n_lat, U = nb * n_mark, G = nb * n_lat;
+  size_t mm = usbx_dtype_size(be->mm_dtype);
+  for (int b = 0; b < nb; b++) ctx_reserve(m, cs[b], cs[b]->len + T);
+  typedef struct { int r0, n, e; } run;
+  run runs[2];
+  int nr = 0;
+  if (U > 0) runs[nr++] = (run){0, U, 0};
+  if (G > 0) runs[nr++] = (run){U, G, 1};
+  for (int l = 0; l < cf->layers; l++) {
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, n = runs[r].n;
+      char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
+      be->rmsnorm(be, h, true, m->x + (size_t)r0 * D, w->in_norm, n, D, cf->eps);
+      be->matmul(be, m->q + (size_t)r0 * Hd, h, w->q_w, w->q_b, n, Hd, D, false);
+      be->matmul(be, m->k + (size_t)r0 * KVd, h, w->k_w, w->k_b, n, KVd, D, false);
+      be->matmul(be, m->v + (size_t)r0 * KVd, h, w->v_w, w->v_b, n, KVd, D, false);
+    }
+    for (int b = 0; b < nb; b++) {
+      usbx_ctx *c = cs[b];
+      for (int part = 0; part < 2; part++) {
+        const expert_w *w = &m->layers[l].e[part];
+        int n = part ? n_lat : n_mark, src = part ? U + b * n_lat : b * n_mark, dst = part ? n_mark : 0;
+        if (!n) continue;
+        char *kc = (char *)c->k[l] + (size_t)(c->len + dst) * KVd * mm, *vc = (char *)c->v[l] + (size_t)(c->len + dst) * KVd * mm;
+        be->qk_norm_rope(be, (char *)m->q_mm + (size_t)(b * T + dst) * Hd * mm, Hd, m->q + (size_t)src * Hd, w->q_norm, m->d_pos + src, n, H, d, cf->eps, cf->theta);
+        be->qk_norm_rope(be, kc, KVd, m->k + (size_t)src * KVd, w->k_norm, m->d_pos + src, n, Hkv, d, cf->eps, cf->theta);
+        be->to_mm(be, vc, KVd, m->v + (size_t)src * KVd, n, KVd);
+      }
+      usbx_attn_args aa = {.n_q = T, .q_start = c->len, .kv_len = c->len + T, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .causal = false};
+      be->attention(be, (char *)m->o_mm + (size_t)b * T * Hd * mm, (char *)m->q_mm + (size_t)b * T * Hd * mm, c->k[l], c->v[l], &aa);
+    }
+    for (int b = 0; b < nb; b++)
+      for (int part = 0; part < 2; part++) {
+        const expert_w *w = &m->layers[l].e[part];
+        int n = part ? n_lat : n_mark, dst = part ? U + b * n_lat : b * n_mark, src = b * T + (part ? n_mark : 0);
+        if (n) be->matmul(be, m->x + (size_t)dst * D, (char *)m->o_mm + (size_t)src * Hd * mm, w->o_w, NULL, n, D, Hd, true);
+      }
+    for (int r = 0; r < nr; r++) {
+      const expert_w *w = &m->layers[l].e[runs[r].e];
+      int r0 = runs[r].r0, n = runs[r].n;
+      float *x = m->x + (size_t)r0 * D;
+      char *h = (char *)m->h_mm + (size_t)r0 * D * mm, *act = (char *)m->act_mm + (size_t)r0 * F * mm;
+      be->rmsnorm(be, h, true, x, w->post_norm, n, D, cf->eps);
+      be->matmul(be, m->gate + (size_t)r0 * F, h, w->gate, NULL, n, F, D, false);
+      be->matmul(be, m->up + (size_t)r0 * F, h, w->up, NULL, n, F, D, false);
+      be->silu_mul(be, act, m->gate + (size_t)r0 * F, m->up + (size_t)r0 * F, n, F);
+      be->matmul(be, x, act, w->down, NULL, n, D, F, true);
+    }
+  }
+  for (int r = 0; r < nr; r++)
+    be->rmsnorm(be, m->x + (size_t)runs[r].r0 * D, false, m->x + (size_t)runs[r].r0 * D, m->norm[runs[r].e], runs[r].n, D, cf->eps);
+}
+
 /* lm_head over the first T rows of m->x (already final-normed), into m->logits (device f32). */
 static void lm_head(usbx_bagel *m, int T) {
   usbx_backend *be = m->be;

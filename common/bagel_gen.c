@@ -70,27 +70,36 @@ typedef struct {
   float *mark;         /* [2, D] embeddings of <|vision_start|>, <|vision_end|> */
 } gen_state;
 
-/* One branch: the query [<|vision_start|>, <|vision_end|> | N latents] at the context's next
+/* The velocities of one sampling step for nb contexts (the active CFG branches) in one batched
+ * forward: each branch queries [<|vision_start|>, <|vision_end|> | N latents] at its context's next
  * position, non-causal, not cached (the two markers sit together: inside the block every token
- * sees every other, so their order is immaterial).  v (device [N, P]) = llm2vae of the latents. */
-static void branch_velocity(usbx_bagel *m, usbx_ctx *c, gen_state *g, const float *x_t, int step, float *v) {
+ * sees every other, so their order is immaterial).  v (device [nb, N, P]) = llm2vae of each
+ * branch's latents.  The positions (d_pos) were laid out by the caller. */
+static void step_velocities(usbx_bagel *m, usbx_ctx **cs, int nb, gen_state *g, const float *x_t, int step, float *v) {
   usbx_backend *be = m->be;
-  int N = g->N, P = g->P, D = g->D, T = N + 2;
-  size_t mm = usbx_dtype_size(be->mm_dtype);
-  be->copy(be, m->x, g->mark, sizeof(float) * 2 * (size_t)D);
-  float *lat = m->x + 2 * (size_t)D;
+  int N = g->N, P = g->P, D = g->D, U = 2 * nb;
+  for (int b = 0; b < nb; b++) be->copy(be, m->x + (size_t)2 * b * D, g->mark, sizeof(float) * 2 * (size_t)D);
+  float *lat = m->x + (size_t)U * D;
   be->to_mm(be, g->x_mm, P, x_t, N, P);
   be->matmul(be, lat, g->x_mm, m->vae2llm_w, m->vae2llm_b, N, D, P, false);
   be->add(be, lat, g->pos_rows, (size_t)N * D);
   be->add_row(be, lat, g->te + (size_t)step * D, N, D);
+  for (int b = 1; b < nb; b++) be->copy(be, lat + (size_t)b * N * D, lat, sizeof(float) * (size_t)N * D);   /* same x_t for every branch */
+  usbx_bagel_forward_branches(m, cs, nb, 2, N);
+  be->to_mm(be, m->h_mm, D, lat, nb * N, D);
+  be->matmul(be, v, m->h_mm, m->llm2vae_w, m->llm2vae_b, nb * N, P, D, false);
+}
+
+/* positions of a batched step: markers of branch b, then latents of branch b, each at its context's position */
+static void step_positions(usbx_bagel *m, usbx_ctx **cs, int nb, int N) {
+  int U = 2 * nb, T = U + nb * N;
   int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
-  for (int i = 0; i < T; i++) pos[i] = c->pos;
-  be->upload(be, m->d_pos, pos, sizeof(int32_t) * (size_t)T);
+  for (int b = 0; b < nb; b++) {
+    pos[2 * b] = pos[2 * b + 1] = usbx_ctx_pos(cs[b]);
+    for (int i = 0; i < N; i++) pos[U + b * N + i] = usbx_ctx_pos(cs[b]);
+  }
+  m->be->upload(m->be, m->d_pos, pos, sizeof(int32_t) * (size_t)T);
   free(pos);
-  usbx_bagel_forward_block(m, c, T, 2, false, false);
-  be->to_mm(be, m->h_mm, D, lat, N, D);
-  be->matmul(be, v, m->h_mm, m->llm2vae_w, m->llm2vae_b, N, P, D, false);
-  (void)mm;
 }
 
 void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_uncond, usbx_ctx *img_uncond,
@@ -104,7 +113,8 @@ void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_un
              cf->max_latent * cf->vae_downsample * cf->latent_patch);
   int N = h * w, D = cf->hidden, S = o->steps;
   if (S < 2) usbx_die("--steps must be at least 2");
-  usbx_bagel_scratch(m, N + 2);
+  int max_nb = 1 + (o->cfg_text > 1.0f) + (o->cfg_text > 1.0f && o->cfg_img > 1.0f);
+  usbx_bagel_scratch(m, max_nb * (N + 2));
   gen_state g = {.N = N, .P = P, .D = D};
   size_t mm = usbx_dtype_size(be->mm_dtype);
   /* constant parts, computed once before the loop */
@@ -126,34 +136,33 @@ void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_un
   be->embed(be, g.mark, m->embed, d_marks, 2, D);
   g.x_mm = be->alloc(be, mm * (size_t)N * P);
   size_t NP = (size_t)N * P;
-  float *x = be->alloc(be, sizeof(float) * NP), *vc = be->alloc(be, sizeof(float) * NP), *vu = be->alloc(be, sizeof(float) * NP),
-        *vi = be->alloc(be, sizeof(float) * NP), *v = be->alloc(be, sizeof(float) * NP);
+  float *x = be->alloc(be, sizeof(float) * NP), *vall = be->alloc(be, sizeof(float) * NP * (size_t)max_nb),
+        *v = be->alloc(be, sizeof(float) * NP);
   be->upload(be, x, noise, sizeof(float) * NP);
+  int last_set = -1;
   for (int i = 0; i < S - 1; i++) {
     bool in = o->interval[0] < sigma[i] && sigma[i] <= o->interval[1];
     float st = in ? o->cfg_text : 1.0f, si = in ? o->cfg_img : 1.0f;
     if (trace && trace->x_t) be->download(be, trace->x_t + (size_t)i * NP, x, sizeof(float) * NP);
-    branch_velocity(m, cond, &g, x, i, vc);
-    bool use_u = st > 1.0f, use_i = si > 1.0f;
-    if (use_u) {
-      if (!text_uncond) usbx_die("cfg_text > 1 needs a text-unconditional context");
-      branch_velocity(m, text_uncond, &g, x, i, vu);
-    }
-    if (use_i) {
-      if (!img_uncond) usbx_die("cfg_img > 1 needs an image-unconditional context");
-      branch_velocity(m, img_uncond, &g, x, i, vi);
-    }
+    bool use_u = st > 1.0f, use_i = use_u && si > 1.0f;   /* the image branch only matters with text CFG */
+    if (use_u && !text_uncond) usbx_die("cfg_text > 1 needs a text-unconditional context");
+    if (use_i && !img_uncond) usbx_die("cfg_img > 1 needs an image-unconditional context");
+    usbx_ctx *cs[3] = {cond, text_uncond, img_uncond};
+    int nb = 1 + use_u + use_i, set = nb;
+    if (set != last_set) { step_positions(m, cs, nb, N); last_set = set; }
+    step_velocities(m, cs, nb, &g, x, i, vall);
+    float *vc = vall, *vu = use_u ? vall + NP : NULL, *vi = use_i ? vall + 2 * NP : NULL;
     usbx_cfg_args a = {.N = N, .P = P, .cfg_text = st, .cfg_img = si, .renorm_min = o->renorm_min,
                        .dt = sigma[i] - sigma[i + 1], .renorm = o->renorm};
     if (trace && trace->v_cond) be->download(be, trace->v_cond + (size_t)i * NP, vc, sizeof(float) * NP);
     if (trace && trace->v_text_uncond && use_u) be->download(be, trace->v_text_uncond + (size_t)i * NP, vu, sizeof(float) * NP);
     if (trace && trace->v_img_uncond && use_i) be->download(be, trace->v_img_uncond + (size_t)i * NP, vi, sizeof(float) * NP);
-    be->cfg_euler(be, x, v, vc, use_u ? vu : NULL, use_i ? vi : NULL, &a);
+    be->cfg_euler(be, x, v, vc, vu, vi, &a);
     if (trace && trace->v) be->download(be, trace->v + (size_t)i * NP, v, sizeof(float) * NP);
   }
   be->download(be, latent, x, sizeof(float) * NP);
   be->sync(be);
-  void *bufs[] = {g.te, d_pid, g.pos_rows, g.mark, d_marks, g.x_mm, x, vc, vu, vi, v};
+  void *bufs[] = {g.te, d_pid, g.pos_rows, g.mark, d_marks, g.x_mm, x, vall, v};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->free(be, bufs[i]);
   free(sigma); free(pid);
 }

@@ -72,6 +72,8 @@ void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool
 void usbx_bagel_ctx_advance(usbx_ctx *c, int n);
 /* Time-embedding rows of n sigmas into out (device f32 [n, D]). */
 void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out);
+/* Uncached image queries of nb contexts (the CFG branches) in one forward; see bagel.c. */
+void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mark, int n_lat);
 /* Grows the per-forward scratch buffers to T tokens. */
 void usbx_bagel_scratch(usbx_bagel *m, int T);
 
