@@ -243,8 +243,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--check") && i + 1 < argc) check = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
     else usbx_usage_die("usage: bench_vae [--size 1024] [--reps 3] [--check 128] [--dir DIR]");
-  (void)reps;   /* only the CUDA build times anything */
   }
+  (void)reps;   /* only the CUDA build times anything */
   mkdir(dir, 0755);
   char *aep = usbx_path_join(dir, "ae.safetensors");
   if (!usbx_file_exists(aep)) write_ae(dir);
