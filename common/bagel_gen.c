@@ -33,7 +33,7 @@ int usbx_bagel_latent_tokens(const usbx_bagel *m, int H, int W, int *h, int *w, 
 }
 
 /* [cos(sigma f_j), sin(sigma f_j)], f_j = exp(-ln(10000) j / 128) in fp32 (mutils.py). */
-static void timestep_features(float sigma, float *feat) {
+void usbx_timestep_features(float sigma, float *feat) {
   for (int j = 0; j < 128; j++) {
     float f = expf(-logf(10000.0f) * (float)j / 128.0f);
     float a = sigma * f;
@@ -48,7 +48,7 @@ void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out
   int D = m->cfg.hidden;
   size_t mm = usbx_dtype_size(be->mm_dtype);
   float *feat = xmalloc(sizeof(float) * 256 * (size_t)n);
-  for (int i = 0; i < n; i++) timestep_features(sigmas[i], feat + 256 * (size_t)i);
+  for (int i = 0; i < n; i++) usbx_timestep_features(sigmas[i], feat + 256 * (size_t)i);
   float *d_feat = be->alloc(be, sizeof(float) * 256 * (size_t)n), *hid = be->alloc(be, sizeof(float) * (size_t)n * D);
   void *in_mm = be->alloc(be, mm * (size_t)n * (D > 256 ? D : 256));
   be->upload(be, d_feat, feat, sizeof(float) * 256 * (size_t)n);

@@ -70,6 +70,8 @@ void usbx_bagel_enumerate(const usbx_bagel_config *c, unsigned parts, usbx_bagel
 void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool causal, bool update_cache);
 /* Advances a context's next RoPE position (an image block takes one position). */
 void usbx_bagel_ctx_advance(usbx_ctx *c, int n);
+/* The 256 sinusoidal features of a timestep (mutils.py): [cos(sigma f_j), sin(sigma f_j)]. */
+void usbx_timestep_features(float sigma, float *feat);
 /* Time-embedding rows of n sigmas into out (device f32 [n, D]). */
 void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out);
 /* Uncached image queries of nb contexts (the CFG branches) in one forward; see bagel.c. */

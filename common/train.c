@@ -310,11 +310,7 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     for (int i = 0; i < nv; i++) {
       float tt = b->t[i];
       for (int j = 0; j < PL; j++) xt[(size_t)i * PL + j] = (1.0f - tt) * b->x0[(size_t)i * PL + j] + tt * b->noise[(size_t)i * PL + j];
-      for (int j = 0; j < 128; j++) {
-        float f = expf(-logf(10000.0f) * (float)j / 128.0f);
-        feat[(size_t)i * 256 + j] = cosf(tt * f);
-        feat[(size_t)i * 256 + 128 + j] = sinf(tt * f);
-      }
+      usbx_timestep_features(tt, feat + (size_t)i * 256);
     }
     float *dxt = F32(P, (size_t)nv * PL), *dfeat = F32(P, (size_t)nv * 256);
     be->upload(be, dxt, xt, sizeof(float) * (size_t)nv * PL);
