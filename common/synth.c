@@ -469,28 +469,20 @@ static rat binop(parser *p, rat a, char op, rat b) {
   }
   return r;
 }
-static rat parse_product(parser *p) {
-  rat a = parse_unary(p);
-  while (!p->status && peek(p)->kind == T_OP && strchr("*/%", peek(p)->op)) {
+/* one left-associative precedence level: operand { op operand } with op in ops */
+static rat parse_level(parser *p, const char *ops, rat (*operand)(parser *)) {
+  rat a = operand(p);
+  while (!p->status && peek(p)->kind == T_OP && strchr(ops, peek(p)->op)) {
     char op = peek(p)->op;
     p->pos++;
-    rat b = parse_unary(p);
+    rat b = operand(p);
     if (p->status) return a;
     a = binop(p, a, op, b);
   }
   return a;
 }
-static rat parse_sum(parser *p) {
-  rat a = parse_product(p);
-  while (!p->status && peek(p)->kind == T_OP && strchr("+-", peek(p)->op)) {
-    char op = peek(p)->op;
-    p->pos++;
-    rat b = parse_product(p);
-    if (p->status) return a;
-    a = binop(p, a, op, b);
-  }
-  return a;
-}
+static rat parse_product(parser *p) { return parse_level(p, "*/%", parse_unary); }
+static rat parse_sum(parser *p) { return parse_level(p, "+-", parse_product); }
 /* top := sum { (THEN | FLOOR) [FLOOR] [op sum] } */
 static rat parse_top(parser *p) {
   rat a = parse_sum(p);
