@@ -33,7 +33,21 @@ static char *id_string(jv v) {
   return NULL;
 }
 
+
 static jv field(jv o, const char *k) { return jv_object_get(jv_copy(o), jv_string(k)); }
+
+/* A task from an upstream record: a copy with id, task, prompt, answer (from "Answer") and,
+ * for mapping, group. */
+static jv upstream_task(jv rec, const char *id, const char *task, const char *prompt, const char *group) {
+  jv t = jv_copy(rec);
+  t = usbx_jv_set_str(t, "id", id);
+  if (group) t = usbx_jv_set_str(t, "group", group);
+  t = usbx_jv_set_str(t, "task", task);
+  t = usbx_jv_set_str(t, "prompt", prompt);
+  jv ans = field(rec, "Answer");
+  if (jv_get_kind(ans) == JV_KIND_STRING) t = jv_object_set(t, jv_string("answer"), ans); else jv_free(ans);
+  return t;
+}
 
 jv usbx_task_normalize(jv rec, const char *kind) {
   jv out = jv_array();
@@ -59,15 +73,8 @@ jv usbx_task_normalize(jv rec, const char *kind) {
     for (int i = 0; i < 2; i++) {
       const char *q = usbx_jv_str(rec, keys[i]);
       if (!q) continue;
-      jv t = jv_copy(rec);
       char *id = xasprintf("%s_%s", gid, suffix[i]);
-      t = usbx_jv_set_str(t, "id", id);
-      t = usbx_jv_set_str(t, "group", gid);
-      t = usbx_jv_set_str(t, "task", task_s);
-      t = usbx_jv_set_str(t, "prompt", q);
-      jv ans = field(rec, "Answer");
-      if (jv_get_kind(ans) == JV_KIND_STRING) t = jv_object_set(t, jv_string("answer"), ans); else jv_free(ans);
-      out = jv_array_append(out, t);
+      out = jv_array_append(out, upstream_task(rec, id, task_s, q, gid));
       free(id);
     }
     jv_free(rec);
@@ -79,13 +86,7 @@ jv usbx_task_normalize(jv rec, const char *kind) {
     jv_free(idv);
     const char *q = usbx_jv_str(rec, "Question");
     if (!ids || !q) { free(ids); jv_free(rec); jv_free(out); free(task_s); return jv_invalid_with_msg(jv_string("record has no usable \"id\"/\"ID\" or \"Question\"")); }
-    jv t = jv_copy(rec);
-    t = usbx_jv_set_str(t, "id", ids);
-    t = usbx_jv_set_str(t, "task", task_s);
-    t = usbx_jv_set_str(t, "prompt", q);
-    jv ans = field(rec, "Answer");
-    if (jv_get_kind(ans) == JV_KIND_STRING) t = jv_object_set(t, jv_string("answer"), ans); else jv_free(ans);
-    out = jv_array_append(out, t);
+    out = jv_array_append(out, upstream_task(rec, ids, task_s, q, NULL));
     jv_free(rec);
     free(ids);
   } else {
