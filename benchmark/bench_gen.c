@@ -36,7 +36,7 @@ static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, 
 int main(int argc, char **argv) {
   usbx_set_progname("bench_gen");
   const char *model = NULL, *device = "auto", *size = "1024x1024", *tokenizer = NULL;
-  long steps = 50, reps = 2, think_tokens = 100;
+  long steps = 50, reps = 2, think_tokens = 100, batch = 1;
   usbx_opt opts[] = {
     {"model", USBX_OPT_STR, &model, "DIR", "checkpoint folder", false},
     {"tokenizer", USBX_OPT_STR, &tokenizer, "PATH", "tokenizer (default: the model folder)", false},
@@ -44,6 +44,7 @@ int main(int argc, char **argv) {
     {"size", USBX_OPT_STR, &size, "WxH", "image size (default 1024x1024)", false},
     {"steps", USBX_OPT_INT, &steps, "N", "num_timesteps (default 50)", false},
     {"reps", USBX_OPT_INT, &reps, "N", "timed repetitions after one warm-up; median reported (default 2)", false},
+    {"batch", USBX_OPT_INT, &batch, "N", "images per batched sampling run (usbx-gen --batch); s_per_image = time / N (default 1)", false},
     {"think-tokens", USBX_OPT_INT, &think_tokens, "N", "think tokens for the think-mode timing (default 100; 0 skips)", false},
     {0},
   };
@@ -70,10 +71,19 @@ int main(int argc, char **argv) {
   for (long r = -1; r < reps; r++) {
     double a = usbx_now();
     o.think = false;
-    if (usbx_t2i_generate(t, prompt, &o, 1 + (uint64_t)r, rgb, NULL, err, sizeof err)) usbx_die("%s", err);
+    if (batch > 1) {
+      const char **ps = xmalloc(sizeof(char *) * (size_t)batch);
+      uint64_t *seeds = xmalloc(sizeof(uint64_t) * (size_t)batch);
+      uint8_t **rgbs = xmalloc(sizeof(uint8_t *) * (size_t)batch);
+      char **errs = xmalloc(sizeof(char *) * (size_t)batch);
+      for (long i = 0; i < batch; i++) { ps[i] = prompt; seeds[i] = (uint64_t)(100 * (r + 1) + i); rgbs[i] = xmalloc((size_t)o.width * o.height * 3); }
+      if (usbx_t2i_generate_batch(t, (int)batch, ps, NULL, &o, seeds, rgbs, NULL, errs)) usbx_die("%s", errs[0]);
+      for (long i = 0; i < batch; i++) free(rgbs[i]);
+      free(ps); free(seeds); free(rgbs); free(errs);
+    } else if (usbx_t2i_generate(t, prompt, &o, 1 + (uint64_t)r, rgb, NULL, err, sizeof err)) usbx_die("%s", err);
     be->sync(be);
     double b = usbx_now();
-    if (r >= 0) tn[r] = b - a;
+    if (r >= 0) tn[r] = (b - a) / (double)batch;
     if (think_tokens > 0) {
       char *think = NULL;
       o.think = true;
@@ -93,6 +103,7 @@ int main(int argc, char **argv) {
   rec = usbx_jv_set_num(rec, "width", o.width);
   rec = usbx_jv_set_num(rec, "height", o.height);
   rec = usbx_jv_set_num(rec, "steps", (double)steps);
+  rec = usbx_jv_set_num(rec, "batch", (double)batch);
   rec = usbx_jv_set_num(rec, "load_s", load_s);
   rec = usbx_jv_set_num(rec, "s_per_image", tn[reps / 2]);
   if (think_tokens > 0) {

@@ -421,10 +421,26 @@ int usbx_ctx_pos(const usbx_ctx *c) { return c->pos; }
 
 /* ---------------------------------------------------------------- forward */
 
-void usbx_bagel_scratch(usbx_bagel *m, int T) {
-  if (T <= m->cap_T) return;
+static int scratch_cap(const usbx_bagel *m, int T) {
   int cap = m->cap_T ? m->cap_T : 16;
   while (cap < T) cap *= 2;
+  return cap;
+}
+
+size_t usbx_bagel_scratch_bytes(const usbx_bagel *m, int T) {
+  const usbx_bagel_config *c = &m->cfg;
+  size_t mm = usbx_dtype_size(m->be->mm_dtype);
+  size_t D = (size_t)c->hidden, Hd = (size_t)c->heads * c->head_dim, KVd = (size_t)c->kv_heads * c->head_dim, F = (size_t)c->inter;
+  size_t wide = F > Hd ? F : Hd;
+  if (D > wide) wide = D;
+  /* the buffers usbx_bagel_scratch allocates, per row */
+  size_t row = sizeof(float) * (2 * wide + Hd + 2 * KVd + 2 * F) + mm * (wide + 2 * Hd + F) + 2 * sizeof(int32_t);
+  return row * (size_t)scratch_cap(m, T);
+}
+
+void usbx_bagel_scratch(usbx_bagel *m, int T) {
+  if (T <= m->cap_T) return;
+  int cap = scratch_cap(m, T);
   usbx_backend *be = m->be;
   const usbx_bagel_config *c = &m->cfg;
   size_t mm = usbx_dtype_size(be->mm_dtype);

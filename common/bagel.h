@@ -107,6 +107,13 @@ typedef struct { float *x_t, *v_cond, *v_text_uncond, *v_img_uncond, *v; } usbx_
  * f32 out.  On the GPU nothing returns to the host inside the step loop. */
 void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_uncond, usbx_ctx *img_uncond,
                                 int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace);
+/* The same for B tasks in one batched forward per step (kind-major branches: every task's cond,
+ * then text-uncond, then img-uncond).  noise and latent: host [B, N, P].  trace needs B == 1. */
+void usbx_bagel_generate_latents(usbx_bagel *m, int B, usbx_ctx *const *cond, usbx_ctx *const *text_uncond, usbx_ctx *const *img_uncond,
+                                 int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace);
+/* Device bytes the sampler holds for B tasks at H x W (step buffers and the image rows of the
+ * branches' caches; the contexts' prompts aside), 0 for an invalid size. */
+size_t usbx_bagel_gen_batch_bytes(const usbx_bagel *m, int B, int H, int W, const usbx_gen_opts *o);
 int usbx_bagel_latent_tokens(const usbx_bagel *m, int H, int W, int *h, int *w, int *P);
 
 /* ---------------------------------------------------------------- image context */

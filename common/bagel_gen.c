@@ -70,21 +70,24 @@ typedef struct {
   float *mark;         /* [2, D] embeddings of <|vision_start|>, <|vision_end|> */
 } gen_state;
 
-/* The velocities of one sampling step for nb contexts (the active CFG branches) in one batched
- * forward: each branch queries [<|vision_start|>, <|vision_end|> | N latents] at its context's next
- * position, non-causal, not cached (the two markers sit together: inside the block every token
- * sees every other, so their order is immaterial).  v (device [nb, N, P]) = llm2vae of each
- * branch's latents.  The positions (d_pos) were laid out by the caller. */
-static void step_velocities(usbx_bagel *m, usbx_ctx **cs, int nb, gen_state *g, const float *x_t, int step, float *v) {
+/* The velocities of one sampling step for B tasks and k active CFG branch kinds in one batched
+ * forward of nb = k*B branches, kind-major (cond of every task, then text-uncond, then
+ * img-uncond): each branch queries [<|vision_start|>, <|vision_end|> | N latents] at its context's
+ * next position, non-causal, not cached (the two markers sit together: inside the block every
+ * token sees every other, so their order is immaterial).  x_t: device [B, N, P].  v (device
+ * [nb, N, P]) = llm2vae of each branch's latents.  The positions (d_pos) were laid out by the
+ * caller. */
+static void step_velocities(usbx_bagel *m, usbx_ctx **cs, int B, int k, gen_state *g, const float *x_t, int step, float *v) {
   usbx_backend *be = m->be;
-  int N = g->N, P = g->P, D = g->D, U = 2 * nb;
+  int N = g->N, P = g->P, D = g->D, nb = k * B, U = 2 * nb;
+  size_t BND = (size_t)B * N * D;
   for (int b = 0; b < nb; b++) be->copy(be, m->x + (size_t)2 * b * D, g->mark, sizeof(float) * 2 * (size_t)D);
   float *lat = m->x + (size_t)U * D;
-  be->to_mm(be, g->x_mm, P, x_t, N, P);
-  be->matmul(be, lat, g->x_mm, m->vae2llm_w, m->vae2llm_b, N, D, P, false);
-  be->add(be, lat, g->pos_rows, (size_t)N * D);
-  be->add_row(be, lat, g->te + (size_t)step * D, N, D);
-  for (int b = 1; b < nb; b++) be->copy(be, lat + (size_t)b * N * D, lat, sizeof(float) * (size_t)N * D);   /* same x_t for every branch */
+  be->to_mm(be, g->x_mm, P, x_t, B * N, P);
+  be->matmul(be, lat, g->x_mm, m->vae2llm_w, m->vae2llm_b, B * N, D, P, false);
+  for (int b = 0; b < B; b++) be->add(be, lat + (size_t)b * N * D, g->pos_rows, (size_t)N * D);
+  be->add_row(be, lat, g->te + (size_t)step * D, B * N, D);
+  for (int j = 1; j < k; j++) be->copy(be, lat + (size_t)j * BND, lat, sizeof(float) * BND);   /* same x_t for every branch of a task */
   usbx_bagel_forward_branches(m, cs, nb, 2, N);
   be->to_mm(be, m->h_mm, D, lat, nb * N, D);
   be->matmul(be, v, m->h_mm, m->llm2vae_w, m->llm2vae_b, nb * N, P, D, false);
@@ -102,19 +105,36 @@ static void step_positions(usbx_bagel *m, usbx_ctx **cs, int nb, int N) {
   free(pos);
 }
 
+static int gen_branch_kinds(const usbx_gen_opts *o) { return 1 + (o->cfg_text > 1.0f) + (o->cfg_text > 1.0f && o->cfg_img > 1.0f); }
+
+size_t usbx_bagel_gen_batch_bytes(const usbx_bagel *m, int B, int H, int W, const usbx_gen_opts *o) {
+  int h, w, P;
+  if (usbx_bagel_latent_tokens(m, H, W, &h, &w, &P)) return 0;
+  const usbx_bagel_config *c = &m->cfg;
+  size_t k = (size_t)gen_branch_kinds(o), N = (size_t)h * w;
+  size_t kv = (N + 2) * (size_t)c->kv_heads * c->head_dim * 2 * usbx_dtype_size(m->be->mm_dtype) * (size_t)c->layers;
+  return usbx_bagel_scratch_bytes(m, (int)(k * B * (N + 2))) + (size_t)B * (sizeof(float) * N * P * (2 + k) + k * kv);
+}
+
 void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_uncond, usbx_ctx *img_uncond,
                                 int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace) {
+  usbx_bagel_generate_latents(m, 1, &cond, &text_uncond, &img_uncond, H, W, o, noise, latent, trace);
+}
+
+void usbx_bagel_generate_latents(usbx_bagel *m, int B, usbx_ctx *const *cond, usbx_ctx *const *text_uncond, usbx_ctx *const *img_uncond,
+                                 int H, int W, const usbx_gen_opts *o, const float *noise, float *latent, usbx_gen_trace *trace) {
   usbx_backend *be = m->be;
   const usbx_bagel_config *cf = &m->cfg;
   if (!m->vae2llm_w) usbx_die("the model was loaded without its generation weights");
+  if (B < 1 || (trace && B != 1)) usbx_die("usbx_bagel_generate_latents: %d tasks (a trace needs exactly one)", B);
   int h, w, P;
   if (usbx_bagel_latent_tokens(m, H, W, &h, &w, &P))
     usbx_die("image size %dx%d: sides must be multiples of %d and at most %d", W, H, cf->vae_downsample * cf->latent_patch,
              cf->max_latent * cf->vae_downsample * cf->latent_patch);
   int N = h * w, D = cf->hidden, S = o->steps;
   if (S < 2) usbx_die("--steps must be at least 2");
-  int max_nb = 1 + (o->cfg_text > 1.0f) + (o->cfg_text > 1.0f && o->cfg_img > 1.0f);
-  usbx_bagel_scratch(m, max_nb * (N + 2));
+  int max_k = gen_branch_kinds(o);
+  usbx_bagel_scratch(m, max_k * B * (N + 2));
   gen_state g = {.N = N, .P = P, .D = D};
   size_t mm = usbx_dtype_size(be->mm_dtype);
   /* constant parts, computed once before the loop */
@@ -134,35 +154,42 @@ void usbx_bagel_generate_latent(usbx_bagel *m, usbx_ctx *cond, usbx_ctx *text_un
   int32_t *d_marks = be->alloc(be, sizeof marks);
   be->upload(be, d_marks, marks, sizeof marks);
   be->embed(be, g.mark, m->embed, d_marks, 2, D);
-  g.x_mm = be->alloc(be, mm * (size_t)N * P);
-  size_t NP = (size_t)N * P;
-  float *x = be->alloc(be, sizeof(float) * NP), *vall = be->alloc(be, sizeof(float) * NP * (size_t)max_nb),
+  size_t NP = (size_t)N * P, BNP = (size_t)B * NP;
+  g.x_mm = be->alloc(be, mm * BNP);
+  float *x = be->alloc(be, sizeof(float) * BNP), *vall = be->alloc(be, sizeof(float) * BNP * (size_t)max_k),
         *v = be->alloc(be, sizeof(float) * NP);
-  be->upload(be, x, noise, sizeof(float) * NP);
-  int last_set = -1;
+  be->upload(be, x, noise, sizeof(float) * BNP);
+  usbx_ctx **cs = xmalloc(sizeof(usbx_ctx *) * (size_t)(3 * B));
+  int last_k = -1;
   for (int i = 0; i < S - 1; i++) {
     bool in = o->interval[0] < sigma[i] && sigma[i] <= o->interval[1];
     float st = in ? o->cfg_text : 1.0f, si = in ? o->cfg_img : 1.0f;
     if (trace && trace->x_t) be->download(be, trace->x_t + (size_t)i * NP, x, sizeof(float) * NP);
     bool use_u = st > 1.0f, use_i = use_u && si > 1.0f;   /* the image branch only matters with text CFG */
-    if (use_u && !text_uncond) usbx_die("cfg_text > 1 needs a text-unconditional context");
-    if (use_i && !img_uncond) usbx_die("cfg_img > 1 needs an image-unconditional context");
-    usbx_ctx *cs[3] = {cond, text_uncond, img_uncond};
-    int nb = 1 + use_u + use_i, set = nb;
-    if (set != last_set) { step_positions(m, cs, nb, N); last_set = set; }
-    step_velocities(m, cs, nb, &g, x, i, vall);
-    float *vc = vall, *vu = use_u ? vall + NP : NULL, *vi = use_i ? vall + 2 * NP : NULL;
+    int k = 1 + use_u + use_i;
+    for (int b = 0; b < B; b++) {
+      if (use_u && !text_uncond[b]) usbx_die("cfg_text > 1 needs a text-unconditional context");
+      if (use_i && !img_uncond[b]) usbx_die("cfg_img > 1 needs an image-unconditional context");
+      cs[b] = cond[b];
+      if (use_u) cs[B + b] = text_uncond[b];
+      if (use_i) cs[2 * B + b] = img_uncond[b];
+    }
+    if (k != last_k) { step_positions(m, cs, k * B, N); last_k = k; }
+    step_velocities(m, cs, B, k, &g, x, i, vall);
     usbx_cfg_args a = {.N = N, .P = P, .cfg_text = st, .cfg_img = si, .renorm_min = o->renorm_min,
                        .dt = sigma[i] - sigma[i + 1], .renorm = o->renorm};
-    if (trace && trace->v_cond) be->download(be, trace->v_cond + (size_t)i * NP, vc, sizeof(float) * NP);
-    if (trace && trace->v_text_uncond && use_u) be->download(be, trace->v_text_uncond + (size_t)i * NP, vu, sizeof(float) * NP);
-    if (trace && trace->v_img_uncond && use_i) be->download(be, trace->v_img_uncond + (size_t)i * NP, vi, sizeof(float) * NP);
-    be->cfg_euler(be, x, v, vc, vu, vi, &a);
+    if (trace) {
+      if (trace->v_cond) be->download(be, trace->v_cond + (size_t)i * NP, vall, sizeof(float) * NP);
+      if (trace->v_text_uncond && use_u) be->download(be, trace->v_text_uncond + (size_t)i * NP, vall + NP, sizeof(float) * NP);
+      if (trace->v_img_uncond && use_i) be->download(be, trace->v_img_uncond + (size_t)i * NP, vall + 2 * NP, sizeof(float) * NP);
+    }
+    for (int b = 0; b < B; b++)
+      be->cfg_euler(be, x + b * NP, v, vall + b * NP, use_u ? vall + (B + b) * NP : NULL, use_i ? vall + (2 * B + b) * NP : NULL, &a);
     if (trace && trace->v) be->download(be, trace->v + (size_t)i * NP, v, sizeof(float) * NP);
   }
-  be->download(be, latent, x, sizeof(float) * NP);
+  be->download(be, latent, x, sizeof(float) * BNP);
   be->sync(be);
   void *bufs[] = {g.te, d_pid, g.pos_rows, g.mark, d_marks, g.x_mm, x, vall, v};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->free(be, bufs[i]);
-  free(sigma); free(pid);
+  free(sigma); free(pid); free(cs);
 }

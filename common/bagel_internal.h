@@ -78,6 +78,8 @@ void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out
 void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mark, int n_lat);
 /* Grows the per-forward scratch buffers to T tokens. */
 void usbx_bagel_scratch(usbx_bagel *m, int T);
+/* bytes usbx_bagel_scratch would hold for T rows */
+size_t usbx_bagel_scratch_bytes(const usbx_bagel *m, int T);
 
 /* Every tensor of ae.safetensors (encoder.*, decoder.*) for these parameters. */
 void usbx_ae_enumerate(const usbx_ae_config *ae, usbx_wlist *out);

@@ -68,25 +68,17 @@ static int prefill(usbx_t2i *t, usbx_ctx *c, const char *text, char *err, size_t
   return 0;
 }
 
-int usbx_t2i_generate(usbx_t2i *t, const char *prompt, const usbx_t2i_opts *o, uint64_t noise_seed, uint8_t *rgb,
-                      char **think, char *err, size_t errlen) {
+/* The three contexts of one task (img only when cfg_img > 1), with thinking first in think mode. */
+static int build_contexts(usbx_t2i *t, const char *prompt, const usbx_t2i_opts *o, bool thinking, usbx_ctx **gen_out,
+                          usbx_ctx **txt_out, usbx_ctx **img_out, char **think, char *err, size_t errlen) {
   usbx_bagel *m = t->m;
-  const usbx_bagel_config *c = usbx_bagel_cfg(m);
-  int h, w, P;
-  if (usbx_bagel_latent_tokens(m, o->height, o->width, &h, &w, &P)) {
-    int ds = c->vae_downsample * c->latent_patch;
-    snprintf(err, errlen, "image size %dx%d: sides must be multiples of %d, at most %d", o->width, o->height, ds, ds * c->max_latent);
-    return -1;
-  }
-  if (think) *think = NULL;
   usbx_ctx *gen = usbx_ctx_new(m), *img = NULL, *txt = NULL;
-  bool need_img = o->gen.cfg_img > 1.0f;
   int rc = 0;
-  if (o->think) rc = prefill(t, gen, USBX_THINK_SYSTEM_PROMPT, err, errlen);
+  if (thinking) rc = prefill(t, gen, USBX_THINK_SYSTEM_PROMPT, err, errlen);
   txt = usbx_ctx_copy(m, gen);
   if (!rc) rc = prefill(t, gen, prompt, err, errlen);
-  if (!rc && need_img) img = usbx_ctx_copy(m, gen);
-  if (!rc && o->think) {
+  if (!rc && o->gen.cfg_img > 1.0f) img = usbx_ctx_copy(m, gen);
+  if (!rc && thinking) {
     usbx_ctx *scratch = usbx_ctx_copy(m, gen);
     int max = o->max_think_tokens > 1 ? o->max_think_tokens : 2;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)max);
@@ -98,21 +90,76 @@ int usbx_t2i_generate(usbx_t2i *t, const char *prompt, const usbx_t2i_opts *o, u
     rc = prefill(t, gen, text, err, errlen);
     if (think) *think = text; else free(text);
   }
-  if (!rc) {
+  if (rc) { usbx_ctx_free(m, gen); usbx_ctx_free(m, txt); usbx_ctx_free(m, img); gen = txt = img = NULL; }
+  *gen_out = gen; *txt_out = txt; *img_out = img;
+  return rc;
+}
+
+int usbx_t2i_max_batch(usbx_t2i *t, const usbx_t2i_opts *o, int want) {
+  usbx_backend *be = t->be;
+  size_t avail = be->mem_available(be);
+  if (avail == SIZE_MAX) return want;
+  /* keep a tenth of the free memory (at least 1 GiB) for the contexts and the VAE */
+  size_t reserve = avail / 10 > ((size_t)1 << 30) ? avail / 10 : (size_t)1 << 30;
+  int b = want;
+  while (b > 1 && usbx_bagel_gen_batch_bytes(t->m, b, o->height, o->width, &o->gen) + reserve > avail) b--;
+  return b;
+}
+
+int usbx_t2i_generate_batch(usbx_t2i *t, int n, const char *const *prompts, const bool *think_mode, const usbx_t2i_opts *o,
+                            const uint64_t *noise_seeds, uint8_t *const *rgb, char **think, char **errs) {
+  usbx_bagel *m = t->m;
+  const usbx_bagel_config *c = usbx_bagel_cfg(m);
+  int h, w, P, failed = 0;
+  char err[512];
+  for (int i = 0; i < n; i++) { errs[i] = NULL; if (think) think[i] = NULL; }
+  if (usbx_bagel_latent_tokens(m, o->height, o->width, &h, &w, &P)) {
+    int ds = c->vae_downsample * c->latent_patch;
+    for (int i = 0; i < n; i++)
+      errs[i] = xasprintf("image size %dx%d: sides must be multiples of %d, at most %d", o->width, o->height, ds, ds * c->max_latent);
+    return n;
+  }
+  usbx_ctx **gen = xcalloc((size_t)n, sizeof *gen), **txt = xcalloc((size_t)n, sizeof *txt), **img = xcalloc((size_t)n, sizeof *img);
+  int *slot = xmalloc(sizeof(int) * (size_t)n), B = 0;
+  for (int i = 0; i < n; i++) {
+    usbx_ctx *g, *tx, *im;
+    bool thinking = think_mode ? think_mode[i] : o->think;
+    if (build_contexts(t, prompts[i], o, thinking, &g, &tx, &im, think ? &think[i] : NULL, err, sizeof err)) {
+      errs[i] = xstrdup(err);
+      failed++;
+      continue;
+    }
+    gen[B] = g; txt[B] = tx; img[B] = im; slot[B++] = i;
+  }
+  if (B > 0) {
     size_t NP = (size_t)h * w * P;
-    float *noise = xmalloc(sizeof(float) * NP), *lat = xmalloc(sizeof(float) * NP);
-    usbx_rng r;
-    usbx_rng_seed(&r, noise_seed);
-    for (size_t i = 0; i < NP; i++) noise[i] = (float)usbx_rng_normal(&r);
-    usbx_bagel_generate_latent(m, gen, txt, img, o->height, o->width, &o->gen, noise, lat, NULL);
+    float *noise = xmalloc(sizeof(float) * NP * (size_t)B), *lat = xmalloc(sizeof(float) * NP * (size_t)B);
+    for (int b = 0; b < B; b++) {
+      usbx_rng r;
+      usbx_rng_seed(&r, noise_seeds[slot[b]]);
+      for (size_t j = 0; j < NP; j++) noise[(size_t)b * NP + j] = (float)usbx_rng_normal(&r);
+    }
+    usbx_bagel_generate_latents(m, B, gen, txt, img, o->height, o->width, &o->gen, noise, lat, NULL);
     int p = c->latent_patch, C = c->latent_channels;
     float *z = xmalloc(sizeof(float) * NP), *pix = xmalloc(sizeof(float) * (size_t)o->height * o->width * 3);
-    usbx_unpatchify(lat, h, w, p, C, z);
-    if (t->vae) usbx_vae_decode(t->vae, z, h * p, w * p, pix);
-    else memcpy(pix, z, sizeof(float) * NP);          /* pixel-space latents are the image */
-    usbx_pixels_to_u8(pix, (size_t)o->height * o->width * 3, rgb);
+    for (int b = 0; b < B; b++) {
+      usbx_unpatchify(lat + (size_t)b * NP, h, w, p, C, z);
+      if (t->vae) usbx_vae_decode(t->vae, z, h * p, w * p, pix);
+      else memcpy(pix, z, sizeof(float) * NP);          /* pixel-space latents are the image */
+      usbx_pixels_to_u8(pix, (size_t)o->height * o->width * 3, rgb[slot[b]]);
+    }
     free(noise); free(lat); free(z); free(pix);
   }
-  usbx_ctx_free(m, gen); usbx_ctx_free(m, txt); usbx_ctx_free(m, img);
-  return rc;
+  for (int b = 0; b < B; b++) { usbx_ctx_free(m, gen[b]); usbx_ctx_free(m, txt[b]); usbx_ctx_free(m, img[b]); }
+  free(gen); free(txt); free(img); free(slot);
+  return failed;
+}
+
+int usbx_t2i_generate(usbx_t2i *t, const char *prompt, const usbx_t2i_opts *o, uint64_t noise_seed, uint8_t *rgb,
+                      char **think, char *err, size_t errlen) {
+  char *e = NULL;
+  int rc = usbx_t2i_generate_batch(t, 1, &prompt, NULL, o, &noise_seed, &rgb, think, &e);
+  if (rc) snprintf(err, errlen, "%s", e);
+  free(e);
+  return rc ? -1 : 0;
 }

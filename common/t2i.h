@@ -31,4 +31,14 @@ extern const char *const USBX_THINK_SYSTEM_PROMPT;
 int usbx_t2i_generate(usbx_t2i *t, const char *prompt, const usbx_t2i_opts *o, uint64_t noise_seed, uint8_t *rgb,
                       char **think, char *err, size_t errlen);
 
+/* Generates n images with one batched forward per sampling step (contexts and thinking are
+ * built task by task first).  think_mode[i] says whether task i thinks first (NULL: o->think
+ * for all; the other settings of o hold for every task).  rgb[i]: H*W*3 bytes each; think (may be NULL): think[i] receives
+ * the think text in think mode.  errs[i] receives a malloc'd message for a task that failed (its
+ * image is not written), else NULL.  Returns the number of failed tasks. */
+int usbx_t2i_generate_batch(usbx_t2i *t, int n, const char *const *prompts, const bool *think_mode, const usbx_t2i_opts *o,
+                            const uint64_t *noise_seeds, uint8_t *const *rgb, char **think, char **errs);
+/* The largest batch <= want whose sampler buffers fit the backend's free memory (want on CPU). */
+int usbx_t2i_max_batch(usbx_t2i *t, const usbx_t2i_opts *o, int want);
+
 #endif

@@ -11,17 +11,28 @@
 
 typedef struct { void *w; float *g; int64_t n; char *name; } gslot;
 
-/* Step buffers.  A step allocates its activations in the same pattern every time, so buffers are
- * kept between steps in free lists by size class (powers of two) instead of being returned to the
- * device allocator: no cudaMalloc/cudaFree inside the training loop once the sizes are known. */
+/* Step buffers.  A step allocates its activations in nearly the same pattern every time, so
+ * buffers are kept between steps as spares instead of being returned to the device allocator: no
+ * cudaMalloc/cudaFree inside the training loop once the sizes are known.  New blocks are rounded
+ * up to eight classes per power of two (at most 12.5 % slack); a request takes the smallest spare
+ * that holds it and is at most twice its size, so batches whose token counts differ a little
+ * reuse the same blocks. */
 typedef struct { void *p; size_t cap; } pblk;
 typedef struct { usbx_backend *be; pblk *used, *spare; int n, cap, ns, scap; } pool;
-static size_t size_class(size_t b) { size_t c = 256; while (c < b) c *= 2; return c; }
+static size_t size_class(size_t b) {
+  if (b <= 256) return 256;
+  size_t top = 256;
+  while (top * 2 <= b) top *= 2;
+  size_t step = top / 8;
+  return (b + step - 1) / step * step;
+}
 static void *P_alloc(pool *P, size_t bytes) {
   size_t c = size_class(bytes);
   void *p = NULL;
-  for (int i = P->ns - 1; i >= 0; i--)
-    if (P->spare[i].cap == c) { p = P->spare[i].p; P->spare[i] = P->spare[--P->ns]; break; }
+  int best = -1;
+  for (int i = 0; i < P->ns; i++)
+    if (P->spare[i].cap >= bytes && P->spare[i].cap <= 2 * c && (best < 0 || P->spare[i].cap < P->spare[best].cap)) best = i;
+  if (best >= 0) { p = P->spare[best].p; c = P->spare[best].cap; P->spare[best] = P->spare[--P->ns]; }
   if (!p) p = P->be->alloc(P->be, c);
   if (P->n == P->cap) { P->cap = P->cap ? 2 * P->cap : 256; P->used = xrealloc(P->used, sizeof *P->used * (size_t)P->cap); }
   P->used[P->n++] = (pblk){p, c};
@@ -46,6 +57,10 @@ struct usbx_trainer {
   int nslots, cap;        /* open addressing on the weight pointer */
   usbx_wlist wl;
   pool pool;              /* step buffers, kept between steps */
+  bool recompute;         /* keep only each decoder layer's input; recompute the layer in the backward */
+  float *layer_ws;        /* shared gradient buffer of the decoder layers (usbx_trainer_share_layer_grads) */
+  void (*layer_done)(void *ctx, int layer);
+  void *layer_ctx;
 };
 
 static size_t hash_ptr(const void *p, int cap) { uint64_t x = (uint64_t)(uintptr_t)p; x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; return (size_t)(x & (uint64_t)(cap - 1)); }
@@ -82,9 +97,51 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
   return t;
 }
 
+/* decoder layer of a tensor name, or -1 */
+static int layer_of(const char *name) {
+  int l, k = 0;
+  if (sscanf(name, "language_model.model.layers.%d.%n", &l, &k) == 1 && k > 0) return l;
+  return -1;
+}
+
+void usbx_trainer_set_recompute(usbx_trainer *t, bool on) { t->recompute = on; }
+
+void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ctx, int layer), void *ctx) {
+  int L = t->m->cfg.layers;
+  size_t *used = xcalloc((size_t)L, sizeof(size_t)), total = 0;
+  /* offsets within a layer follow the enumeration order, the same for every layer */
+  for (int i = 0; i < t->wl.n; i++) {
+    gslot *g = slot_of(t, *t->wl.v[i].dst);
+    int l = g ? layer_of(g->name) : -1;
+    if (l < 0 || l >= L) continue;
+    used[l] += (size_t)g->n;
+  }
+  for (int l = 0; l < L; l++) if (used[l] > total) total = used[l];
+  for (int l = 0; l < L; l++)
+    if (used[l] != total) usbx_die("usbx_trainer_share_layer_grads: layer %d has %zu trained values, layer 0 %zu", l, used[l], used[0]);
+  if (total) {
+    t->layer_ws = t->be->alloc(t->be, sizeof(float) * total);
+    t->be->memset0(t->be, t->layer_ws, sizeof(float) * total);
+    memset(used, 0, sizeof(size_t) * (size_t)L);
+    for (int i = 0; i < t->wl.n; i++) {
+      gslot *g = slot_of(t, *t->wl.v[i].dst);
+      int l = g ? layer_of(g->name) : -1;
+      if (l < 0 || l >= L) continue;
+      t->be->free(t->be, g->g);
+      g->g = t->layer_ws + used[l];
+      used[l] += (size_t)g->n;
+    }
+  }
+  free(used);
+  t->layer_done = layer_done;
+  t->layer_ctx = ctx;
+}
+
 void usbx_trainer_free(usbx_trainer *t) {
   if (!t) return;
-  for (int i = 0; i < t->cap; i++) if (t->slots[i].w) t->be->free(t->be, t->slots[i].g);
+  for (int i = 0; i < t->cap; i++)
+    if (t->slots[i].w && !(t->layer_ws && layer_of(t->slots[i].name) >= 0)) t->be->free(t->be, t->slots[i].g);
+  if (t->layer_ws) t->be->free(t->be, t->layer_ws);
   P_destroy(&t->pool);
   free(t->slots); free(t->wl.v); free(t);
 }
@@ -256,7 +313,84 @@ typedef struct {
   float *lse;
 } llm_saved;
 
+void usbx_trainer_zero_grads(usbx_trainer *t) {
+  size_t shared = 0;
+  for (int i = 0; i < t->cap; i++) {
+    if (!t->slots[i].w) continue;
+    if (t->layer_ws && layer_of(t->slots[i].name) >= 0) { if (layer_of(t->slots[i].name) == 0) shared += (size_t)t->slots[i].n; continue; }
+    t->be->memset0(t->be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
+  }
+  if (shared) t->be->memset0(t->be, t->layer_ws, sizeof(float) * shared);
+}
+
+/* ---------------------------------------------------------------- decoder layer forward */
+
+typedef struct { int r0, n, e; } run;
+
+typedef struct {
+  usbx_trainer *t;
+  const usbx_attn_masked_args *aa;
+  const int32_t *d_pos;
+  const run *runs;
+  int nr, n;
+} layer_ctx;
+
+/* buffers of one layer's saved activations (from the pool) */
+static void saved_alloc(pool *P, llm_saved *s, const usbx_bagel_config *c, int n) {
+  int D = c->hidden, F = c->inter, Hd = c->heads * c->head_dim, KVd = c->kv_heads * c->head_dim;
+  s->x_in = F32(P, (size_t)n * D); s->x_mid = F32(P, (size_t)n * D);
+  s->h1 = MM(P, (size_t)n * D); s->qf = F32(P, (size_t)n * Hd); s->kf = F32(P, (size_t)n * KVd);
+  s->q = MM(P, (size_t)n * Hd); s->k = MM(P, (size_t)n * KVd); s->v = MM(P, (size_t)n * KVd); s->o = MM(P, (size_t)n * Hd);
+  s->lse = F32(P, (size_t)c->heads * n);
+  s->h2 = MM(P, (size_t)n * D); s->gate = F32(P, (size_t)n * F); s->up = F32(P, (size_t)n * F); s->act = MM(P, (size_t)n * F);
+}
+
+/* layer l on x (f32 [n, D], updated in place), keeping its activations in s; vf: f32 [n, KVd] scratch */
+static void layer_forward(const layer_ctx *L, int l, llm_saved *s, float *x, float *vf) {
+  usbx_trainer *t = L->t;
+  usbx_bagel *m = t->m;
+  usbx_backend *be = t->be;
+  const usbx_bagel_config *c = &m->cfg;
+  int n = L->n, D = c->hidden, F = c->inter, H = c->heads, Hkv = c->kv_heads, d = c->head_dim, Hd = H * d, KVd = Hkv * d;
+  size_t mmb = MMB(be);
+  be->copy(be, s->x_in, x, sizeof(float) * (size_t)n * D);
+  for (int r = 0; r < L->nr; r++) {
+    const expert_w *w = &m->layers[l].e[L->runs[r].e];
+    int r0 = L->runs[r].r0, nn = L->runs[r].n;
+    char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
+    be->rmsnorm(be, h1, true, x + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
+    be->matmul(be, s->qf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D, false);
+    be->matmul(be, s->kf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D, false);
+    be->matmul(be, vf + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D, false);
+    be->qk_norm_rope(be, (char *)s->q + (size_t)r0 * Hd * mmb, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, L->d_pos + r0, nn, H, d, c->eps, c->theta);
+    be->qk_norm_rope(be, (char *)s->k + (size_t)r0 * KVd * mmb, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, L->d_pos + r0, nn, Hkv, d, c->eps, c->theta);
+  }
+  be->to_mm(be, s->v, KVd, vf, n, KVd);
+  be->attention_masked(be, s->o, s->lse, s->q, s->k, s->v, L->aa);
+  for (int r = 0; r < L->nr; r++) {
+    const expert_w *w = &m->layers[l].e[L->runs[r].e];
+    int r0 = L->runs[r].r0, nn = L->runs[r].n;
+    be->matmul(be, x + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd, true);
+  }
+  be->copy(be, s->x_mid, x, sizeof(float) * (size_t)n * D);
+  for (int r = 0; r < L->nr; r++) {
+    const expert_w *w = &m->layers[l].e[L->runs[r].e];
+    int r0 = L->runs[r].r0, nn = L->runs[r].n;
+    char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb, *act = (char *)s->act + (size_t)r0 * F * mmb;
+    be->rmsnorm(be, h2, true, x + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
+    be->matmul(be, s->gate + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D, false);
+    be->matmul(be, s->up + (size_t)r0 * F, h2, w->up, NULL, nn, F, D, false);
+    be->silu_mul(be, act, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
+    be->matmul(be, x + (size_t)r0 * D, act, w->down, NULL, nn, D, F, true);
+  }
+}
+
 void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out) {
+  usbx_trainer_zero_grads(t);
+  usbx_trainer_add_grads(t, b, ce_weight, mse_weight, out);
+}
+
+void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out) {
   usbx_bagel *m = t->m;
   usbx_backend *be = t->be;
   const usbx_bagel_config *c = &m->cfg;
@@ -264,7 +398,6 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   P->be = be;
   int n = b->n, D = c->hidden, F = c->inter, H = c->heads, Hkv = c->kv_heads, d = c->head_dim, Hd = H * d, KVd = Hkv * d;
   int PL = c->latent_patch * c->latent_patch * c->latent_channels;
-  for (int i = 0; i < t->cap; i++) if (t->slots[i].w) be->memset0(be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
 
   /* expert order: und (text, ViT) rows first, then VAE rows; perm[i] = packed index */
   int32_t *perm = xmalloc(sizeof(int32_t) * (size_t)n), *inv = xmalloc(sizeof(int32_t) * (size_t)n);
@@ -335,50 +468,25 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   float *x = F32(P, (size_t)n * D);
   be->gather_rows(be, x, xp, d_perm, n, D);
 
-  /* ---- decoder layers, keeping activations */
-  typedef struct { int r0, n, e; } run;
+  /* ---- decoder layers, keeping activations (or, with recompute, each layer's input only) */
   run runs[2];
   int nr = 0;
   if (n_und) runs[nr++] = (run){0, n_und, 0};
   if (n_gen) runs[nr++] = (run){n_und, n_gen, 1};
   size_t mmb = MMB(be);
-  llm_saved *S = xcalloc((size_t)c->layers, sizeof *S);
+  layer_ctx LC = {t, &aa, d_pos, runs, nr, n};
+  float *vf = F32(P, (size_t)n * KVd);
+  llm_saved *S = xcalloc((size_t)c->layers, sizeof *S), R = {0};
+  float **x_in = xcalloc((size_t)c->layers, sizeof *x_in), *x_rec = NULL;
+  if (t->recompute) { saved_alloc(P, &R, c, n); x_rec = F32(P, (size_t)n * D); }
   for (int l = 0; l < c->layers; l++) {
-    llm_saved *s = &S[l];
-    s->x_in = F32(P, (size_t)n * D); be->copy(be, s->x_in, x, sizeof(float) * (size_t)n * D);
-    s->h1 = MM(P, (size_t)n * D); s->qf = F32(P, (size_t)n * Hd); s->kf = F32(P, (size_t)n * KVd);
-    float *vf = F32(P, (size_t)n * KVd);
-    s->q = MM(P, (size_t)n * Hd); s->k = MM(P, (size_t)n * KVd); s->v = MM(P, (size_t)n * KVd); s->o = MM(P, (size_t)n * Hd);
-    s->lse = F32(P, (size_t)H * n);
-    for (int r = 0; r < nr; r++) {
-      const expert_w *w = &m->layers[l].e[runs[r].e];
-      int r0 = runs[r].r0, nn = runs[r].n;
-      char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
-      be->rmsnorm(be, h1, true, x + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
-      be->matmul(be, s->qf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D, false);
-      be->matmul(be, s->kf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D, false);
-      be->matmul(be, vf + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D, false);
-      be->qk_norm_rope(be, (char *)s->q + (size_t)r0 * Hd * mmb, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
-      be->qk_norm_rope(be, (char *)s->k + (size_t)r0 * KVd * mmb, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
-    }
-    be->to_mm(be, s->v, KVd, vf, n, KVd);
-    be->attention_masked(be, s->o, s->lse, s->q, s->k, s->v, &aa);
-    s->h2 = MM(P, (size_t)n * D); s->gate = F32(P, (size_t)n * F); s->up = F32(P, (size_t)n * F); s->act = MM(P, (size_t)n * F);
-    for (int r = 0; r < nr; r++) {
-      const expert_w *w = &m->layers[l].e[runs[r].e];
-      int r0 = runs[r].r0, nn = runs[r].n;
-      be->matmul(be, x + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd, true);
-    }
-    s->x_mid = F32(P, (size_t)n * D); be->copy(be, s->x_mid, x, sizeof(float) * (size_t)n * D);
-    for (int r = 0; r < nr; r++) {
-      const expert_w *w = &m->layers[l].e[runs[r].e];
-      int r0 = runs[r].r0, nn = runs[r].n;
-      char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb, *act = (char *)s->act + (size_t)r0 * F * mmb;
-      be->rmsnorm(be, h2, true, x + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
-      be->matmul(be, s->gate + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D, false);
-      be->matmul(be, s->up + (size_t)r0 * F, h2, w->up, NULL, nn, F, D, false);
-      be->silu_mul(be, act, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
-      be->matmul(be, x + (size_t)r0 * D, act, w->down, NULL, nn, D, F, true);
+    if (t->recompute) {
+      x_in[l] = F32(P, (size_t)n * D);
+      be->copy(be, x_in[l], x, sizeof(float) * (size_t)n * D);
+      layer_forward(&LC, l, &R, x, vf);
+    } else {
+      saved_alloc(P, &S[l], c, n);
+      layer_forward(&LC, l, &S[l], x, vf);
     }
   }
   /* final norm per expert */
@@ -400,13 +508,14 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     void *hcm = MM(P, (size_t)nc * D);
     be->gather_rows(be, hc, hfin, rows_ce, nc, D);
     lin_f32(be, logits, hcm, hc, m->lm_head, NULL, nc, c->vocab, D);
-    be->cross_entropy(be, loss, logits, logits, labels, nc, c->vocab, ce_weight / (float)nc);
+    int den = b->ce_den > 0 ? b->ce_den : nc;
+    be->cross_entropy(be, loss, logits, logits, labels, nc, c->vocab, ce_weight / (float)den);
     float *hl = xmalloc(sizeof(float) * (size_t)nc);
     be->download(be, hl, loss, sizeof(float) * (size_t)nc);
     for (int i = 0; i < nc; i++) ce += hl[i];
     if (out && out->ce_tok) memcpy(out->ce_tok, hl, sizeof(float) * (size_t)nc);
     free(hl);
-    ce /= nc;
+    ce /= den;
     float *dhc = F32Z(P, (size_t)nc * D);
     lin_bwd(t, P, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
     be->scatter_rows(be, dfin, dhc, rows_ce, nc, D);
@@ -428,6 +537,7 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     float *hpred = xmalloc(sizeof(float) * (size_t)nm * PL);
     be->download(be, hpred, pred, sizeof(float) * (size_t)nm * PL);
     /* target = noise - x0; loss = Σ_tok mean_P(err²) / n_mse; the gradient stays on the host: small */
+    int den = b->mse_den > 0 ? b->mse_den : nm;
     for (int i = 0; i < nm; i++) {
       int k = vrank[b->mse_idx[i]];
       for (int j = 0; j < PL; j++) {
@@ -435,10 +545,10 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
         float err = hpred[o] - (b->noise[src] - b->x0[src]);
         if (out && out->mse_elem) out->mse_elem[o] = err * err;
         mse += (double)err * err;
-        hpred[o] = 2.0f * err * mse_weight / (float)(PL * nm);
+        hpred[o] = 2.0f * err * mse_weight / (float)(PL * den);
       }
     }
-    mse /= (double)PL * nm;
+    mse /= (double)PL * den;
     be->upload(be, pred, hpred, sizeof(float) * (size_t)nm * PL);
     free(hpred); free(vrank);
     float *dhm = F32Z(P, (size_t)nm * D);
@@ -458,6 +568,11 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
   float *dqf = F32(P, (size_t)n * Hd), *dkf = F32(P, (size_t)n * KVd);
   for (int l = c->layers - 1; l >= 0; l--) {
     llm_saved *s = &S[l];
+    if (t->recompute) {
+      be->copy(be, x_rec, x_in[l], sizeof(float) * (size_t)n * D);
+      layer_forward(&LC, l, &R, x_rec, vf);
+      s = &R;
+    }
     be->memset0(be, dact, sizeof(float) * (size_t)n * F);
     be->memset0(be, dh, sizeof(float) * (size_t)n * D);
     for (int r = 0; r < nr; r++) {
@@ -489,6 +604,7 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
       lin_bwd(t, P, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
     }
+    if (t->layer_done) t->layer_done(t->layer_ctx, l);
   }
   /* ---- back to packed order, then into the embeddings */
   float *dxp = F32(P, (size_t)n * D);
@@ -510,6 +626,6 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
     lin_bwd(t, P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
   be->sync(be);
-  free(S); free(perm); free(inv); free(hp);
+  free(S); free(x_in); free(perm); free(inv); free(hp);
   P_release(P);
 }

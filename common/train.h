@@ -29,6 +29,9 @@ typedef struct {
   /* losses: CE rows (packed index, label) and MSE rows (packed index of VAE tokens) */
   int n_ce, n_mse;
   int32_t *ce_idx, *ce_label, *mse_idx;
+  /* the token counts the losses are divided by: 0 = this batch's n_ce / n_mse; a step made of
+   * several batches (accumulation, data parallel ranks) sets the counts of all of them */
+  int ce_den, mse_den;
 } usbx_train_batch;
 
 typedef struct usbx_trainer usbx_trainer;
@@ -44,9 +47,23 @@ typedef struct {
   float *mse_elem;     /* optional host [n_mse, P]: squared error per element */
 } usbx_train_out;
 
-/* Zeroes the gradients, runs forward and backward of loss = ce_weight*CE + mse_weight*MSE
- * (CE = Σ ce / n_ce, MSE = Σ_tokens mean_P(err²) / n_mse, as upstream with world size 1). */
+/* Forward and backward of loss = ce_weight*CE + mse_weight*MSE (CE = Σ ce / n_ce, MSE =
+ * Σ_tokens mean_P(err²) / n_mse, as upstream; with ce_den/mse_den set those replace n_ce/n_mse
+ * and out's ce and mse are this batch's share of a step made of several batches).
+ * add_grads adds the batch's gradients to those held; step_grads zeroes them first. */
+void usbx_trainer_zero_grads(usbx_trainer *t);
+void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out);
 void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out);
+
+/* Keep only each decoder layer's input in the forward and recompute the layer before its
+ * backward (activation checkpointing: memory of one layer's activations instead of all of them,
+ * for about a third more compute; the results are identical). */
+void usbx_trainer_set_recompute(usbx_trainer *t, bool on);
+/* The decoder layers' gradients share one buffer of one layer's size (call before asking for
+ * gradient pointers): after the backward of layer l, layer_done(ctx, l) must take the layer's
+ * gradients (usbx_trainer_grad pointers of its tensors, which point into the shared buffer) and
+ * leave them zero.  Data parallel training reduces them to their owners there (ZeRO-2). */
+void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ctx, int layer), void *ctx);
 
 /* The gradient of a named tensor (device f32, same shape), or NULL (unknown, frozen or fixed). */
 float *usbx_trainer_grad(usbx_trainer *t, const char *name, int64_t *numel);

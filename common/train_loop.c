@@ -7,9 +7,19 @@
  *   optimizer.safetensors  AdamW moments m.<name>, v.<name>
  *   train_state.json       step, data position, seed and the options that shape the run
  * All randomness is derived from (seed, epoch, sample), so resuming from a checkpoint replays
- * exactly the batches an uninterrupted run would have seen. */
+ * exactly the batches an uninterrupted run would have seen.
+ *
+ * A step is made of world x accum packed batches taken in data order; batch j goes to rank
+ * j % world.  Every rank builds all of them (cheap, host side) so it knows the step's token
+ * counts, which normalise the losses as upstream does over its ranks; a 1-process run with
+ * --accum world x A therefore computes the same step as world processes with --accum A.
+ * Data parallel: the trained parameters, laid end to end, are split into world equal ranges;
+ * rank r keeps the fp32 master, AdamW moments and EMA of its range only (ZeRO-1), receives the
+ * summed gradient of that range (reduce to its owner), updates it, and broadcasts the updated
+ * weights.  Checkpoints are gathered to rank 0, which writes them. */
 #include "train_loop.h"
 #include "bagel_internal.h"
+#include "dist.h"
 #include "jsonl.h"
 #include "safetensors.h"
 #include "tokenizer.h"
@@ -29,28 +39,54 @@ void usbx_train_defaults(usbx_train_opts *o) {
   o->device = "auto";
   o->lr = 1e-4; o->min_lr = 1e-7; o->beta1 = 0.9; o->beta2 = 0.95; o->eps = 1e-15; o->weight_decay = 0.0;
   o->clip = 1.0; o->ema = 0.9999; o->ce_weight = 1.0; o->mse_weight = 1.0;
-  o->warmup = 2000; o->steps = 0; o->epochs = 0; o->save_every = 0; o->log_every = 1;
+  o->warmup = 2000; o->steps = 0; o->epochs = 0; o->save_every = 0; o->log_every = 1; o->accum = 1; o->zero = 2;
   o->data = (usbx_data_opts){.expected_tokens = 32768, .max_tokens = 36864, .max_tokens_per_sample = 16384,
                              .text_cond_dropout = 0.1f, .timestep_shift = 1.0f, .seed = 4396, .visual_gen = true, .visual_und = true};
 }
 
 typedef struct {
   usbx_wdesc *d;
-  void *w;            /* the model's buffer (mm or f32) */
-  float *master;      /* fp32 master (== w when w is f32) */
-  float *g, *m, *v, *ema;
+  void *w;            /* the model's buffer (mm or f32), full on every rank */
+  float *g;           /* full gradient (the trainer's) */
   size_t n;
   bool trained;
+  size_t base;        /* offset of this tensor in the trained parameters laid end to end */
+  size_t off, len;    /* this rank's range of the tensor (len 0: none) */
+  int layer;          /* decoder layer, or -1 */
+  float *gs;          /* ZeRO-2, decoder layers: the summed gradient of the range (g is the shared layer buffer) */
+  float *master;      /* fp32 master of the range (a view into w when w is f32) */
+  float *m, *v, *ema; /* AdamW moments and EMA of the range */
 } param;
 
 typedef struct {
   usbx_backend *be;
   usbx_bagel *m;
   usbx_trainer *tr;
+  usbx_dist *dist;
   usbx_wlist wl;
   param *p;
   int np;
+  size_t total;       /* trained parameters */
+  float *full;        /* device scratch of the largest tensor (gathering ranges for a checkpoint) */
 } state;
+
+/* rank r's range of the trained parameters: [r*T/W, (r+1)*T/W) rounded to 256 elements */
+static size_t range_start(size_t total, int r, int world) {
+  if (r >= world) return total;
+  size_t x = (size_t)((double)total * r / world) & ~(size_t)255;
+  return x < total ? x : total;
+}
+
+/* the part of tensor p that rank r owns: [*off, *off + return) */
+static size_t owned_by(const state *S, const param *p, int r, size_t *off) {
+  int W = usbx_dist_world(S->dist);
+  size_t lo = range_start(S->total, r, W), hi = range_start(S->total, r + 1, W);
+  size_t a = p->base > lo ? p->base : lo, b = p->base + p->n < hi ? p->base + p->n : hi;
+  *off = a - p->base;
+  return b > a ? b - a : 0;
+}
+
+static size_t w_elem(const state *S, const param *p) { return p->d->mm ? usbx_dtype_size(S->be->mm_dtype) : sizeof(float); }
 
 /* host f32 copy of a device buffer that holds mm or f32 values */
 static void download_f32(usbx_backend *be, const void *src, bool mm, size_t n, float *dst) {
@@ -61,9 +97,28 @@ static void download_f32(usbx_backend *be, const void *src, bool mm, size_t n, f
   free(tmp);
 }
 
-/* Writes one safetensors file from device buffers: which = 0 weights (masters), 1 EMA, 2 optimizer. */
+/* The full tensor of one state kind (0 master, 1 EMA, 2 m, 3 v) in S->full on every rank:
+ * each owner puts its range there and broadcasts it. */
+static const float *gather_full(state *S, param *p, int kind) {
+  usbx_backend *be = S->be;
+  int W = usbx_dist_world(S->dist);
+  float *mine = kind == 0 ? p->master : kind == 1 ? p->ema : kind == 2 ? p->m : p->v;
+  if (W == 1 && p->len == p->n) return mine;
+  if (p->len) be->copy(be, S->full + p->off, mine, sizeof(float) * p->len);
+  usbx_dist_group_begin(S->dist);
+  for (int r = 0; r < W; r++) {
+    size_t off, len = owned_by(S, p, r, &off);
+    if (len) usbx_dist_broadcast(S->dist, S->full + off, sizeof(float) * len, r);
+  }
+  usbx_dist_group_end(S->dist);
+  return S->full;
+}
+
+/* Writes one safetensors file (rank 0; the other ranks take part in the gathers): which = 0
+ * weights (masters), 1 EMA, 2 optimizer. */
 static int save_file(state *S, const char *path, int which, char *err, size_t errlen) {
   usbx_backend *be = S->be;
+  bool writer = usbx_dist_rank(S->dist) == 0;
   int nd = 0;
   usbx_st_decl *decls = xcalloc((size_t)S->np * 2, sizeof *decls);
   char **names = xcalloc((size_t)S->np * 2, sizeof *names);
@@ -77,39 +132,57 @@ static int save_file(state *S, const char *path, int which, char *err, size_t er
       nd++;
     }
   }
-  jv meta = jv_object_set(jv_object(), jv_string("format"), jv_string("pt"));
-  usbx_st_writer *w = usbx_st_writer_begin(path, decls, (size_t)nd, meta, err, errlen);
-  int rc = w ? 0 : -1;
+  usbx_st_writer *w = NULL;
+  int rc = 0;
+  if (writer) {
+    jv meta = jv_object_set(jv_object(), jv_string("format"), jv_string("pt"));
+    w = usbx_st_writer_begin(path, decls, (size_t)nd, meta, err, errlen);
+    rc = w ? 0 : -1;
+  }
   float *host = NULL;
   size_t cap = 0;
-  for (int i = 0; rc == 0 && i < S->np; i++) {
+  /* a failed write on rank 0 does not stop the loop: the other ranks wait in the gathers */
+  for (int i = 0; i < S->np; i++) {
     param *p = &S->p[i];
     if (which == 2 && !p->trained) continue;
     if (p->n > cap) { cap = p->n; host = xrealloc(host, sizeof(float) * cap); }
-    for (int k = 0; rc == 0 && k < (which == 2 ? 2 : 1); k++) {
-      if (which == 0) download_f32(be, p->trained ? (void *)p->master : p->w, p->trained ? false : p->d->mm, p->n, host);
-      else if (which == 1) download_f32(be, p->trained ? (void *)p->ema : p->w, p->trained ? false : p->d->mm, p->n, host);
-      else be->download(be, host, k ? p->v : p->m, sizeof(float) * p->n);
-      rc = usbx_st_writer_write(w, host, sizeof(float) * p->n);
+    for (int k = 0; k < (which == 2 ? 2 : 1); k++) {
+      if (p->trained) {
+        const float *src = gather_full(S, p, which == 2 ? 2 + k : which);
+        if (writer && rc == 0) be->download(be, host, src, sizeof(float) * p->n);
+      } else if (writer && rc == 0) download_f32(be, p->w, p->d->mm, p->n, host);
+      if (writer && rc == 0) rc = usbx_st_writer_write(w, host, sizeof(float) * p->n);
     }
   }
   free(host);
-  if (rc == 0) rc = usbx_st_writer_finish(w, err, errlen);
-  else if (w) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno)); usbx_st_writer_abort(w); }
+  if (writer) {
+    if (rc == 0) rc = usbx_st_writer_finish(w, err, errlen);
+    else if (w) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno)); usbx_st_writer_abort(w); }
+  }
   for (int i = 0; i < nd; i++) free(names[i]);
   free(names); free(decls);
   return rc;
 }
 
 static int save_checkpoint(state *S, const usbx_train_opts *o, long step, const usbx_data_pos *pos, char *err, size_t errlen) {
+  bool writer = usbx_dist_rank(S->dist) == 0;
   char *final = xasprintf("%s/%07ld", o->out, step), *tmp = xasprintf("%s/.%07ld.tmp.%ld", o->out, step, (long)getpid());
-  if (usbx_mkdirs(tmp)) { snprintf(err, errlen, "%s: %s", tmp, strerror(errno)); free(final); free(tmp); return -1; }
-  const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors"};
   int rc = 0;
-  for (int i = 0; i < 3 && rc == 0; i++) {
+  if (writer && usbx_mkdirs(tmp)) { snprintf(err, errlen, "%s: %s", tmp, strerror(errno)); rc = -1; }
+  const char *files[] = {"model.safetensors", "ema.safetensors", "optimizer.safetensors"};
+  for (int i = 0; i < 3; i++) {
     char *p = usbx_path_join(tmp, files[i]);
-    rc = save_file(S, p, i, err, errlen);
+    int r = save_file(S, p, i, err, errlen);
+    if (rc == 0) rc = r;
     free(p);
+  }
+  if (!writer) {
+    /* every rank learns whether rank 0 wrote the checkpoint */
+    double ok = 0;
+    usbx_dist_allreduce_host(S->dist, &ok, 1);
+    free(final); free(tmp);
+    if (ok != 0) snprintf(err, errlen, "rank 0 could not write the checkpoint of step %ld", step);
+    return ok != 0 ? -1 : 0;
   }
   if (rc == 0) {
     jv st = jv_object();
@@ -117,6 +190,7 @@ static int save_checkpoint(state *S, const usbx_train_opts *o, long step, const 
     st = usbx_jv_set_num(st, "epoch", pos->epoch);
     st = usbx_jv_set_num(st, "index", pos->index);
     st = usbx_jv_set_num(st, "seed", (double)o->data.seed);
+    st = usbx_jv_set_num(st, "batches_per_step", (double)(usbx_dist_world(S->dist) * o->accum));
     st = usbx_jv_set_str(st, "base_model", o->model);
     char *s = usbx_jv_dump(st);
     jv_free(st);
@@ -136,6 +210,8 @@ static int save_checkpoint(state *S, const usbx_train_opts *o, long step, const 
   }
   if (rc) { char *cmd = xasprintf("rm -rf '%s'", tmp); if (system(cmd) != 0) usbx_err("%s: could not remove", tmp); free(cmd); }
   free(final); free(tmp);
+  double failed = rc ? 1 : 0;
+  usbx_dist_allreduce_host(S->dist, &failed, 1);
   return rc;
 }
 
@@ -169,9 +245,16 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
         snprintf(err, errlen, "%s: missing or mis-shaped %s", path, name);
         rc = -1;
       } else {
-        float *dst = which == 0 ? p->master : which == 1 ? p->ema : k ? p->v : p->m;
-        S->be->upload(S->be, dst, t->data, sizeof(float) * p->n);
-        if (which == 0 && (void *)p->master != p->w) S->be->upload_convert(S->be, p->w, true, t->data, USBX_F32, p->n);
+        const float *src = (const float *)t->data;
+        if (which == 0) {
+          /* the whole tensor into the model's buffer on every rank (the master may be a view of it) */
+          S->be->upload_convert(S->be, p->w, p->d->mm, src, USBX_F32, p->n);
+          if (p->len && (void *)p->master != (void *)((char *)p->w + p->off * w_elem(S, p)))
+            S->be->upload(S->be, p->master, src + p->off, sizeof(float) * p->len);
+        } else if (p->len) {
+          float *dst = which == 1 ? p->ema : k ? p->v : p->m;
+          S->be->upload(S->be, dst, src + p->off, sizeof(float) * p->len);
+        }
       }
       free(name);
     }
@@ -180,6 +263,33 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
   usbx_st_close(&f);
   return rc;
 }
+
+/* ZeRO-2: the backward of decoder layer l is done; each range of its gradients goes to its owner,
+ * which adds it to the step's sum, and the shared layer buffer is cleared for the next layer. */
+static void layer_grads_done(void *ctx, int l) {
+  state *S = ctx;
+  usbx_backend *be = S->be;
+  int W = usbx_dist_world(S->dist);
+  usbx_dist_group_begin(S->dist);
+  for (int i = 0; i < S->np; i++) {
+    param *p = &S->p[i];
+    if (!p->trained || p->layer != l) continue;
+    for (int r = 0; r < W; r++) {
+      size_t off, len = owned_by(S, p, r, &off);
+      if (len) usbx_dist_reduce(S->dist, p->g + off, len, r);
+    }
+  }
+  usbx_dist_group_end(S->dist);
+  for (int i = 0; i < S->np; i++) {
+    param *p = &S->p[i];
+    if (!p->trained || p->layer != l) continue;
+    if (p->len) be->add(be, p->gs, p->g + p->off, p->len);
+    be->memset0(be, p->g, sizeof(float) * p->n);
+  }
+}
+
+/* the summed gradient of this rank's range of p (after the step's reductions) */
+static float *grad_range(param *p) { return p->gs ? p->gs : p->g + p->off; }
 
 static double lr_at(const usbx_train_opts *o, long k, long total) {
   /* upstream: lr * min(1, k / warmup) with k counted from 0 at the first update */
@@ -192,7 +302,18 @@ static double lr_at(const usbx_train_opts *o, long k, long total) {
 
 int usbx_train_run(const usbx_train_opts *o) {
   char err[1024];
+  usbx_dist_env env;
+  if (usbx_dist_env_read(&env, err, sizeof err)) usbx_die("%s", err);
+  if (env.world > 1) {
+    char *name = xasprintf("usbx-train[rank %d]", env.rank);
+    usbx_set_progname(name);   /* kept for the life of the process */
+    usbx_dist_select_device(&env);
+  }
+  if (o->accum < 1) usbx_usage_die("--accum must be at least 1");
   usbx_backend *be = usbx_backend_open(o->device);
+  usbx_dist *dist = NULL;
+  if (env.world > 1 && !(dist = usbx_dist_open(be, &env, err, sizeof err))) usbx_die("%s", err);
+  bool rank0 = env.rank == 0;
   unsigned parts = USBX_PART_LLM | (o->data.visual_gen ? USBX_PART_GEN : 0) | (o->data.visual_und ? USBX_PART_VIT : 0);
   usbx_bagel *m = usbx_bagel_load(o->model, be, parts, err, sizeof err);
   if (!m) usbx_die("%s", err);
@@ -213,18 +334,15 @@ int usbx_train_run(const usbx_train_opts *o) {
   int nf = 0;
   if (o->freeze_llm) frozen[nf++] = "language_model.";
   if (o->freeze_vit) frozen[nf++] = "vit_model.";
-  state S = {.be = be, .m = m};
+  state S = {.be = be, .m = m, .dist = dist};
   S.tr = usbx_trainer_new(m, frozen);
+  usbx_trainer_set_recompute(S.tr, o->recompute);
+  bool zero2 = env.world > 1 && o->zero >= 2;
+  if (zero2) usbx_trainer_share_layer_grads(S.tr, layer_grads_done, &S);
   usbx_bagel_enumerate(cf, parts, m, &S.wl);
   S.p = xcalloc((size_t)S.wl.n, sizeof *S.p);
   S.np = S.wl.n;
-  int64_t n_trained = 0;   /* parameters that receive updates */
-  /* fp32 masters: the weights file read again in fp32 (a bf16 device copy would lose bits) */
-  char *wpath = usbx_path_join(o->model, "model.safetensors");
-  if (!usbx_file_exists(wpath)) { free(wpath); wpath = usbx_path_join(o->model, "ema.safetensors"); }
-  usbx_st_file wf;
-  bool need_masters = be->mm_dtype != USBX_F32;
-  if (need_masters && usbx_st_open(wpath, &wf, err, sizeof err)) usbx_die("%s", err);
+  size_t largest = 0;
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];
     p->d = &S.wl.v[i];
@@ -232,24 +350,46 @@ int usbx_train_run(const usbx_train_opts *o) {
     p->n = (size_t)usbx_shape_numel(p->d->ndim, p->d->shape);
     p->g = usbx_trainer_grad(S.tr, p->d->name, NULL);
     p->trained = p->g != NULL;
+    p->layer = -1;
     if (!p->trained) continue;
-    n_trained += (int64_t)p->n;
+    int l, k = 0;
+    if (zero2 && sscanf(p->d->name, "language_model.model.layers.%d.%n", &l, &k) == 1 && k > 0) p->layer = l;
+    p->base = S.total;
+    S.total += p->n;
+    if (p->n > largest) largest = p->n;
+  }
+  if (env.world > 1) S.full = be->alloc(be, sizeof(float) * (largest ? largest : 1));
+  /* fp32 masters: the weights file read again in fp32 (a bf16 device copy would lose bits) */
+  char *wpath = usbx_path_join(o->model, "model.safetensors");
+  if (!usbx_file_exists(wpath)) { free(wpath); wpath = usbx_path_join(o->model, "ema.safetensors"); }
+  usbx_st_file wf;
+  bool need_masters = be->mm_dtype != USBX_F32;
+  if (need_masters && usbx_st_open(wpath, &wf, err, sizeof err)) usbx_die("%s", err);
+  size_t owned = 0;
+  for (int i = 0; i < S.np; i++) {
+    param *p = &S.p[i];
+    if (!p->trained) continue;
+    p->len = owned_by(&S, p, env.rank, &p->off);
+    if (!p->len) continue;
+    owned += p->len;
     if (p->d->mm && need_masters) {
-      p->master = be->alloc(be, sizeof(float) * p->n);
+      p->master = be->alloc(be, sizeof(float) * p->len);
       const usbx_st_tensor *t = usbx_st_find(&wf, p->d->name);
-      be->upload_convert(be, p->master, false, t->data, t->dtype, p->n);
-    } else p->master = p->w;
-    p->m = be->alloc(be, sizeof(float) * p->n); be->memset0(be, p->m, sizeof(float) * p->n);
-    p->v = be->alloc(be, sizeof(float) * p->n); be->memset0(be, p->v, sizeof(float) * p->n);
-    p->ema = be->alloc(be, sizeof(float) * p->n); be->copy(be, p->ema, p->master, sizeof(float) * p->n);
+      be->upload_convert(be, p->master, false, (const char *)t->data + p->off * usbx_dtype_size(t->dtype), t->dtype, p->len);
+    } else p->master = (float *)p->w + p->off;
+    p->m = be->alloc(be, sizeof(float) * p->len); be->memset0(be, p->m, sizeof(float) * p->len);
+    p->v = be->alloc(be, sizeof(float) * p->len); be->memset0(be, p->v, sizeof(float) * p->len);
+    p->ema = be->alloc(be, sizeof(float) * p->len); be->copy(be, p->ema, p->master, sizeof(float) * p->len);
+    if (p->layer >= 0) p->gs = be->alloc(be, sizeof(float) * p->len);
   }
   if (need_masters) usbx_st_close(&wf);
   free(wpath);
-  usbx_err("training %lld parameters on %s", (long long)n_trained, be->name);
+  if (env.world > 1) usbx_err("training %zu parameters on %s; this rank keeps the optimizer state of %zu", S.total, be->name, owned);
+  else usbx_err("training %zu parameters on %s", S.total, be->name);
 
   long step = 0;
   usbx_data_pos pos = {0, 0};
-  if (usbx_mkdirs(o->out)) usbx_die("%s: %s", o->out, strerror(errno));
+  if (rank0 && usbx_mkdirs(o->out)) usbx_die("%s: %s", o->out, strerror(errno));
   if (o->resume) {
     long last = latest_checkpoint(o->out);
     if (last >= 0) {
@@ -269,9 +409,11 @@ int usbx_train_run(const usbx_train_opts *o) {
       step = (long)v;
       if (usbx_jv_num(st, "epoch", &v)) pos.epoch = (int)v;
       if (usbx_jv_num(st, "index", &v)) pos.index = (int)v;
-      if (usbx_jv_num(st, "seed", &v) && (uint64_t)v != o->data.seed) usbx_err("warning: resuming a run made with seed %.0f under seed %llu", v, (unsigned long long)o->data.seed);
+      if (usbx_jv_num(st, "seed", &v) && (uint64_t)v != o->data.seed && rank0) usbx_err("warning: resuming a run made with seed %.0f under seed %llu", v, (unsigned long long)o->data.seed);
+      if (usbx_jv_num(st, "batches_per_step", &v) && (long)v != env.world * o->accum && rank0)
+        usbx_err("warning: the run used %.0f batches per step; this one uses %ld (ranks x --accum)", v, (long)env.world * o->accum);
       jv_free(st); free(js); free(sp);
-      usbx_err("resumed from %s (step %ld, epoch %d, sample %d)", dir, step, pos.epoch, pos.index);
+      if (rank0) usbx_err("resumed from %s (step %ld, epoch %d, sample %d)", dir, step, pos.epoch, pos.index);
       free(dir);
     }
   }
@@ -283,65 +425,116 @@ int usbx_train_run(const usbx_train_opts *o) {
    * S tokens (QK^T and PV forward, twice that backward), counted as if fully visible */
   double layer_w = (double)cf->hidden * ((double)cf->heads * cf->head_dim * 2 + 2.0 * cf->kv_heads * cf->head_dim) + 3.0 * cf->hidden * cf->inter;
   double flops_per_token = 6.0 * cf->layers * layer_w;
-  int rc = 0;
+  int W = env.world, nbatch = W * (int)o->accum, rc = 0;
+  usbx_train_batch *bs = xcalloc((size_t)nbatch, sizeof *bs);
   while ((total && step < total) || (!total && pos.epoch < o->epochs)) {
     double t0 = usbx_now();
-    usbx_train_batch b;
-    int ns = usbx_train_data_next(data, &pos, &b);
-    usbx_train_out out = {0};
-    usbx_trainer_step_grads(S.tr, &b, (float)o->ce_weight, (float)o->mse_weight, &out);
+    /* the step's batches in data order; this rank trains on those with j % W == rank */
+    int ce_den = 0, mse_den = 0, ns = 0;
+    long tokens = 0;
+    double flops = 0;
+    for (int j = 0; j < nbatch; j++) {
+      ns += usbx_train_data_next(data, &pos, &bs[j]);
+      ce_den += bs[j].n_ce; mse_den += bs[j].n_mse; tokens += bs[j].n;
+      double sq_len = 0;
+      for (int i = 0, start = 0; i <= bs[j].n; i++)
+        if (i == bs[j].n || (i > 0 && bs[j].sample[i] != bs[j].sample[i - 1])) { sq_len += (double)(i - start) * (i - start); start = i; }
+      flops += flops_per_token * bs[j].n + 12.0 * cf->layers * cf->heads * cf->head_dim * sq_len;
+    }
+    usbx_trainer_zero_grads(S.tr);
+    for (int i = 0; i < S.np; i++) if (S.p[i].gs) be->memset0(be, S.p[i].gs, sizeof(float) * S.p[i].len);
+    double part[2] = {0, 0};   /* this rank's shares of CE and MSE */
+    for (int j = env.rank; j < nbatch; j += W) {
+      usbx_train_out out = {0};
+      bs[j].ce_den = ce_den; bs[j].mse_den = mse_den;
+      usbx_trainer_add_grads(S.tr, &bs[j], (float)o->ce_weight, (float)o->mse_weight, &out);
+      part[0] += out.ce; part[1] += out.mse;
+    }
+    for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&bs[j]);
+    usbx_dist_allreduce_host(dist, part, 2);
+    /* the summed gradient of each range goes to its owner */
+    if (W > 1) {
+      usbx_dist_group_begin(dist);
+      for (int i = 0; i < S.np; i++) {
+        param *p = &S.p[i];
+        if (!p->trained || p->layer >= 0) continue;   /* decoder layers were reduced during the backward */
+        for (int r = 0; r < W; r++) {
+          size_t off, len = owned_by(&S, p, r, &off);
+          if (len) usbx_dist_reduce(dist, p->g + off, len, r);
+        }
+      }
+      usbx_dist_group_end(dist);
+    }
     be->memset0(be, acc, sizeof(float));
-    for (int i = 0; i < S.np; i++) if (S.p[i].trained) be->sumsq_acc(be, acc, S.p[i].g, S.p[i].n);
+    for (int i = 0; i < S.np; i++) if (S.p[i].len) be->sumsq_acc(be, acc, grad_range(&S.p[i]), S.p[i].len);
     float sq;
     be->download(be, &sq, acc, sizeof sq);
-    double gnorm = sqrt((double)sq);
+    double gsq = sq;
+    usbx_dist_allreduce_host(dist, &gsq, 1);
+    double gnorm = sqrt(gsq);
     float scale = o->clip > 0 && gnorm > o->clip ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
     double lr = lr_at(o, step, total);
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
-      if (!p->trained) continue;
-      be->adamw(be, p->master, p->master == p->w ? NULL : p->w, p->g, p->m, p->v, p->n, (float)lr, (float)o->beta1, (float)o->beta2,
+      if (!p->len) continue;
+      void *w_mm = (void *)p->master == (void *)((char *)p->w + p->off * w_elem(&S, p)) ? NULL : (char *)p->w + p->off * w_elem(&S, p);
+      be->adamw(be, p->master, w_mm, grad_range(p), p->m, p->v, p->len, (float)lr, (float)o->beta1, (float)o->beta2,
                 (float)o->eps, (float)o->weight_decay, scale, (int)step + 1);
-      be->ema(be, p->ema, p->master, (float)o->ema, p->n);
+      be->ema(be, p->ema, p->master, (float)o->ema, p->len);
+    }
+    /* every rank's updated weights to every rank */
+    if (W > 1) {
+      usbx_dist_group_begin(dist);
+      for (int i = 0; i < S.np; i++) {
+        param *p = &S.p[i];
+        if (!p->trained) continue;
+        size_t es = w_elem(&S, p);
+        for (int r = 0; r < W; r++) {
+          size_t off, len = owned_by(&S, p, r, &off);
+          if (len) usbx_dist_broadcast(dist, (char *)p->w + off * es, len * es, r);
+        }
+      }
+      usbx_dist_group_end(dist);
     }
     be->sync(be);
     step++;
     double dt = usbx_now() - t0;
+    double ce = part[0], mse = part[1];
     jv rec = jv_object();
     rec = usbx_jv_set_num(rec, "step", (double)step);
     rec = usbx_jv_set_num(rec, "epoch", pos.epoch);
     rec = usbx_jv_set_num(rec, "lr", lr);
-    rec = usbx_jv_set_num(rec, "loss", out.loss);
-    rec = usbx_jv_set_num(rec, "mse", out.mse);
-    rec = usbx_jv_set_num(rec, "ce", out.ce);
+    rec = usbx_jv_set_num(rec, "loss", o->ce_weight * ce + o->mse_weight * mse);
+    rec = usbx_jv_set_num(rec, "mse", mse);
+    rec = usbx_jv_set_num(rec, "ce", ce);
     rec = usbx_jv_set_num(rec, "grad_norm", gnorm);
     rec = usbx_jv_set_num(rec, "samples", ns);
-    rec = usbx_jv_set_num(rec, "tokens", b.n);
-    rec = usbx_jv_set_num(rec, "tokens_per_s", (double)b.n / dt);
+    rec = usbx_jv_set_num(rec, "tokens", (double)tokens);
+    rec = usbx_jv_set_num(rec, "tokens_per_s", (double)tokens / dt);
+    if (W > 1) rec = usbx_jv_set_num(rec, "ranks", W);
     if (be->dev == USBX_DEV_CUDA) {
-      double sq_len = 0;
-      for (int i = 0, start = 0; i <= b.n; i++)
-        if (i == b.n || (i > 0 && b.sample[i] != b.sample[i - 1])) { sq_len += (double)(i - start) * (i - start); start = i; }
-      double flops = flops_per_token * b.n + 12.0 * cf->layers * cf->heads * cf->head_dim * sq_len;
       rec = usbx_jv_set_num(rec, "tflops", flops / dt / 1e12);
-      rec = usbx_jv_set_num(rec, "mfu", flops / dt / 989e12);   /* H100/H200 dense bf16 peak */
+      rec = usbx_jv_set_num(rec, "mfu", flops / dt / (989e12 * W));   /* H100/H200 dense bf16 peak per GPU */
     }
-    if (o->log_every <= 1 || step % o->log_every == 0 || step == total)
-      if (usbx_jsonl_write(stdout, rec)) usbx_die("<stdout>: write failed");
-    if (o->log_every > 1 && step % o->log_every && step != total) jv_free(rec);
-    usbx_train_batch_free(&b);
+    bool show = rank0 && (o->log_every <= 1 || step % o->log_every == 0 || step == total);
+    if (show && usbx_jsonl_write(stdout, rec)) usbx_die("<stdout>: write failed");
+    if (!show) jv_free(rec);
     bool last = (total && step == total) || (!total && pos.epoch >= o->epochs);
     if (!o->no_save && ((o->save_every > 0 && step % o->save_every == 0) || last)) {
       if (save_checkpoint(&S, o, step, &pos, err, sizeof err)) { usbx_err("%s", err); rc = 1; break; }
     }
   }
+  free(bs);
   be->free(be, acc);
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];
-    if (!p->trained) continue;
-    if (p->master != p->w) be->free(be, p->master);
+    if (!p->len) continue;
+    if ((void *)p->master != (void *)((char *)p->w + p->off * w_elem(&S, p))) be->free(be, p->master);
     be->free(be, p->m); be->free(be, p->v); be->free(be, p->ema);
+    if (p->gs) be->free(be, p->gs);
   }
+  if (S.full) be->free(be, S.full);
+  usbx_dist_close(dist);
   free(S.p); free(S.wl.v);
   usbx_trainer_free(S.tr);
   usbx_train_data_free(data);

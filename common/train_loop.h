@@ -11,12 +11,16 @@ typedef struct {
   char *const *files; int nfiles;
   double lr, min_lr, beta1, beta2, eps, weight_decay, clip, ema, ce_weight, mse_weight;
   long warmup, steps, epochs, save_every, log_every;
+  long accum;              /* packed batches per rank per step (gradient accumulation) */
   bool cosine, freeze_llm, freeze_vit, resume, progress, no_save;
+  bool recompute;          /* activation recomputation per decoder layer */
+  int zero;                /* data parallel sharding: 1 = optimizer state, 2 = + gradients (default) */
   usbx_data_opts data;
 } usbx_train_opts;
 
 void usbx_train_defaults(usbx_train_opts *o);
-/* Runs the training; progress records on stdout.  Returns the exit status. */
+/* Runs the training; progress records on stdout (rank 0).  Data parallel when WORLD_SIZE > 1
+ * in the environment (see dist.h).  Returns the exit status. */
 int usbx_train_run(const usbx_train_opts *o);
 
 #endif

@@ -17,11 +17,77 @@ static const char *DESC =
   "records and the upstream UniSandBox benchmark files unchanged.  Existing images are kept (their record\n"
   "is still written) unless --overwrite.";
 
+/* One output record in input order; the images of the records with gen set are sampled
+ * together when the queue is flushed. */
+typedef struct {
+  jv rec;
+  bool gen, think;
+  char *prompt, *png, *where;   /* where: "FILE:LINE: ID" for error messages */
+  uint64_t seed;
+  uint8_t *rgb;
+} job;
+
+typedef struct {
+  job *v;
+  int n, n_gen, cap;
+} queue;
+
+/* Generates the queued images, writes PNGs and then every record in order.  Returns the number of failed images. */
+static long flush(queue *q, usbx_t2i *t, const usbx_t2i_opts *o, usbx_progress *prog) {
+  long failed = 0;
+  if (q->n_gen) {
+    const char **prompts = xmalloc(sizeof(char *) * (size_t)q->n_gen);
+    bool *modes = xmalloc(sizeof(bool) * (size_t)q->n_gen);
+    uint64_t *seeds = xmalloc(sizeof(uint64_t) * (size_t)q->n_gen);
+    uint8_t **rgb = xmalloc(sizeof(uint8_t *) * (size_t)q->n_gen);
+    char **think = xmalloc(sizeof(char *) * (size_t)q->n_gen), **errs = xmalloc(sizeof(char *) * (size_t)q->n_gen);
+    job **js = xmalloc(sizeof(job *) * (size_t)q->n_gen);
+    int k = 0;
+    for (int i = 0; i < q->n; i++)
+      if (q->v[i].gen) {
+        job *j = &q->v[i];
+        js[k] = j; prompts[k] = j->prompt; modes[k] = j->think; seeds[k] = j->seed;
+        rgb[k] = j->rgb = xmalloc((size_t)o->width * o->height * 3);
+        k++;
+      }
+    double t0 = usbx_now();
+    usbx_t2i_generate_batch(t, k, prompts, modes, o, seeds, rgb, think, errs);
+    double ms = 1e3 * (usbx_now() - t0) / k;
+    for (int i = 0; i < k; i++) {
+      job *j = js[i];
+      if (errs[i]) {
+        usbx_err("%s: %s", j->where, errs[i]);
+        failed++;
+        jv_free(j->rec);
+        j->rec = jv_invalid();
+      } else {
+        if (usbx_png_write(j->png, j->rgb, o->width, o->height, 3)) usbx_die("%s: %s", j->png, strerror(errno));
+        j->rec = usbx_jv_set_num(j->rec, "gen_ms", ms);
+        if (k > 1) j->rec = usbx_jv_set_num(j->rec, "batch", k);
+        if (think[i]) j->rec = usbx_jv_set_str(j->rec, "think", think[i]);
+      }
+      free(think[i]); free(errs[i]);
+    }
+    free(prompts); free(modes); free(seeds); free(rgb); free(think); free(errs); free(js);
+  }
+  for (int i = 0; i < q->n; i++) {
+    job *j = &q->v[i];
+    if (jv_is_valid(j->rec)) {
+      if (usbx_jsonl_write(stdout, j->rec)) usbx_die("<stdout>: write failed: %s", strerror(errno));
+      usbx_progress_tick(prog, 1);
+    } else jv_free(j->rec);
+    free(j->prompt); free(j->png); free(j->where); free(j->rgb);
+  }
+  fflush(stdout);
+  q->n = q->n_gen = 0;
+  return failed;
+}
+
 int main(int argc, char **argv) {
   usbx_set_progname("usbx-gen");
   const char *model = NULL, *out = NULL, *modes_s = "normal,think", *interval_s = "0.4,1.0", *renorm_s = "global", *size_s = "1024x1024";
   const char *shard_s = NULL, *device = "auto", *stem_opt = NULL, *task_opt = NULL, *tokenizer = NULL;
-  long steps = 50, seed = 42, samples = 1, max_think = 1000;
+  long steps = 50, seed = 42, samples = 1, max_think = 1000, batch = 1;
   double shift = 3.0, cfg_text = 4.0, cfg_img = 1.0, renorm_min = 0.0;
   bool overwrite = false, progress = false, keep_going = false;
   usbx_opt opts[] = {
@@ -39,6 +105,7 @@ int main(int argc, char **argv) {
     {"seed", USBX_OPT_INT, &seed, "N", "base seed; each image's noise comes from (seed, id, sample) (default 42)", false},
     {"samples", USBX_OPT_INT, &samples, "K", "images per task, ids get -s<k> (default 1)", false},
     {"max-think-tokens", USBX_OPT_INT, &max_think, "N", "think decoding max_length as upstream: at most N-1 tokens (default 1000)", false},
+    {"batch", USBX_OPT_INT, &batch, "N", "images sampled together, one forward per step for all (default 1; lowered to what fits the GPU's free memory)", false},
     {"shard", USBX_OPT_STR, &shard_s, "I/N", "handle only the tasks with index % N == I", false},
     {"stem", USBX_OPT_STR, &stem_opt, "NAME", "image folder name for stdin input (default: the file name, or 'stdin')", false},
     {"task", USBX_OPT_STR, &task_opt, "KIND", "task kind for records without one (default: from the file name)", false},
@@ -77,6 +144,7 @@ int main(int argc, char **argv) {
   usbx_parse_size(size_s, &o.width, &o.height);
   if (steps < 2) usbx_usage_die("--steps must be at least 2");
   if (samples < 1) usbx_usage_die("--samples must be at least 1");
+  if (batch < 1 || batch > 256) usbx_usage_die("--batch must be between 1 and 256");
   if (max_think < 2) usbx_usage_die("--max-think-tokens must be at least 2");
   o.max_think_tokens = (int)max_think;
   long shard_i = 0, shard_n = 1;
@@ -86,7 +154,13 @@ int main(int argc, char **argv) {
   usbx_backend *be = usbx_backend_open(device);
   usbx_t2i *t = usbx_t2i_open(model, be, tokenizer, err, sizeof err);
   if (!t) usbx_die("%s", err);
-  uint8_t *rgb = xmalloc((size_t)o.width * o.height * 3);
+  int want = (int)batch;
+  if (want > 1) {
+    int fit = usbx_t2i_max_batch(t, &o, want);
+    if (fit < want) usbx_err("--batch %d: %d images at %dx%d fit the free GPU memory; sampling %d at a time", want, fit, o.width, o.height, fit);
+    want = fit;
+  }
+  queue q = {0};
   usbx_progress prog;
   usbx_progress_init(&prog, progress, 0, "images");
   long bad = 0, failed = 0, index = 0;
@@ -101,7 +175,7 @@ int main(int argc, char **argv) {
     int st;
     while ((st = usbx_jsonl_next(r, &rec)) != 0) {
       if (st < 0) {
-        if (!keep_going) usbx_die("%s", usbx_jsonl_error(r));
+        if (!keep_going) { flush(&q, t, &o, &prog); usbx_die("%s", usbx_jsonl_error(r)); }
         usbx_err("%s (skipped)", usbx_jsonl_error(r));
         bad++;
         continue;
@@ -109,7 +183,7 @@ int main(int argc, char **argv) {
       jv tasks = usbx_task_normalize(rec, kind);
       if (!jv_is_valid(tasks)) {
         jv msg = jv_invalid_get_msg(tasks);
-        if (!keep_going) usbx_die("%s:%ld: %s", usbx_jsonl_name(r), usbx_jsonl_line(r), jv_string_value(msg));
+        if (!keep_going) { flush(&q, t, &o, &prog); usbx_die("%s:%ld: %s", usbx_jsonl_name(r), usbx_jsonl_line(r), jv_string_value(msg)); }
         usbx_err("%s:%ld: %s (skipped)", usbx_jsonl_name(r), usbx_jsonl_line(r), jv_string_value(msg));
         jv_free(msg);
         bad++;
@@ -126,7 +200,6 @@ int main(int argc, char **argv) {
             char *dir = xasprintf("%s/test/%s/%s", out, think ? "think" : "normal", stem);
             char *png = xasprintf("%s/%s.png", dir, rid);
             char *key = xasprintf("%s#%ld", id, k);
-            uint64_t nseed = usbx_hash64(key, strlen(key), (uint64_t)seed);
             jv g = jv_copy(task);
             g = usbx_jv_set_str(g, "id", rid);
             g = usbx_jv_set_str(g, "mode", think ? "think" : "normal");
@@ -139,28 +212,16 @@ int main(int argc, char **argv) {
             g = usbx_jv_set_num(g, "cfg_img", cfg_img);
             g = usbx_jv_set_num(g, "width", o.width);
             g = usbx_jv_set_num(g, "height", o.height);
-            if (!overwrite && usbx_file_exists(png)) {
-              g = jv_object_set(g, jv_string("skipped"), jv_true());   /* kept from an earlier run */
-            } else {
-              if (usbx_mkdirs(dir)) usbx_die("%s: %s", dir, strerror(errno));
-              o.think = think;
-              char *think_text = NULL;
-              double t0 = usbx_now();
-              if (usbx_t2i_generate(t, prompt, &o, nseed, rgb, think ? &think_text : NULL, err, sizeof err)) {
-                usbx_err("%s:%ld: %s: %s", usbx_jsonl_name(r), usbx_jsonl_line(r), rid, err);
-                failed++;
-                jv_free(g);
-                free(rid); free(dir); free(png); free(key);
-                continue;
-              }
-              if (usbx_png_write(png, rgb, o.width, o.height, 3)) usbx_die("%s: %s", png, strerror(errno));
-              g = usbx_jv_set_num(g, "gen_ms", 1e3 * (usbx_now() - t0));
-              if (think_text) g = usbx_jv_set_str(g, "think", think_text);
-              free(think_text);
-            }
-            if (usbx_jsonl_write(stdout, g)) usbx_die("<stdout>: write failed: %s", strerror(errno));
-            usbx_progress_tick(&prog, 1);
-            free(rid); free(dir); free(png); free(key);
+            bool gen = overwrite || !usbx_file_exists(png);
+            if (!gen) g = jv_object_set(g, jv_string("skipped"), jv_true());   /* kept from an earlier run */
+            else if (usbx_mkdirs(dir)) usbx_die("%s: %s", dir, strerror(errno));
+            if (q.n == q.cap) { q.cap = q.cap ? 2 * q.cap : 16; q.v = xrealloc(q.v, sizeof(job) * (size_t)q.cap); }
+            q.v[q.n++] = (job){.rec = g, .gen = gen, .think = think, .prompt = xstrdup(prompt), .png = png,
+                               .where = xasprintf("%s:%ld: %s", usbx_jsonl_name(r), usbx_jsonl_line(r), rid),
+                               .seed = usbx_hash64(key, strlen(key), (uint64_t)seed)};
+            q.n_gen += gen;
+            if (q.n_gen == want) failed += flush(&q, t, &o, &prog);
+            free(rid); free(dir); free(key);
           }
         }
         jv_free(task);
@@ -170,8 +231,9 @@ int main(int argc, char **argv) {
     usbx_jsonl_close(r);
     free(stem);
   }
+  failed += flush(&q, t, &o, &prog);
   usbx_progress_done(&prog);
-  free(rgb); free(files);
+  free(q.v); free(files);
   usbx_t2i_close(t);
   usbx_backend_close(be);
   if (bad) usbx_err("%ld malformed input records skipped", bad);

@@ -2,6 +2,7 @@
  * flow-matching loss, conversations with cross-entropy).  Progress records on stdout, one per
  * step; checkpoints under --out.  See usbx-train(1). */
 #include "cli.h"
+#include "dist.h"
 #include "train_loop.h"
 #include "util.h"
 #include <stdlib.h>
@@ -31,6 +32,7 @@ int main(int argc, char **argv) {
     } else usbx_usage_die("--preset: expected stars or knowledge, got '%s'", preset);
   }
   bool gen_flag = visual_gen, und_flag = visual_und;
+  long gpus = 1, zero = 2;
   usbx_opt opts[] = {
     {"model", USBX_OPT_STR, &o.model, "DIR", "base checkpoint folder (required)", false},
     {"out", USBX_OPT_STR, &o.out, "DIR", "output folder for checkpoints OUT/<step:07d>/ (required)", false},
@@ -59,6 +61,10 @@ int main(int argc, char **argv) {
     {"log-every", USBX_OPT_INT, &o.log_every, "N", "a progress record every N steps (default 1)", false},
     {"seed", USBX_OPT_INT, &seed, "N", "data order and noise seed (default 4396)", false},
     {"device", USBX_OPT_STR, &o.device, "cpu|cuda|auto", "backend (default auto)", false},
+    {"accum", USBX_OPT_INT, &o.accum, "N", "packed batches per process and step, gradients summed (default 1)", false},
+    {"recompute", USBX_OPT_FLAG, &o.recompute, NULL, "recompute each decoder layer in the backward instead of keeping its activations", false},
+    {"zero", USBX_OPT_INT, &zero, "1|2", "data parallel sharding: 1 optimizer state, 2 also gradients (default 2)", false},
+    {"gpus", USBX_OPT_INT, &gpus, "N", "data parallel over N processes on this host, one per GPU (default 1)", false},
     {"freeze-llm", USBX_OPT_FLAG, &o.freeze_llm, NULL, "keep the language model fixed", true},
     {"freeze-vit", USBX_OPT_FLAG, &o.freeze_vit, NULL, "keep the ViT fixed", true},
     {"freeze-vae", USBX_OPT_FLAG, &freeze_vae, NULL, "keep the autoencoder fixed (always; it is not trained)", true},
@@ -86,6 +92,20 @@ int main(int argc, char **argv) {
   o.data.max_tokens_per_sample = (int)max_per; o.data.text_cond_dropout = (float)dropout; o.data.timestep_shift = (float)tshift;
   o.data.visual_gen = gen_flag; o.data.visual_und = und_flag;
   o.files = files; o.nfiles = nfiles;
+  if (o.accum < 1) usbx_usage_die("--accum must be at least 1");
+  if (zero != 1 && zero != 2) usbx_usage_die("--zero: expected 1 or 2");
+  o.zero = (int)zero;
+  if (gpus < 1 || gpus > 1024) usbx_usage_die("--gpus must be between 1 and 1024");
+  if (gpus > 1) {
+    const char *ws = getenv("WORLD_SIZE");
+    if (ws && *ws) {
+      if (atol(ws) != gpus) usbx_usage_die("--gpus %ld but WORLD_SIZE=%s: give one or the other", gpus, ws);
+    } else {
+      if (nfiles == 0) usbx_usage_die("--gpus: give the training records as files (every process reads them)");
+      free(files);
+      return usbx_dist_launch((int)gpus, argv);
+    }
+  }
   int rc = usbx_train_run(&o);
   free(files);
   return rc;

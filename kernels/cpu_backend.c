@@ -1,5 +1,6 @@
 /* cpu_backend.c — the CPU backend: fp32 everywhere, OpenBLAS for matrix products (threads =
  * cores).  This is the reference every CUDA op is tested against. */
+#include <stdint.h>
 #include "ops.h"
 #include "cpu_ops.h"
 #include "util.h"
@@ -21,6 +22,8 @@ static void cpu_upload_convert(usbx_backend *be, void *dst, bool to_mm, const vo
   if (!usbx_convert(src, dt, dst, USBX_F32, n)) usbx_die("cannot convert %s weights to F32", usbx_dtype_name(dt));
 }
 
+static size_t cpu_mem_available(usbx_backend *be) { (void)be; return SIZE_MAX; }
+
 usbx_backend *usbx_backend_cpu(void) {
   static usbx_backend be;
   static char name[64];
@@ -34,7 +37,7 @@ usbx_backend *usbx_backend_cpu(void) {
     be.name = name;
     be.alloc = cpu_alloc; be.free = cpu_free;
     be.upload = cpu_copy; be.download = cpu_copy; be.copy = cpu_copy;
-    be.memset0 = cpu_memset0; be.sync = cpu_sync; be.upload_convert = cpu_upload_convert;
+    be.memset0 = cpu_memset0; be.sync = cpu_sync; be.mem_available = cpu_mem_available; be.upload_convert = cpu_upload_convert;
     be.matmul = usbx_cpu_matmul; be.embed = usbx_cpu_embed; be.rmsnorm = usbx_cpu_rmsnorm;
     be.layernorm = usbx_cpu_layernorm; be.qk_norm_rope = usbx_cpu_qk_norm_rope; be.to_mm = usbx_cpu_to_mm;
     be.silu_mul = usbx_cpu_silu_mul; be.gelu_tanh = usbx_cpu_gelu_tanh; be.add = usbx_cpu_add;

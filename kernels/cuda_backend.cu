@@ -46,6 +46,12 @@ static void c_memset0(usbx_backend *be, void *p, size_t bytes) {
   if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, CU(be)->stream));
 }
 static void c_sync(usbx_backend *be) { CUDA_CHECK(cudaStreamSynchronize(CU(be)->stream)); }
+static size_t c_mem_available(usbx_backend *be) {
+  (void)be;
+  size_t fr = 0, tot = 0;
+  CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+  return fr;
+}
 
 /* Host values (f32/bf16/f16/f64) -> device bf16 (to_mm) or f32.  Chunks are copied into one of
  * two pinned buffers by the CPU, sent raw, and converted on the GPU; an event per buffer guards
@@ -330,6 +336,7 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   be->copy = c_copy;
   be->memset0 = c_memset0;
   be->sync = c_sync;
+  be->mem_available = c_mem_available;
   be->upload_convert = c_upload_convert;
   be->matmul = c_matmul;
   be->embed = cu_embed;
@@ -402,5 +409,6 @@ extern "C" double usbx_cuda_time_ms(usbx_backend *be, void (*fn)(void *), void *
   return reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
 }
 
+extern "C" void *usbx_cuda_stream(usbx_backend *be) { return (void *)CU(be)->stream; }
 extern "C" int usbx_cuda_sm_count(usbx_backend *be) { return CU(be)->prop.multiProcessorCount; }
 extern "C" size_t usbx_cuda_l2_bytes(usbx_backend *be) { return (size_t)CU(be)->prop.l2CacheSize; }

@@ -34,6 +34,9 @@ int usbx_cuda_set_option(struct usbx_backend *be, const char *name, int value);
  * then reps timed runs; returns the median in milliseconds. */
 double usbx_cuda_time_ms(struct usbx_backend *be, void (*fn)(void *arg), void *arg, int warmup, int reps);
 
+/* The backend's stream (a cudaStream_t), for libraries that enqueue on it (NCCL). */
+void *usbx_cuda_stream(struct usbx_backend *be);
+
 /* Number of multiprocessors and L2 bytes of the backend's device. */
 int usbx_cuda_sm_count(struct usbx_backend *be);
 size_t usbx_cuda_l2_bytes(struct usbx_backend *be);

@@ -76,6 +76,8 @@ struct usbx_backend {
   void (*copy)(usbx_backend *be, void *dst, const void *src, size_t bytes);   /* device to device */
   void (*memset0)(usbx_backend *be, void *p, size_t bytes);
   void (*sync)(usbx_backend *be);
+  /* device memory free for new allocations now; SIZE_MAX when unknown (CPU) */
+  size_t (*mem_available)(usbx_backend *be);
   /* upload n host values of dtype src_dt into an mm (to_mm) or f32 buffer, converting */
   void (*upload_convert)(usbx_backend *be, void *dst, bool to_mm, const void *src, usbx_dtype src_dt, size_t n);
 

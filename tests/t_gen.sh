@@ -40,6 +40,41 @@ $G --out "$T/sh" --modes normal --shard 1/2 "$T/math_1.jsonl" > "$T/s1.jsonl"
 [ "$(cat "$T/s0.jsonl" "$T/s1.jsonl" | jq -r .id | sort | tr '\n' ' ')" = "1 2 3 " ] || fail "shards"
 # samples: ids get -s<k>
 $G --out "$T/smp" --modes normal --samples 2 "$T/math_1.jsonl" | jq -r .id | tr '\n' ' ' | grep -q "^1-s0 1-s1 2-s0" || fail "samples ids"
+# --batch: tasks of both modes sampled together give the images and records of one-by-one sampling
+$G --out "$T/b1" "$T/math_1.jsonl" "$T/mapping1.jsonl" | jq -c 'del(.gen_ms, .image)' > "$T/b1.jsonl"
+$G --out "$T/b4" --batch 4 "$T/math_1.jsonl" "$T/mapping1.jsonl" > "$T/b4raw.jsonl"
+jq -e -s 'map(.batch) | . == [4,4,4,4,4,4,4,4,4,4,4,4,2,2]' "$T/b4raw.jsonl" >/dev/null || fail "batch sizes: $(jq -c -s 'map(.batch)' "$T/b4raw.jsonl")"
+jq -c 'del(.gen_ms, .image, .batch)' "$T/b4raw.jsonl" | cmp -s - "$T/b1.jsonl" || fail "batched records differ"
+python3 - "$T/b1/test" "$T/b4/test" <<'PY' || fail "batched images differ from one-by-one images"
+import sys, os, zlib, struct
+def pixels(p):
+    d = open(p, 'rb').read(); i = 8; idat = b''; w = h = 0
+    while i < len(d):
+        n, t = struct.unpack('>I4s', d[i:i+8]); c = d[i+8:i+8+n]; i += 12 + n
+        if t == b'IHDR': w, h = struct.unpack('>II', c[:8])
+        if t == b'IDAT': idat += c
+    raw = zlib.decompress(idat); s = w * 3; out = bytearray(); prev = bytearray(s)
+    for y in range(h):
+        f = raw[y*(s+1)]; line = bytearray(raw[y*(s+1)+1:(y+1)*(s+1)])
+        for x in range(s):
+            a = line[x-3] if x >= 3 else 0; b = prev[x]; c = prev[x-3] if x >= 3 else 0
+            if f == 1: line[x] = (line[x] + a) & 255
+            elif f == 2: line[x] = (line[x] + b) & 255
+            elif f == 3: line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c; pa, pb, pc = abs(p-a), abs(p-b), abs(p-c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        out += line; prev = line
+    return out
+n = 0
+for root, _, fs in os.walk(sys.argv[1]):
+    for f in fs:
+        a = pixels(os.path.join(root, f)); b = pixels(os.path.join(sys.argv[2], os.path.relpath(root, sys.argv[1]), f))
+        worst = max(abs(x - y) for x, y in zip(a, b))
+        assert worst <= 1, (root, f, worst)
+        n += 1
+assert n == 14, n
+PY
 # bad input: one-line error naming file and line, non-zero exit, nothing half-written
 printf '{"id":"x","prompt":"a"}\n{not json\n' > "$T/bad.jsonl"
 if $G --out "$T/bad" "$T/bad.jsonl" > /dev/null 2> "$T/err"; then fail "bad input accepted"; fi

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Full fine-tune of the 7B-MoT shape (random weights) on every GPU of the machine: data parallel,
+# ZeRO-2 (optimizer state and gradients sharded), activation recomputation, 10 steps of 512x512
+# scene pairs (1,024 latent tokens each); peak memory per GPU from nvidia-smi.  Then, on GPU 0,
+# the ~1.5B model with and without --recompute (memory and speed).
+# Bundle extracted in the repo root; one tarball of results under $OUT.  Args: TOKENS_PER_GPU...
+set -uo pipefail
+export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+export PATH=$PWD/bin:$PATH NCCL_NVLS_ENABLE=0
+FINAL=${OUT:-/tmp/out}; W=/tmp/d7; R=$W/results
+mkdir -p "$R" "$FINAL"
+trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
+date -u | tee "$R/date.txt"
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
+NG=$(nvidia-smi -L | wc -l)
+NCCL_DIR=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
+export USBX_NCCL_LIB=${NCCL_DIR:+$NCCL_DIR/libnccl.so.2}
+usbx-synth scenes --n 96 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl"
+( time usbx-ckpt init --config benchmark/shape-7b-mot.json --seed 1 "$W/b7" > /dev/null ) 2>&1 | grep real | tee "$R/init_time.txt"
+cp .devdata/tokenizer.json "$W/b7/"
+for tok in "${@:-8192}"; do
+  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_7b_$tok.csv" &
+  smi=$!
+  date -u
+  timeout 400 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute --steps 10 --warmup 1 \
+    --expected-tokens "$tok" --max-tokens $((tok + tok / 8)) --no-save "$W/pairs.jsonl" > "$R/train_7b_$tok.jsonl" 2> "$R/train_7b_$tok.err"
+  echo "tokens/gpu=$tok rc=$?"
+  kill $smi 2>/dev/null; wait $smi 2>/dev/null
+  tail -n 4 "$R/train_7b_$tok.err"
+  python3 - "$R/train_7b_$tok.jsonl" "$R/mem_7b_$tok.csv" <<'PY'
+import sys, json, csv
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peak = {}
+for row in csv.reader(open(sys.argv[2])):
+    if len(row) == 2: i, m = int(row[0]), int(row[1]); peak[i] = max(peak.get(i, 0), m)
+print("steps", len(recs), "peak MiB per GPU", peak)
+if recs:
+    tail = recs[2:] or recs
+    print("tokens/step %.0f, tokens/s %.0f, mfu %.3f, s/step %.2f" % (sum(r["tokens"] for r in tail) / len(tail), sum(r["tokens_per_s"] for r in tail) / len(tail),
+          sum(r["mfu"] for r in tail) / len(tail), sum(r["tokens"] / r["tokens_per_s"] for r in tail) / len(tail)))
+    print("losses", [round(r["loss"], 4) for r in recs])
+PY
+done
+rm -rf "$W/b7"
+# ~1.5B on GPU 0: recompute on/off
+usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
+usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
+for rc in "" --recompute; do
+  nvidia-smi --id=0 --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_15$rc.csv" &
+  smi=$!
+  USBX_CUDA_DEVICE=0 timeout 120 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 --steps 6 $rc \
+    --expected-tokens 8192 --max-tokens 8400 --no-save "$W/big.jsonl" > "$R/train_15$rc.jsonl" 2> "$R/train_15$rc.err"
+  kill $smi 2>/dev/null; wait $smi 2>/dev/null
+  echo "1.5B $rc: peak $(sort -n "$R/mem_15$rc.csv" | tail -1) MiB; $(tail -n 1 "$R/train_15$rc.jsonl")"
+done
+date -u
