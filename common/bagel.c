@@ -270,6 +270,31 @@ static void fuse_experts(usbx_bagel *m) {
   be->sync(be);
 }
 
+/* the fp32 copy of a generation head (see bagel_internal.h), when dst is one and mm is not f32 */
+static float **head32_of(usbx_bagel *m, void **dst) {
+  if (m->be->mm_dtype == USBX_F32) return NULL;
+  if (dst == &m->te_w1) return &m->te_w1_32;
+  if (dst == &m->te_w2) return &m->te_w2_32;
+  if (dst == &m->vae2llm_w) return &m->vae2llm_w32;
+  if (dst == &m->llm2vae_w) return &m->llm2vae_w32;
+  return NULL;
+}
+static void upload_head32(usbx_bagel *m, void **dst, const usbx_st_tensor *t) {
+  float **h = head32_of(m, dst);
+  if (!h) return;
+  size_t n = (size_t)usbx_shape_numel(t->ndim, t->shape);
+  if (!*h) *h = m->be->alloc(m->be, sizeof(float) * n);
+  m->be->upload_convert(m->be, *h, false, t->data, t->dtype, n);
+}
+
+void usbx_bagel_head(usbx_bagel *m, float *y, const float *x, const void *w_mm, const float *w32, const float *b,
+                     int M, int N, int K, void *scratch_mm) {
+  usbx_backend *be = m->be;
+  if (w32) { be->matmul_f32(be, y, x, w32, b, M, N, K, false); return; }
+  be->to_mm(be, scratch_mm, K, x, M, K);
+  be->matmul(be, y, scratch_mm, w_mm, b, M, N, K, false);
+}
+
 usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, char *err, size_t errlen) {
   usbx_bagel *m = xcalloc(1, sizeof *m);
   if (usbx_bagel_read_config(dir, &m->cfg, err, errlen)) { free(m); return NULL; }
@@ -316,6 +341,7 @@ usbx_bagel *usbx_bagel_load(const char *dir, usbx_backend *be, unsigned parts, c
     void *p = be->alloc(be, bytes);
     be->upload_convert(be, p, W[i].mm, t->data, t->dtype, n);
     *W[i].dst = p;
+    upload_head32(m, W[i].dst, t);
     usbx_st_dontneed(&L.files[0], t);
   }
   be->sync(be);
@@ -334,8 +360,10 @@ int usbx_bagel_load_weights(usbx_bagel *m, const char *path, char *err, size_t e
   const usbx_st_tensor **src = xcalloc((size_t)(wl.n ? wl.n : 1), sizeof *src);
   for (int i = 0; i < wl.n; i++) src[i] = find_checked(&L, wl.v[i].name, wl.v[i].ndim, wl.v[i].shape);
   int rc = L.missing ? -1 : 0;
-  for (int i = 0; rc == 0 && i < wl.n; i++)
+  for (int i = 0; rc == 0 && i < wl.n; i++) {
     m->be->upload_convert(m->be, *wl.v[i].dst, wl.v[i].mm, src[i]->data, src[i]->dtype, (size_t)usbx_shape_numel(src[i]->ndim, src[i]->shape));
+    upload_head32(m, wl.v[i].dst, src[i]);
+  }
   m->be->sync(m->be);
   usbx_st_close(&f);
   free(src); free(wl.v);
@@ -350,6 +378,8 @@ void usbx_bagel_free(usbx_bagel *m) {
                   (void **)&m->up, &m->h_mm, &m->q_mm, &m->o_mm, &m->act_mm, (void **)&m->d_ids, (void **)&m->d_pos,
                   (void **)&m->logits};
   for (size_t i = 0; i < sizeof scr / sizeof scr[0]; i++) release(m, scr[i]);
+  void **h32[] = {(void **)&m->te_w1_32, (void **)&m->te_w2_32, (void **)&m->vae2llm_w32, (void **)&m->llm2vae_w32};
+  for (size_t i = 0; i < sizeof h32 / sizeof h32[0]; i++) release(m, h32[i]);
   for (int l = 0; l < m->cfg.layers && m->layers; l++)
     for (int e = 0; e < 2; e++) {
       expert_w *w = &m->layers[l].e[e];
@@ -463,6 +493,29 @@ void usbx_bagel_scratch(usbx_bagel *m, int T) {
   m->cap_T = cap;
 }
 
+/* act (mm [n, F]) = silu(h·gateᵀ) * (h·upᵀ) for n rows starting at scratch row r0.  gate and up
+ * are adjacent after fuse_experts: one product [gate | up], in mm where the backend offers it
+ * (m->gate, f32 [cap, F], holds [n, 2F] mm values: the same bytes), else in f32. */
+static void mlp_gate_up(usbx_bagel *m, const expert_w *w, void *act, const void *h, int n, int r0) {
+  usbx_backend *be = m->be;
+  int D = m->cfg.hidden, F = m->cfg.inter;
+  if (w->fused && n > 1 && be->matmul_mm && F % 2 == 0) {
+    void *gu = (char *)m->gate + (size_t)r0 * 2 * F * usbx_dtype_size(be->mm_dtype);
+    be->matmul_mm(be, gu, h, w->gate, n, 2 * F, D);
+    be->silu_mul_gu(be, act, gu, n, F);
+    return;
+  }
+  float *gf = m->gate + (size_t)r0 * F, *uf = m->up + (size_t)r0 * F;
+  if (w->fused) {   /* [gate | up] in f32 rows of 2F: the gate buffer has room for n = 1 */
+    if (n == 1) { be->matmul(be, m->gate, h, w->gate, NULL, 1, 2 * F, D, false); gf = m->gate; uf = m->gate + F; }
+    else { be->matmul(be, gf, h, w->gate, NULL, n, F, D, false); be->matmul(be, uf, h, w->up, NULL, n, F, D, false); }
+  } else {
+    be->matmul(be, gf, h, w->gate, NULL, n, F, D, false);
+    be->matmul(be, uf, h, w->up, NULL, n, F, D, false);
+  }
+  be->silu_mul(be, act, gf, uf, n, F);
+}
+
 /* One forward of T tokens against context c.  Rows [0, n_und) use the und expert, rows
  * [n_und, T) the gen expert.  m->x must hold the input embeddings (f32 [T, D]) and m->d_pos the
  * positions.  K/V are written at cache rows [c->len, c->len + T); the context grows only when
@@ -511,16 +564,8 @@ void usbx_bagel_forward_block(usbx_bagel *m, usbx_ctx *c, int T, int n_und, bool
       be->matmul(be, x, (char *)m->o_mm + (size_t)r0 * Hd * mm, w->o_w, NULL, n, D, Hd, true);
       char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
       be->rmsnorm(be, h, true, x, w->post_norm, n, D, cf->eps);
-      float *gf = m->gate + (size_t)r0 * F, *uf = m->up + (size_t)r0 * F;
-      if (n == 1 && w->fused) {   /* gate and up are adjacent: one product, [gate | up] */
-        be->matmul(be, m->gate, h, w->gate, NULL, 1, 2 * F, D, false);
-        gf = m->gate; uf = m->gate + F;
-      } else {
-        be->matmul(be, gf, h, w->gate, NULL, n, F, D, false);
-        be->matmul(be, uf, h, w->up, NULL, n, F, D, false);
-      }
       char *act = (char *)m->act_mm + (size_t)r0 * F * mm;
-      be->silu_mul(be, act, gf, uf, n, F);
+      mlp_gate_up(m, w, act, h, n, r0);
       be->matmul(be, x, act, w->down, NULL, n, D, F, true);
     }
   }
@@ -587,9 +632,7 @@ void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mar
       float *x = m->x + (size_t)r0 * D;
       char *h = (char *)m->h_mm + (size_t)r0 * D * mm, *act = (char *)m->act_mm + (size_t)r0 * F * mm;
       be->rmsnorm(be, h, true, x, w->post_norm, n, D, cf->eps);
-      be->matmul(be, m->gate + (size_t)r0 * F, h, w->gate, NULL, n, F, D, false);
-      be->matmul(be, m->up + (size_t)r0 * F, h, w->up, NULL, n, F, D, false);
-      be->silu_mul(be, act, m->gate + (size_t)r0 * F, m->up + (size_t)r0 * F, n, F);
+      mlp_gate_up(m, w, act, h, n, r0);
       be->matmul(be, x, act, w->down, NULL, n, D, F, true);
     }
   }

@@ -52,11 +52,9 @@ void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out
   float *d_feat = be->alloc(be, sizeof(float) * 256 * (size_t)n), *hid = be->alloc(be, sizeof(float) * (size_t)n * D);
   void *in_mm = be->alloc(be, mm * (size_t)n * (D > 256 ? D : 256));
   be->upload(be, d_feat, feat, sizeof(float) * 256 * (size_t)n);
-  be->to_mm(be, in_mm, 256, d_feat, n, 256);
-  be->matmul(be, hid, in_mm, m->te_w1, m->te_b1, n, D, 256, false);
+  usbx_bagel_head(m, hid, d_feat, m->te_w1, m->te_w1_32, m->te_b1, n, D, 256, in_mm);
   be->silu(be, hid, hid, (size_t)n * D);
-  be->to_mm(be, in_mm, D, hid, n, D);
-  be->matmul(be, out, in_mm, m->te_w2, m->te_b2, n, D, D, false);
+  usbx_bagel_head(m, out, hid, m->te_w2, m->te_w2_32, m->te_b2, n, D, D, in_mm);
   be->sync(be);
   be->free(be, d_feat); be->free(be, hid); be->free(be, in_mm);
   free(feat);
@@ -83,14 +81,12 @@ static void step_velocities(usbx_bagel *m, usbx_ctx **cs, int B, int k, gen_stat
   size_t BND = (size_t)B * N * D;
   for (int b = 0; b < nb; b++) be->copy(be, m->x + (size_t)2 * b * D, g->mark, sizeof(float) * 2 * (size_t)D);
   float *lat = m->x + (size_t)U * D;
-  be->to_mm(be, g->x_mm, P, x_t, B * N, P);
-  be->matmul(be, lat, g->x_mm, m->vae2llm_w, m->vae2llm_b, B * N, D, P, false);
+  usbx_bagel_head(m, lat, x_t, m->vae2llm_w, m->vae2llm_w32, m->vae2llm_b, B * N, D, P, g->x_mm);
   for (int b = 0; b < B; b++) be->add(be, lat + (size_t)b * N * D, g->pos_rows, (size_t)N * D);
   be->add_row(be, lat, g->te + (size_t)step * D, B * N, D);
   for (int j = 1; j < k; j++) be->copy(be, lat + (size_t)j * BND, lat, sizeof(float) * BND);   /* same x_t for every branch of a task */
   usbx_bagel_forward_branches(m, cs, nb, 2, N);
-  be->to_mm(be, m->h_mm, D, lat, nb * N, D);
-  be->matmul(be, v, m->h_mm, m->llm2vae_w, m->llm2vae_b, nb * N, P, D, false);
+  usbx_bagel_head(m, v, lat, m->llm2vae_w, m->llm2vae_w32, m->llm2vae_b, nb * N, P, D, m->h_mm);
 }
 
 /* positions of a batched step: markers of branch b, then latents of branch b, each at its context's position */

@@ -32,6 +32,9 @@ struct usbx_bagel {
   float *logits; int cap_logits_T;
   /* generation side */
   void *te_w1, *te_w2, *vae2llm_w, *llm2vae_w;            /* mm */
+  /* fp32 copies of those four for inference where mm is not f32 (the heads are cheap and their
+   * inputs, the noisy latents and timestep features, would otherwise be rounded to bf16) */
+  float *te_w1_32, *te_w2_32, *vae2llm_w32, *llm2vae_w32;
   float *te_b1, *te_b2, *vae2llm_b, *llm2vae_b, *latent_pos; /* f32 */
   /* understanding side */
   void *patch_w, *conn_w1, *conn_w2;                       /* mm */
@@ -78,6 +81,10 @@ void usbx_bagel_time_embed(usbx_bagel *m, const float *sigmas, int n, float *out
 void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mark, int n_lat);
 /* Grows the per-forward scratch buffers to T tokens. */
 void usbx_bagel_scratch(usbx_bagel *m, int T);
+/* y [M, N] = x [M, K] (f32) · Wᵀ + b through one of the generation heads: fp32 operands where an
+ * fp32 copy w32 exists, else x converted into scratch_mm and w_mm. */
+void usbx_bagel_head(usbx_bagel *m, float *y, const float *x, const void *w_mm, const float *w32, const float *b,
+                     int M, int N, int K, void *scratch_mm);
 /* bytes usbx_bagel_scratch would hold for T rows */
 size_t usbx_bagel_scratch_bytes(const usbx_bagel *m, int T);
 

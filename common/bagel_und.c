@@ -115,8 +115,7 @@ void usbx_bagel_prefill_vae_latent(usbx_bagel *m, usbx_ctx *c, const float *toke
   float *te = be->alloc(be, sizeof(float) * (size_t)D), *xt = be->alloc(be, sizeof(float) * (size_t)N * P);
   usbx_bagel_time_embed(m, &zero, 1, te);            /* a clean image sits at t = 0 */
   be->upload(be, xt, tokens, sizeof(float) * (size_t)N * P);
-  be->to_mm(be, m->h_mm, P, xt, N, P);
-  be->matmul(be, lat, m->h_mm, m->vae2llm_w, m->vae2llm_b, N, D, P, false);
+  usbx_bagel_head(m, lat, xt, m->vae2llm_w, m->vae2llm_w32, m->vae2llm_b, N, D, P, m->h_mm);
   be->add_row(be, lat, te, N, D);
   int32_t *pid = xmalloc(sizeof(int32_t) * (size_t)N);
   for (int r = 0; r < h; r++) for (int q = 0; q < w; q++) pid[r * w + q] = r * cf->max_latent + q;

@@ -182,6 +182,7 @@ static void nccl_check(usbx_dist *d, int rc, const char *what) {
   if (rc != NCCL_SUCCESS) usbx_die("rank %d: NCCL %s failed: %s", d->rank, what, d->nccl.error_string ? d->nccl.error_string(rc) : "?");
 }
 
+#ifdef USBX_HAVE_CUDA
 static int nccl_load(nccl_api *n, char *err, size_t errlen) {
   const char *names[] = {getenv("USBX_NCCL_LIB"), "libnccl.so.2", "libnccl.so"};
   for (size_t i = 0; i < sizeof names / sizeof names[0] && !n->lib; i++)
@@ -203,6 +204,7 @@ static int nccl_load(nccl_api *n, char *err, size_t errlen) {
   }
   return 0;
 }
+#endif
 
 usbx_dist *usbx_dist_open(usbx_backend *be, const usbx_dist_env *e, char *err, size_t errlen) {
   usbx_dist *d = xcalloc(1, sizeof *d);

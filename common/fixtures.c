@@ -50,6 +50,8 @@ static int32_t *case_ids(checker *k, const char *name, int *n) {
   return out;
 }
 
+static bool verbose;   /* --verbose: one line per compared tensor */
+
 static void compare(group_result *g, const char *name, const float *out, const float *ref, size_t n) {
   double num = 0, den = 0, mx = 0;
   for (size_t i = 0; i < n; i++) {
@@ -60,6 +62,7 @@ static void compare(group_result *g, const char *name, const float *out, const f
   }
   double rel = den > 0 ? sqrt(num) / sqrt(den) : sqrt(num);
   if (isnan(rel)) rel = INFINITY;
+  if (verbose) printf("  %-40s rel %.3g max-abs %.3g\n", name, rel, mx);
   if (rel > g->rel || g->worst[0] == 0) { g->rel = rel; snprintf(g->worst, sizeof g->worst, "%s", name); }
   if (mx > g->maxabs) g->maxabs = mx;
 }
@@ -549,6 +552,7 @@ int usbx_check_fixtures_main(int argc, char **argv) {
     {"device", USBX_OPT_STR, &device, "cpu|cuda|auto", "backend to check (default cpu)", false},
     {"tol", USBX_OPT_DOUBLE, &tol, "X", "relative tolerance (default 1e-4 on cpu, 1e-2 on cuda)", false},
     {"strict", USBX_OPT_FLAG, &strict, NULL, "also fail when a group is skipped", false},
+    {"verbose", USBX_OPT_FLAG, &verbose, NULL, "print the errors of every compared tensor before its group's line", false},
     {0},
   };
   char **pos; int npos;

@@ -42,7 +42,7 @@ __device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float(((uint32_
 /* Private state behind be->impl. */
 #define USBX_CUDA_PLAN_CACHE 96
 typedef struct {
-  int M, N, K; bool bias, acc; int align; int kind; /* key; kind: 0 bf16, 1 f32, 2 f32 via TF32 */
+  int M, N, K; bool bias, acc; int align; int kind; /* key; kind: 0 bf16, 1 f32, 2 f32 via TF32, 3 bf16 with bf16 output */
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
   cublasLtMatmulAlgo_t algo;
@@ -82,6 +82,7 @@ void cu_qk_norm_rope(usbx_backend *be, void *out, int out_stride, const float *x
                      const int32_t *pos, int T, int heads, int d, float eps, float theta);
 void cu_to_mm(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
 void cu_silu_mul(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
+void cu_silu_mul_gu(usbx_backend *be, void *out, const void *gu, int T, int F);
 void cu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n);
 void cu_add(usbx_backend *be, float *x, const float *y, size_t n);
 void cu_scatter_rows(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);

@@ -285,6 +285,24 @@ void cu_silu_mul(usbx_backend *be, void *out, const float *gate, const float *up
   k_ew<0><<<grid_for(n / 4 + 1, 256), 256, 0, S(be)>>>(out, gate, up, n, vec);
   CUDA_LAUNCHED();
 }
+/* silu(gate) * up from one bf16 [T, 2F] product, two columns per thread */
+__global__ void k_silu_mul_gu(bf16 *out, const bf16 *gu, size_t T, size_t F) {
+  const size_t pairs = T * (F / 2), step = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < pairs; i += step) {
+    size_t t = i / (F / 2), j = (i - t * (F / 2)) * 2;
+    __nv_bfloat162 g = *(const __nv_bfloat162 *)(gu + t * 2 * F + j), u = *(const __nv_bfloat162 *)(gu + t * 2 * F + F + j);
+    float g0 = __low2float(g), g1 = __high2float(g);
+    out[t * F + j] = f2bf(g0 / (1.0f + __expf(-g0)) * __low2float(u));
+    out[t * F + j + 1] = f2bf(g1 / (1.0f + __expf(-g1)) * __high2float(u));
+  }
+}
+void cu_silu_mul_gu(usbx_backend *be, void *out, const void *gu, int T, int F) {
+  if (T <= 0 || F <= 0) return;
+  if (F % 2) usbx_die("silu_mul_gu: F = %d must be even", F);
+  size_t pairs = (size_t)T * (size_t)(F / 2);
+  k_silu_mul_gu<<<grid_for(pairs, 256), 256, 0, S(be)>>>((bf16 *)out, (const bf16 *)gu, (size_t)T, (size_t)F);
+  CUDA_LAUNCHED();
+}
 void cu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n) {
   if (!n) return;
   bool vec = ((uintptr_t)out & 7u) == 0 && aligned16(x);

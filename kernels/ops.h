@@ -98,6 +98,11 @@ struct usbx_backend {
   void (*to_mm)(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
   /* out[T,F] (mm) = silu(gate) * up, gate/up f32 */
   void (*silu_mul)(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
+  /* Optional (NULL on the CPU): the MLP's gate|up product straight into mm, halving the traffic
+   * of its widest intermediate.  y[M,N] (mm) = x[M,K] (mm) · W[N,K]ᵀ, fp32 accumulation rounded
+   * once; silu_mul_gu: out[T,F] (mm) = silu(gu[:, :F]) * gu[:, F:] for gu (mm) [T, 2F]. */
+  void (*matmul_mm)(usbx_backend *be, void *y, const void *x, const void *w, int M, int N, int K);
+  void (*silu_mul_gu)(usbx_backend *be, void *out, const void *gu, int T, int F);
   /* out (mm) = gelu_tanh(x) elementwise, n elements */
   void (*gelu_tanh)(usbx_backend *be, void *out, const float *x, size_t n);
   /* x[n] += y[n] (f32) */

@@ -409,6 +409,42 @@ static void test_act(int which) {   /* 0 silu_mul, 1 gelu_tanh, 2 add */
   }
 }
 
+/* matmul_mm + silu_mul_gu (the MLP's gate|up product in mm) against float64 and the CPU's
+ * matmul + silu_mul */
+static void test_gate_up(void) {
+  if (!be->matmul_mm) return;
+  struct { int M, F, K; } cs[] = {{2, 64, 32}, {300, 512, 256}, {1000, 1000, 3584}, {1026, 2048, 128}};
+  for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+    int M = cs[ci].M, F = cs[ci].F, K = cs[ci].K;
+    float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)2 * F * K, 1.0 / sqrt((double)K));
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = usbx_bf16_to_f32(usbx_f32_to_bf16(x[i]));
+    for (size_t i = 0; i < (size_t)2 * F * K; i++) w[i] = usbx_bf16_to_f32(usbx_f32_to_bf16(w[i]));
+    void *dx = dev_mm(x, (size_t)M * K), *dw = dev_mm(w, (size_t)2 * F * K);
+    void *gu = be->alloc(be, (size_t)M * 2 * F * MMS), *dout = be->alloc(be, (size_t)M * F * MMS);
+    poison(dout, (size_t)M * F * MMS);
+    be->matmul_mm(be, gu, dx, dw, M, 2 * F, K);
+    be->silu_mul_gu(be, dout, gu, M, F);
+    float *out = get_mm(dout, (size_t)M * F);
+    double *ref = xmalloc((size_t)M * F * sizeof *ref);
+    float *g = xmalloc((size_t)M * F * sizeof *g), *u = xmalloc((size_t)M * F * sizeof *u), *oc = xmalloc((size_t)M * F * sizeof *oc);
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < F; j++) {
+        double a = 0, b = 0;
+        for (int k = 0; k < K; k++) { a += (double)x[(size_t)i * K + k] * w[(size_t)j * K + k]; b += (double)x[(size_t)i * K + k] * w[(size_t)(F + j) * K + k]; }
+        ref[(size_t)i * F + j] = a / (1 + exp(-a)) * b;
+      }
+    cpu->matmul(cpu, g, x, w, NULL, M, F, K, false);
+    cpu->matmul(cpu, u, x, w + (size_t)F * K, NULL, M, F, K, false);
+    cpu->silu_mul(cpu, oc, g, u, M, F);
+    char cas[64];
+    snprintf(cas, sizeof cas, "M=%d F=%d K=%d", M, F, K);
+    report("matmul_mm+silu_mul_gu", cas, relerr(out, ref, (size_t)M * F), 1e-2);
+    report("matmul_mm+silu_mul_gu vs cpu", cas, relerr_f(out, oc, (size_t)M * F), 1e-2);
+    free(x); free(w); free(out); free(ref); free(g); free(u); free(oc);
+    be->free(be, dx); be->free(be, dw); be->free(be, gu); be->free(be, dout);
+  }
+}
+
 /* ---------------------------------------------------------------- scatter / gather */
 static void test_rows(void) {
   int ns[] = {1, 7, 300}, cols_[] = {3584, 13};
@@ -1123,6 +1159,7 @@ int main(int argc, char **argv) {
   printf("reference: float64 on the host, and %s\n", cpu->name);
   usbx_rng_seed(&rng, 20261126);
 #ifndef USBX_TEST_OPS_ON_CPU
+  usbx_cuda_set_option(be, "gateup_bf16", 1);   /* optional ops, off by default: tested here */
   {   /* every op of the table is set: all members from alloc to destroy are function pointers */
     typedef void (*fn_t)(void);
     const char *p0 = (const char *)&be->alloc, *p1 = (const char *)&be->destroy;
@@ -1135,6 +1172,7 @@ int main(int argc, char **argv) {
   RUN(test_memory());
   RUN(test_upload_convert());
   RUN(test_matmul());
+  RUN(test_gate_up());
   RUN(test_embed());
   RUN(test_norm(false));
   RUN(test_norm(true));
