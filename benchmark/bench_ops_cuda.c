@@ -148,7 +148,7 @@ static void tm_fn(void *p) {
 }
 /* a packed batch of `ns` samples of n/ns tokens each: text (causal, 1/4) + noisy image (noise)
  * per sample, tokens in packed order; returns the visible (query, key) pairs in *pairs */
-static void time_train_attn(int n, int ns, int reps, double *fwd_ms, double *bwd_ms, double *pairs) {
+static void time_train_attn(int n, int ns, int reps, bool by_sample, double *fwd_ms, double *bwd_ms, double *pairs) {
   const int H = 28, Hkv = 4, d = 128;
   int32_t *meta = xmalloc(4 * (size_t)n * sizeof *meta);
   int per = n / ns;
@@ -168,7 +168,15 @@ static void time_train_attn(int n, int ns, int reps, double *fwd_ms, double *bwd
   be->upload(be, dm, meta, 4 * (size_t)n * sizeof *dm);
   free(meta);
   tm_arg a = {0};
-  a.a = (usbx_attn_masked_args){n, H, Hkv, d, dm, dm + n, dm + 2 * n, dm + 3 * n};
+  a.a = (usbx_attn_masked_args){.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = dm, .sample = dm + n, .split = dm + 2 * n, .mode = dm + 3 * n};
+  int32_t *seg_off = xmalloc(sizeof(int32_t) * (size_t)(ns + 1)), *rows = xmalloc(sizeof(int32_t) * (size_t)n), *drows = NULL;
+  for (int s = 0; s <= ns; s++) seg_off[s] = s == ns ? n : s * per;
+  for (int t = 0; t < n; t++) rows[t] = t;
+  if (by_sample) {
+    drows = be->alloc(be, sizeof(int32_t) * (size_t)n);
+    be->upload(be, drows, rows, sizeof(int32_t) * (size_t)n);
+    a.a.n_seg = ns; a.a.seg_off = seg_off; a.a.seg_rows = drows;
+  }
   size_t nq = (size_t)n * H * d, nk = (size_t)n * Hkv * d;
   a.q = rand_dev(nq, true, 1.f); a.k = rand_dev(nk, true, 1.f); a.v = rand_dev(nk, true, 1.f);
   a.o = be->alloc(be, nq * 2); a.lse = be->alloc(be, (size_t)H * n * 4);
@@ -180,6 +188,8 @@ static void time_train_attn(int n, int ns, int reps, double *fwd_ms, double *bwd
   *bwd_ms = usbx_cuda_time_ms(be, tm_fn, &a, 1, reps);
   be->free(be, a.q); be->free(be, a.k); be->free(be, a.v); be->free(be, a.o); be->free(be, a.lse); be->free(be, a.dout);
   be->free(be, a.dq); be->free(be, a.dk); be->free(be, a.dv); be->free(be, dm);
+  if (drows) be->free(be, drows);
+  free(seg_off); free(rows);
 }
 
 /* ---------------------------------------------------------------- element-wise */
@@ -332,16 +342,17 @@ int main(int argc, char **argv) {
   if (SECTION("train")) {
   out("\n### Training attention (attention_masked, H = 28, Hkv = 4, d = 128; samples of 1/4 causal text + 3/4 noisy image, packed order)\n\n");
   out("| n | samples | kernels | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
-  int tn[][2] = {{2048, 1}, {8192, 4}, {16384, 4}};
-  for (int i = 0; i < 3; i++)
-    for (int tc = 1; tc >= 0; tc--) {
-      if (!tc && tn[i][0] > 8192) continue;    /* the scalar kernels take seconds there */
-      int old = usbx_cuda_set_option(be, "attn_masked_tc", tc);
+  int tn[][2] = {{2048, 1}, {8192, 2}, {8192, 4}, {16384, 4}};
+  for (int i = 0; i < 4; i++)
+    for (int kind = 2; kind >= 0; kind--) {   /* 2 by sample through cuBLAS (backward), 1 tiled, 0 scalar */
+      if (!kind && tn[i][0] > 8192) continue;    /* the scalar kernels take seconds there */
+      int old = usbx_cuda_set_option(be, "attn_masked_tc", kind > 0);
       double f, b, pairs;
-      time_train_attn(tn[i][0], tn[i][1], tc ? (reps > 10 ? 10 : reps) : 2, &f, &b, &pairs);
+      time_train_attn(tn[i][0], tn[i][1], kind ? (reps > 10 ? 10 : reps) : 2, kind == 2, &f, &b, &pairs);
       usbx_cuda_set_option(be, "attn_masked_tc", old);
       /* visible pairs: fwd 4·d flops each (QK, PV), bwd 10·d (QK, dO·V, dV, dK, dQ; hi/lo terms not counted) */
-      out("| %d | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", tn[i][0], tn[i][1], tc ? "tiled tensor cores" : "scalar (warp per row)",
+      out("| %d | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", tn[i][0], tn[i][1],
+          kind == 2 ? "backward by sample (cuBLAS)" : kind ? "tiled tensor cores" : "scalar (warp per row)",
           f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
     }
   }

@@ -218,7 +218,7 @@ static void vit_forward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vit
   }
   s->meta_order = I32(P, ord, (size_t)n); s->meta_sample = I32(P, smp, (size_t)n); s->meta_split = s->meta_sample; s->meta_mode = I32(P, mode, (size_t)n);
   free(ord); free(smp); free(mode);
-  usbx_attn_masked_args aa = {n, heads, heads, hd, s->meta_order, s->meta_sample, s->meta_split, s->meta_mode};
+  usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode};
   float *x = F32(P, (size_t)n * Dv), *tmp = F32(P, (size_t)n * (Dv > D ? Dv : D));
   float *patches = F32(P, (size_t)n * pp);
   be->upload(be, patches, b->vit_patches, sizeof(float) * (size_t)n * pp);
@@ -266,7 +266,7 @@ static void vit_backward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vi
   const usbx_bagel_config *c = &m->cfg;
   int n = s->n, Dv = c->vit_hidden, Fv = c->vit_inter, D = c->hidden, pp = c->vit_patch * c->vit_patch * 3;
   int heads = c->vit_heads, hd = Dv / heads;
-  usbx_attn_masked_args aa = {n, heads, heads, hd, s->meta_order, s->meta_sample, s->meta_split, s->meta_mode};
+  usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode};
   float *dh = F32Z(P, (size_t)n * D);
   lin_bwd(t, P, dh, dout, s->conn_act_mm, m->conn_w2, m->conn_b2, n, D, D);
   float *dpre = F32(P, (size_t)n * D);
@@ -410,7 +410,24 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   int32_t *h_pos = hp, *h_smp = hp + n, *h_spl = hp + 2 * n, *h_mode = hp + 3 * n, *h_tmp = hp + 4 * n;
   for (int i = 0; i < n; i++) { int p = perm[i]; h_pos[i] = b->pos[p]; h_smp[i] = b->sample[p]; h_spl[i] = b->split[p]; h_mode[i] = b->mode[p]; }
   int32_t *d_perm = I32(P, perm, (size_t)n), *d_inv = I32(P, inv, (size_t)n), *d_pos = I32(P, h_pos, (size_t)n);
-  usbx_attn_masked_args aa = {n, H, Hkv, d, d_perm, I32(P, h_smp, (size_t)n), I32(P, h_spl, (size_t)n), I32(P, h_mode, (size_t)n)};
+  usbx_attn_masked_args aa = {.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = d_perm, .sample = I32(P, h_smp, (size_t)n),
+                              .split = I32(P, h_spl, (size_t)n), .mode = I32(P, h_mode, (size_t)n)};
+  /* each sample's rows, for backends that work sample by sample */
+  int32_t *seg_off = NULL;
+  {
+    int ns = 0;
+    bool ok = true;
+    for (int i = 0; i < n; i++) { if (h_smp[i] < 0) ok = false; else if (h_smp[i] + 1 > ns) ns = h_smp[i] + 1; }
+    if (ok && ns > 0) {
+      seg_off = xcalloc((size_t)ns + 1, sizeof *seg_off);
+      int32_t *rows = xmalloc(sizeof(int32_t) * (size_t)n), *at = xmalloc(sizeof(int32_t) * (size_t)ns);
+      for (int i = 0; i < n; i++) seg_off[h_smp[i] + 1]++;
+      for (int k = 0; k < ns; k++) { seg_off[k + 1] += seg_off[k]; at[k] = seg_off[k]; }
+      for (int i = 0; i < n; i++) rows[at[h_smp[i]]++] = i;
+      aa.n_seg = ns; aa.seg_off = seg_off; aa.seg_rows = I32(P, rows, (size_t)n);
+      free(rows); free(at);
+    }
+  }
 
   /* ---- input embeddings, assembled in packed order then permuted */
   float *xp = F32Z(P, (size_t)n * D);
@@ -626,6 +643,6 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     lin_bwd(t, P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
   be->sync(be);
-  free(S); free(x_in); free(perm); free(inv); free(hp);
+  free(S); free(x_in); free(perm); free(inv); free(hp); free(seg_off);
   P_release(P);
 }

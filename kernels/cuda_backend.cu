@@ -101,6 +101,15 @@ void *cu_scratch(usbx_cuda *c, size_t bytes) {
   return c->attn_scratch;
 }
 
+void *cu_attn_ws(usbx_cuda *c, size_t bytes) {
+  if (bytes > c->attn_ws_bytes) {
+    if (c->attn_ws) CUDA_CHECK(cudaFree(c->attn_ws));   /* synchronising: no user left */
+    CUDA_CHECK(cudaMalloc(&c->attn_ws, bytes));
+    c->attn_ws_bytes = bytes;
+  }
+  return c->attn_ws;
+}
+
 /* ------------------------------------------------------------------ matmul
  * Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is column-major yᵀ[N,M] = op_T(W as K×N)·(x as K×M): one "TN"
  * product with m = N, n = M, k = K.  cublasLt with the BIAS epilogue adds bias[N] per column of
@@ -284,6 +293,7 @@ static void cuda_release(usbx_cuda *c) {
     if (c->staged[b]) cudaEventDestroy(c->staged[b]);
   }
   if (c->attn_scratch) cudaFree(c->attn_scratch);
+  if (c->attn_ws) cudaFree(c->attn_ws);
   if (c->workspace) cudaFree(c->workspace);
   if (c->lt) cublasLtDestroy(c->lt);
   if (c->blas) cublasDestroy(c->blas);
@@ -339,6 +349,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   if (getenv("USBX_CUDA_F32_MODE")) c->opt_f32_mode = atoi(getenv("USBX_CUDA_F32_MODE"));
   c->opt_attn_masked_tc = 1;
   if (getenv("USBX_CUDA_ATTN_MASKED_TC")) c->opt_attn_masked_tc = atoi(getenv("USBX_CUDA_ATTN_MASKED_TC"));
+  c->opt_attn_masked_gemm = 1;
+  if (getenv("USBX_CUDA_ATTN_MASKED_GEMM")) c->opt_attn_masked_gemm = atoi(getenv("USBX_CUDA_ATTN_MASKED_GEMM"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
            c->prop.major, c->prop.minor);
 
@@ -407,7 +419,8 @@ extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int valu
          : !strcmp(name, "attn_split") ? &c->opt_attn_split
          : !strcmp(name, "attn_variant") ? &c->opt_attn_variant
          : !strcmp(name, "f32_mode") ? &c->opt_f32_mode
-         : !strcmp(name, "attn_masked_tc") ? &c->opt_attn_masked_tc : NULL;
+         : !strcmp(name, "attn_masked_tc") ? &c->opt_attn_masked_tc
+         : !strcmp(name, "attn_masked_gemm") ? &c->opt_attn_masked_gemm : NULL;
   if (!strcmp(name, "gateup_bf16")) {
     int old = be->matmul_mm != NULL;
     be->matmul_mm = value ? c_matmul_mm : NULL;

@@ -498,6 +498,9 @@ static void c_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
   size_t warps = (size_t)m.n * m.H;
   k_attn_masked_D<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(D, dout, (const bf16 *)out, m);
   CUDA_LAUNCHED();
+  if (c->opt_attn_masked_gemm &&
+      cu_attn_masked_bwd_gemm(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
+    return;
   if (c->opt_attn_masked_tc &&
       cu_attn_masked_bwd_tc(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
     return;

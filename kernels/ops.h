@@ -42,6 +42,11 @@ typedef struct {
 typedef struct {
   int n, n_heads, n_kv_heads, head_dim;
   const int32_t *order, *sample, *split, *mode;   /* device arrays of n */
+  /* optional (n_seg 0 when absent): the rows of each sample, seg_rows[seg_off[s] .. seg_off[s+1])
+   * (seg_off on the host, n_seg + 1 entries ending at n; seg_rows a device array of n), so a
+   * backend can work sample by sample */
+  int n_seg;
+  const int32_t *seg_off, *seg_rows;
 } usbx_attn_masked_args;
 
 /* Classifier-free guidance, renormalisation and the Euler update of one sampling step

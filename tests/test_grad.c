@@ -572,7 +572,7 @@ static void att_check(usbx_backend *be, att_ctx *c, const char *name, size_t max
   double *od = xmalloc(sizeof(double) * nq), *ld = xmalloc(sizeof(double) * n * H);
   att_ref(c, od, ld);
   float *o = fill_f(nq, NAN), *lse = fill_f((size_t)n * H, NAN);
-  usbx_attn_masked_args a = {n, H, Hkv, d, c->order, c->sample, c->split, c->mode};
+  usbx_attn_masked_args a = {.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = c->order, .sample = c->sample, .split = c->split, .mode = c->mode};
   be->attention_masked(be, o, lse, q, k, v, &a);
   char what[128];
   snprintf(what, sizeof what, "%s out", name); CHECK_FWD(what, o, od, nq, TOL_FWD);
@@ -636,7 +636,7 @@ static void test_attention_masked(usbx_backend *be) {
     size_t nq = (size_t)n * c.H * c.d, nk = (size_t)n * c.Hkv * c.d;
     float *q = rand_f(nq, 1), *k = rand_f(nk, 1), *v = rand_f(nk, 1), *o = xmalloc(sizeof(float) * nq),
           *lse = xmalloc(sizeof(float) * n * c.H), *R = fill_f(nq, 0), *dk = xmalloc(sizeof(float) * nk), *dv = xmalloc(sizeof(float) * nk);
-    usbx_attn_masked_args a = {n, c.H, c.Hkv, c.d, c.order, c.sample, c.split, c.mode};
+    usbx_attn_masked_args a = {.n = n, .n_heads = c.H, .n_kv_heads = c.Hkv, .head_dim = c.d, .order = c.order, .sample = c.sample, .split = c.split, .mode = c.mode};
     be->attention_masked(be, o, lse, q, k, v, &a);
     for (int p = 0; p < n; p++)
       if (perm[p] >= 9 && perm[p] < 14) for (int i = 0; i < c.H * c.d; i++) R[(size_t)p * c.H * c.d + i] = (float)rnd(1);
@@ -697,7 +697,7 @@ static void test_attention_vs_plain(usbx_backend *be) {
     int32_t *order = xmalloc(sizeof(int32_t) * n), *sample = xmalloc(sizeof(int32_t) * n), *split = xmalloc(sizeof(int32_t) * n),
             *mode = xmalloc(sizeof(int32_t) * n);
     for (int t = 0; t < n; t++) { order[t] = t; sample[t] = 0; split[t] = t >= ctx; mode[t] = t >= ctx && !causal ? 1 : 0; }
-    usbx_attn_masked_args am = {n, H, Hkv, d, order, sample, split, mode};
+    usbx_attn_masked_args am = {.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = order, .sample = sample, .split = split, .mode = mode};
     usbx_attn_args a = {.n_q = n_q, .q_start = ctx, .kv_len = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .causal = causal};
     be->attention_masked(be, o, lse, q, k, v, &am);
     be->attention(be, op, q + (size_t)ctx * H * d, k, v, &a);

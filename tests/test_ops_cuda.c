@@ -1018,11 +1018,17 @@ static void make_mask_meta(int n, int32_t *order, int32_t *sample, int32_t *spli
 }
 static void test_attention_masked(void) {
   /* tc: -1 default path (tiled tensor cores on CUDA), 0 the scalar CUDA kernels */
-  struct { int n, H, Hkv, d, tc; bool sorted; } cs[] = {
-      {100, 4, 2, 64, -1, false}, {150, 28, 4, 128, -1, false}, {80, 16, 16, 72, -1, false}, {37, 2, 1, 20, -1, false},
-      {700, 28, 4, 128, -1, false}, {333, 8, 8, 64, -1, false}, {129, 4, 1, 128, -1, false},
-      {900, 28, 4, 128, -1, true},      /* packed order: whole tiles of other samples are skipped */
-      {150, 28, 4, 128, 0, false}};
+  /* seg: the rows of each sample are passed along, so the backward goes sample by sample
+   * through cuBLAS (cuda_attn_gemm.cu) */
+  struct { int n, H, Hkv, d, tc; bool sorted, seg; } cs[] = {
+      {100, 4, 2, 64, -1, false, false}, {150, 28, 4, 128, -1, false, false}, {80, 16, 16, 72, -1, false, false},
+      {37, 2, 1, 20, -1, false, false}, {700, 28, 4, 128, -1, false, false}, {333, 8, 8, 64, -1, false, false},
+      {129, 4, 1, 128, -1, false, false},
+      {900, 28, 4, 128, -1, true, false},      /* packed order: whole tiles of other samples are skipped */
+      {150, 28, 4, 128, 0, false, false},
+      {150, 28, 4, 128, -1, false, true}, {700, 28, 4, 128, -1, false, true}, {900, 28, 4, 128, -1, true, true},
+      {333, 8, 8, 64, -1, false, true}, {129, 4, 1, 128, -1, false, true}, {37, 2, 1, 20, -1, false, true},
+      {80, 16, 16, 72, -1, false, true}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int n = cs[ci].n, H = cs[ci].H, Hkv = cs[ci].Hkv, d = cs[ci].d;
     int old_tc = cs[ci].tc >= 0 ? set_opt("attn_masked_tc", cs[ci].tc) : -1;
@@ -1039,15 +1045,22 @@ static void test_attention_masked(void) {
     void *dout = be->alloc(be, nq * MMS);
     float *dlse = be->alloc(be, (size_t)H * n * sizeof(float));
     poison(dout, nq * MMS); poison(dlse, (size_t)H * n * sizeof(float));
-    usbx_attn_masked_args ga = {n, H, Hkv, d, dmeta, dmeta + n, dmeta + 2 * n, dmeta + 3 * n};
-    usbx_attn_masked_args ca = {n, H, Hkv, d, meta, meta + n, meta + 2 * n, meta + 3 * n};
+    usbx_attn_masked_args ga = {.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = dmeta, .sample = dmeta + n, .split = dmeta + 2 * n, .mode = dmeta + 3 * n};
+    int32_t seg_off[3] = {0, 0, n}, *seg_rows = xmalloc(n * sizeof *seg_rows), *dseg = NULL;
+    if (cs[ci].seg) {   /* the test batch has samples 0 and 1 */
+      for (int i = 0; i < n; i++) seg_off[1] += meta[n + i] == 0;
+      for (int i = 0, a0 = 0, a1 = seg_off[1]; i < n; i++) seg_rows[meta[n + i] == 0 ? a0++ : a1++] = i;
+      dseg = dev_i32(seg_rows, n);
+      ga.n_seg = 2; ga.seg_off = seg_off; ga.seg_rows = dseg;
+    }
+    usbx_attn_masked_args ca = {.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = meta, .sample = meta + n, .split = meta + 2 * n, .mode = meta + 3 * n};
     be->attention_masked(be, dout, dlse, dq_, dk_, dv_, &ga);
     float *out = get_mm(dout, nq), *lse = get_f32(dlse, (size_t)H * n);
     float *cout = xmalloc(nq * sizeof *cout), *clse = xmalloc((size_t)H * n * sizeof *clse);
     cpu->attention_masked(cpu, cout, clse, q, k, v, &ca);
     char cas[80];
-    snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d%s%s", n, H, Hkv, d, cs[ci].sorted ? " packed order" : "",
-             cs[ci].tc == 0 ? " scalar kernels" : "");
+    snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d%s%s%s", n, H, Hkv, d, cs[ci].sorted ? " packed order" : "",
+             cs[ci].tc == 0 ? " scalar kernels" : "", cs[ci].seg ? " by sample (cuBLAS)" : "");
     report("attention_masked out vs cpu", cas, relerr_f(out, cout, nq), 1e-2);
     report("attention_masked lse vs cpu", cas, relerr_f(lse, clse, (size_t)H * n), 1e-5);
     /* backward from the same forward values on both sides: the GPU's (bf16) out, the CPU's lse */
@@ -1062,6 +1075,8 @@ static void test_attention_masked(void) {
     report("attention_masked_bwd dk vs cpu", cas, relerr_f(rk, ck, nk), 1e-3);
     report("attention_masked_bwd dv vs cpu", cas, relerr_f(rv, cv, nk), 1e-3);
     if (old_tc >= 0) set_opt("attn_masked_tc", old_tc);
+    free(seg_rows);
+    if (dseg) be->free(be, dseg);
     free(meta); free(q); free(k); free(v); free(go); free(out); free(lse); free(cout); free(clse);
     free(rq); free(rk); free(rv); free(cq); free(ck); free(cv);
     be->free(be, dmeta); be->free(be, dq_); be->free(be, dk_); be->free(be, dv_); be->free(be, dout); be->free(be, dlse);

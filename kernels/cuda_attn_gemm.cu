@@ -1,0 +1,161 @@
+/* cuda_attn_gemm.cu — the backward of packed training attention (ops.h usbx_attn_masked_args)
+ * sample by sample through cuBLAS, when the caller lists each sample's rows (seg_off/seg_rows).
+ *
+ * For one sample of L tokens, its q/k/v/dO rows are gathered into dense [L, heads, d] blocks and,
+ * for a few query heads of one KV head at a time, the L x L matrices are materialised:
+ *   S = Q·Kᵀ, dP = dO·Vᵀ (GEMMs), P = vis ? exp(scale·S − lse) : 0 and dS = P ∘ (dP − D) (one
+ *   element-wise pass), dV += Pᵀ·dO, dK += scale·dSᵀ·Q, dQ = scale·dS·K (GEMMs).
+ * At d = 128 the work is memory-bound on the L x L matrices, far less than the tiled kernel's
+ * time (cuda_attn_masked.cu) for long samples.  Precision as that kernel: the fp32 operands (dO,
+ * P, dS) enter the bf16 products as hi + lo halves, hi·hi + hi·lo + lo·hi where both operands are
+ * fp32 and two terms where the other is an exact bf16 input, so the gradients stay within ~1e-5 of
+ * fp32 math.  Deterministic: the heads of a KV group are summed in a fixed order. */
+#include "cuda_common.cuh"
+#include <algorithm>
+
+namespace {
+
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr size_t CHUNK_BYTES = (size_t)1 << 30;   /* L x L matrices of one head chunk, at most */
+
+__device__ __forceinline__ bool vis(int oq, int pq, int mq, int ok, int pk, int mk) {
+  return (ok <= oq || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
+}
+__device__ __forceinline__ void split(bf16 *hi, bf16 *lo, size_t i, float x) {
+  bf16 h = f2bf(x);
+  hi[i] = h;
+  lo[i] = f2bf(x - bf2f(h));
+}
+
+/* dst[i, :] = src[rows[i], :] for rows of W bf16 values */
+__global__ void k_gather_bf16(bf16 *dst, const bf16 *src, const int32_t *rows, int L, int W) {
+  size_t n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+    size_t i = e / W, c = e - i * W;
+    dst[e] = src[(size_t)rows[i] * W + c];
+  }
+}
+/* the same from f32 rows, split into bf16 hi and lo */
+__global__ void k_gather_split(bf16 *hi, bf16 *lo, const float *src, const int32_t *rows, int L, int W) {
+  size_t n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+    size_t i = e / W, c = e - i * W;
+    split(hi, lo, e, src[(size_t)rows[i] * W + c]);
+  }
+}
+/* the sample's metadata and, per head, lse·log2(e) and D: [H][L] */
+__global__ void k_gather_meta(int *ord, int *spl, int *mod, float *lse2, float *Ds, const int32_t *rows, const int32_t *order,
+                              const int32_t *split_, const int32_t *mode, const float *lse, const float *D, int L, int n, int H) {
+  size_t tot = (size_t)L * H, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < tot; e += step) {
+    int h = (int)(e / L), i = (int)(e - (size_t)h * L), r = rows[i];
+    if (h == 0) { ord[i] = order[r]; spl[i] = split_[r]; mod[i] = mode[r]; }
+    lse2[e] = lse[(size_t)h * n + r] * LOG2E;
+    Ds[e] = D[(size_t)h * n + r];
+  }
+}
+/* P and dS of c heads ([c][L][L], query rows, key columns) as bf16 hi/lo */
+__global__ void k_p_ds(bf16 *ph, bf16 *pl, bf16 *sh, bf16 *sl, const float *S, const float *dP, const float *lse2,
+                       const float *Ds, const int *ord, const int *spl, const int *mod, int L, int c, float sl2) {
+  size_t LL = (size_t)L * L, n = LL * c, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+    size_t hh = e / LL, rem = e - hh * LL;
+    int i = (int)(rem / L), j = (int)(rem - (size_t)i * L);
+    float p = vis(ord[i], spl[i], mod[i], ord[j], spl[j], mod[j]) ? exp2f(S[e] * sl2 - lse2[hh * L + i]) : 0.f;
+    float ds = p * (dP[e] - Ds[hh * L + i]);
+    split(ph, pl, e, p);
+    split(sh, sl, e, ds);
+  }
+}
+
+unsigned grid(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 65535u * 4); }
+
+/* row-major C[M,N] (f32) = alpha·op(A)[M,K]·op(B)[K,N] + beta·C, bf16 A/B, batched with strides */
+void gemm(usbx_cuda *c, bool tA, bool tB, int M, int N, int K, float alpha, const bf16 *A, int lda, long long sA, const bf16 *B,
+          int ldb, long long sB, float beta, float *C, int ldc, long long sC, int batch) {
+  CUBLAS_CHECK(cublasGemmStridedBatchedEx(c->blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                                          B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF, lda, sA, &beta, C, CUDA_R_32F, ldc, sC, batch,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+template <typename T>
+T *carve(char *&p, size_t n) {
+  T *r = (T *)p;
+  p += (n * sizeof(T) + 255) & ~(size_t)255;
+  return r;
+}
+
+}  // namespace
+
+bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
+                             const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a) {
+  usbx_cuda *c = CU(be);
+  if (!a->n_seg || !a->seg_off || !a->seg_rows || a->seg_off[a->n_seg] != a->n) return false;
+  const int n = a->n, H = a->n_heads, Hkv = a->n_kv_heads, G = H / Hkv, d = a->head_dim, Hd = H * d, KVd = Hkv * d;
+  int Lmax = 0;
+  for (int s = 0; s < a->n_seg; s++) Lmax = std::max(Lmax, a->seg_off[s + 1] - a->seg_off[s]);
+  const size_t per_head = (size_t)Lmax * Lmax * 16;   /* S, dP f32 + P, dS hi/lo bf16 */
+  if (Lmax == 0 || per_head > CHUNK_BYTES * 2) return false;
+  const int Gc = (int)std::max<size_t>(1, std::min<size_t>((size_t)G, CHUNK_BYTES / per_head));
+  const size_t LL = (size_t)Lmax * Lmax;
+  size_t bytes = 0;
+  {
+    size_t L = (size_t)Lmax;
+    size_t parts[] = {L * Hd * 2 * 3, L * KVd * 2 * 2, L * 4 * 3, (size_t)H * L * 4 * 2, L * Hd * 4, L * KVd * 4 * 2,
+                      (size_t)Gc * LL * 4 * 2, (size_t)Gc * LL * 2 * 4};
+    for (size_t x : parts) bytes += x + 256 * 4;
+  }
+  char *p = (char *)cu_attn_ws(c, bytes);
+  bf16 *Qs = carve<bf16>(p, (size_t)Lmax * Hd), *Gh = carve<bf16>(p, (size_t)Lmax * Hd), *Gl = carve<bf16>(p, (size_t)Lmax * Hd);
+  bf16 *Ks = carve<bf16>(p, (size_t)Lmax * KVd), *Vs = carve<bf16>(p, (size_t)Lmax * KVd);
+  int *ord = carve<int>(p, Lmax), *spl = carve<int>(p, Lmax), *mod = carve<int>(p, Lmax);
+  float *lse2 = carve<float>(p, (size_t)H * Lmax), *Ds = carve<float>(p, (size_t)H * Lmax);
+  float *dQs = carve<float>(p, (size_t)Lmax * Hd), *dKs = carve<float>(p, (size_t)Lmax * KVd), *dVs = carve<float>(p, (size_t)Lmax * KVd);
+  float *S = carve<float>(p, Gc * LL), *dP = carve<float>(p, Gc * LL);
+  bf16 *Ph = carve<bf16>(p, Gc * LL), *Pl = carve<bf16>(p, Gc * LL), *Sh = carve<bf16>(p, Gc * LL), *Sl = carve<bf16>(p, Gc * LL);
+  const float scale = 1.0f / sqrtf((float)d), sl2 = scale * LOG2E;
+  cudaStream_t st = c->stream;
+  for (int s = 0; s < a->n_seg; s++) {
+    const int L = a->seg_off[s + 1] - a->seg_off[s];
+    if (L == 0) continue;
+    const int32_t *rows = a->seg_rows + a->seg_off[s];
+    const long long L2 = (long long)L * L;
+    k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
+    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
+    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
+    k_gather_split<<<grid((size_t)L * Hd), 256, 0, st>>>(Gh, Gl, dout, rows, L, Hd);
+    k_gather_meta<<<grid((size_t)L * H), 256, 0, st>>>(ord, spl, mod, lse2, Ds, rows, a->order, a->split, a->mode, lse, D, L, n, H);
+    CUDA_LAUNCHED();
+    CUDA_CHECK(cudaMemsetAsync(dKs, 0, sizeof(float) * (size_t)L * KVd, st));
+    CUDA_CHECK(cudaMemsetAsync(dVs, 0, sizeof(float) * (size_t)L * KVd, st));
+    for (int g = 0; g < Hkv; g++)
+      for (int h0 = g * G; h0 < (g + 1) * G; h0 += Gc) {
+        const int cn = std::min(Gc, (g + 1) * G - h0);
+        const bf16 *Kg = Ks + (size_t)g * d, *Vg = Vs + (size_t)g * d;
+        /* S = Q·Kᵀ, dP = dO·Vᵀ for heads h0 .. h0+cn */
+        gemm(c, false, true, L, L, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, L, L2, cn);
+        gemm(c, false, true, L, L, d, 1.f, Gh + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 0.f, dP, L, L2, cn);
+        gemm(c, false, true, L, L, d, 1.f, Gl + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 1.f, dP, L, L2, cn);
+        k_p_ds<<<grid((size_t)cn * L2), 256, 0, st>>>(Ph, Pl, Sh, Sl, S, dP, lse2 + (size_t)h0 * L, Ds + (size_t)h0 * L, ord, spl, mod,
+                                                       L, cn, sl2);
+        CUDA_LAUNCHED();
+        for (int j = 0; j < cn; j++) {
+          const int h = h0 + j;
+          const size_t o = (size_t)j * L2;
+          /* dV_g += Pᵀ·dO (hi·hi + hi·lo + lo·hi), dK_g += scale·dSᵀ·Q */
+          gemm(c, true, false, L, d, L, 1.f, Ph + o, L, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Ph + o, L, 0, Gl + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Pl + o, L, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, scale, Sh + o, L, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, scale, Sl + o, L, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
+        }
+        /* dQ = scale·dS·K */
+        gemm(c, false, false, L, d, L, scale, Sh, L, L2, Kg, KVd, 0, 0.f, dQs + (size_t)h0 * d, Hd, d, cn);
+        gemm(c, false, false, L, d, L, scale, Sl, L, L2, Kg, KVd, 0, 1.f, dQs + (size_t)h0 * d, Hd, d, cn);
+      }
+    if (dq) cu_scatter_rows(be, dq, dQs, rows, L, Hd);
+    if (dk) cu_scatter_rows(be, dk, dKs, rows, L, KVd);
+    if (dv) cu_scatter_rows(be, dv, dVs, rows, L, KVd);
+  }
+  return true;
+}
