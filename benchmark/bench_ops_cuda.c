@@ -344,7 +344,7 @@ int main(int argc, char **argv) {
   out("| n | samples | kernels | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
   int tn[][2] = {{2048, 1}, {8192, 2}, {8192, 4}, {16384, 4}};
   for (int i = 0; i < 4; i++)
-    for (int kind = 2; kind >= 0; kind--) {   /* 2 by sample through cuBLAS (backward), 1 tiled, 0 scalar */
+    for (int kind = 2; kind >= 0; kind--) {   /* 2 by sample through cuBLAS, 1 tiled, 0 scalar */
       if (!kind && tn[i][0] > 8192) continue;    /* the scalar kernels take seconds there */
       int old = usbx_cuda_set_option(be, "attn_masked_tc", kind > 0);
       double f, b, pairs;
@@ -352,7 +352,7 @@ int main(int argc, char **argv) {
       usbx_cuda_set_option(be, "attn_masked_tc", old);
       /* visible pairs: fwd 4·d flops each (QK, PV), bwd 10·d (QK, dO·V, dV, dK, dQ; hi/lo terms not counted) */
       out("| %d | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", tn[i][0], tn[i][1],
-          kind == 2 ? "backward by sample (cuBLAS)" : kind ? "tiled tensor cores" : "scalar (warp per row)",
+          kind == 2 ? "by sample (cuBLAS)" : kind ? "tiled tensor cores" : "scalar (warp per row)",
           f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
     }
   }

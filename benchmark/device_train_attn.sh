@@ -16,9 +16,9 @@ BENCH_ONLY=train BENCH_REPS=5 timeout 240 build/bench/bench_ops_cuda "$R/bench_t
 usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
 for g in 1 0; do
-  USBX_CUDA_ATTN_MASKED_GEMM=$g timeout 150 usbx-train --model "$W/b15" --out "$W/o" --device cuda --no-visual-und --warmup 1 --steps 8 \
+  USBX_TRAIN_PROFILE=1 USBX_CUDA_ATTN_MASKED_GEMM=$g timeout 150 usbx-train --model "$W/b15" --out "$W/o" --device cuda --no-visual-und --warmup 1 --steps 8 \
     --expected-tokens 8192 --max-tokens 8400 --no-save "$W/big.jsonl" > "$R/train15_gemm$g.jsonl" 2> "$R/train15_gemm$g.err"
-  echo "gemm=$g: $(tail -n 1 "$R/train15_gemm$g.jsonl")"
+  echo "gemm=$g: $(tail -n 1 "$R/train15_gemm$g.jsonl")"; grep profile "$R/train15_gemm$g.err"
 done
 python3 - "$R" <<'PY'
 import json, sys

@@ -61,7 +61,20 @@ struct usbx_trainer {
   float *layer_ws;        /* shared gradient buffer of the decoder layers (usbx_trainer_share_layer_grads) */
   void (*layer_done)(void *ctx, int layer);
   void *layer_ctx;
+  /* USBX_TRAIN_PROFILE=1: seconds per phase of add_grads, synchronised at each boundary */
+  bool profile;
+  double prof[5];
+  int prof_steps;
 };
+
+static const char *const PROF_NAMES[5] = {"inputs", "layers forward", "losses", "layers backward", "input backward"};
+static void prof_mark(usbx_trainer *t, int phase, double *t0) {
+  if (!t->profile) return;
+  t->be->sync(t->be);
+  double now = usbx_now();
+  t->prof[phase] += now - *t0;
+  *t0 = now;
+}
 
 static size_t hash_ptr(const void *p, int cap) { uint64_t x = (uint64_t)(uintptr_t)p; x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; return (size_t)(x & (uint64_t)(cap - 1)); }
 
@@ -78,6 +91,7 @@ static float *G(usbx_trainer *t, const void *w) { gslot *s = slot_of(t, w); retu
 usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
   usbx_trainer *t = xcalloc(1, sizeof *t);
   t->m = m; t->be = m->be;
+  t->profile = getenv("USBX_TRAIN_PROFILE") && strcmp(getenv("USBX_TRAIN_PROFILE"), "0") != 0;
   usbx_bagel_enumerate(&m->cfg, m->parts, m, &t->wl);
   t->cap = 64;
   while (t->cap < 2 * t->wl.n + 2) t->cap *= 2;
@@ -139,6 +153,12 @@ void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ct
 
 void usbx_trainer_free(usbx_trainer *t) {
   if (!t) return;
+  if (t->profile && t->prof_steps) {
+    double tot = 0;
+    for (int i = 0; i < 5; i++) tot += t->prof[i];
+    for (int i = 0; i < 5; i++)
+      usbx_err("profile: %-16s %8.2f ms per batch (%4.1f %%)", PROF_NAMES[i], 1e3 * t->prof[i] / t->prof_steps, 100 * t->prof[i] / tot);
+  }
   for (int i = 0; i < t->cap; i++)
     if (t->slots[i].w && !(t->layer_ws && layer_of(t->slots[i].name) >= 0)) t->be->free(t->be, t->slots[i].g);
   if (t->layer_ws) t->be->free(t->be, t->layer_ws);
@@ -429,6 +449,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     }
   }
 
+  double pt = usbx_now();
+  if (t->profile) { be->sync(be); pt = usbx_now(); t->prof_steps++; }
   /* ---- input embeddings, assembled in packed order then permuted */
   float *xp = F32Z(P, (size_t)n * D);
   int n_text = 0;
@@ -485,6 +507,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   float *x = F32(P, (size_t)n * D);
   be->gather_rows(be, x, xp, d_perm, n, D);
 
+  prof_mark(t, 0, &pt);
   /* ---- decoder layers, keeping activations (or, with recompute, each layer's input only) */
   run runs[2];
   int nr = 0;
@@ -511,6 +534,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   for (int r = 0; r < nr; r++)
     be->rmsnorm(be, hfin + (size_t)runs[r].r0 * D, false, x + (size_t)runs[r].r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
 
+  prof_mark(t, 1, &pt);
   /* ---- losses */
   float *dfin = F32Z(P, (size_t)n * D);
   double ce = 0, mse = 0;
@@ -574,6 +598,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   }
   if (out) { out->ce = ce; out->mse = mse; out->loss = ce_weight * ce + mse_weight * mse; }
 
+  prof_mark(t, 2, &pt);
   /* ---- backward through the decoder */
   float *dx = F32Z(P, (size_t)n * D);
   for (int r = 0; r < nr; r++) {
@@ -623,6 +648,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     }
     if (t->layer_done) t->layer_done(t->layer_ctx, l);
   }
+  prof_mark(t, 3, &pt);
   /* ---- back to packed order, then into the embeddings */
   float *dxp = F32(P, (size_t)n * D);
   be->gather_rows(be, dxp, dx, d_inv, n, D);
@@ -643,6 +669,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     lin_bwd(t, P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
   be->sync(be);
+  prof_mark(t, 4, &pt);
   free(S); free(x_in); free(perm); free(inv); free(hp); free(seg_off);
   P_release(P);
 }

@@ -427,6 +427,10 @@ int usbx_train_run(const usbx_train_opts *o) {
   double flops_per_token = 6.0 * cf->layers * layer_w;
   int W = env.world, nbatch = W * (int)o->accum, rc = 0;
   usbx_train_batch *bs = xcalloc((size_t)nbatch, sizeof *bs);
+  /* USBX_TRAIN_PROFILE=1: seconds per part of a step (after the first two), on stderr at the end */
+  bool profile = getenv("USBX_TRAIN_PROFILE") && strcmp(getenv("USBX_TRAIN_PROFILE"), "0") != 0;
+  double prof[4] = {0};
+  long prof_n = 0;
   while ((total && step < total) || (!total && pos.epoch < o->epochs)) {
     double t0 = usbx_now();
     /* the step's batches in data order; this rank trains on those with j % W == rank */
@@ -441,6 +445,7 @@ int usbx_train_run(const usbx_train_opts *o) {
         if (i == bs[j].n || (i > 0 && bs[j].sample[i] != bs[j].sample[i - 1])) { sq_len += (double)(i - start) * (i - start); start = i; }
       flops += flops_per_token * bs[j].n + 12.0 * cf->layers * cf->heads * cf->head_dim * sq_len;
     }
+    double tp0 = usbx_now(), tp1 = tp0, tp2 = tp0, tp3 = tp0;
     usbx_trainer_zero_grads(S.tr);
     for (int i = 0; i < S.np; i++) if (S.p[i].gs) be->memset0(be, S.p[i].gs, sizeof(float) * S.p[i].len);
     double part[2] = {0, 0};   /* this rank's shares of CE and MSE */
@@ -451,6 +456,7 @@ int usbx_train_run(const usbx_train_opts *o) {
       part[0] += out.ce; part[1] += out.mse;
     }
     for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&bs[j]);
+    if (profile) { be->sync(be); tp1 = usbx_now(); }
     usbx_dist_allreduce_host(dist, part, 2);
     /* the summed gradient of each range goes to its owner */
     if (W > 1) {
@@ -467,6 +473,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     }
     be->memset0(be, acc, sizeof(float));
     for (int i = 0; i < S.np; i++) if (S.p[i].len) be->sumsq_acc(be, acc, grad_range(&S.p[i]), S.p[i].len);
+    if (profile) { be->sync(be); tp2 = usbx_now(); }
     float sq;
     be->download(be, &sq, acc, sizeof sq);
     double gsq = sq;
@@ -497,6 +504,11 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_dist_group_end(dist);
     }
     be->sync(be);
+    tp3 = usbx_now();
+    if (profile && step >= 2) {
+      prof[0] += tp0 - t0; prof[1] += tp1 - tp0; prof[2] += tp2 - tp1; prof[3] += tp3 - tp2;
+      prof_n++;
+    }
     step++;
     double dt = usbx_now() - t0;
     double ce = part[0], mse = part[1];
@@ -525,6 +537,10 @@ int usbx_train_run(const usbx_train_opts *o) {
     }
   }
   free(bs);
+  if (profile && prof_n) {
+    const char *names[4] = {"data", "forward+backward", "gradient reduce", "norm+AdamW+EMA"};
+    for (int i = 0; i < 4; i++) usbx_err("profile: %-16s %8.2f ms per step", names[i], 1e3 * prof[i] / prof_n);
+  }
   be->free(be, acc);
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];

@@ -1,5 +1,7 @@
-/* cuda_attn_gemm.cu — the backward of packed training attention (ops.h usbx_attn_masked_args)
- * sample by sample through cuBLAS, when the caller lists each sample's rows (seg_off/seg_rows).
+/* cuda_attn_gemm.cu — packed training attention (ops.h usbx_attn_masked_args), forward and
+ * backward, sample by sample through cuBLAS, when the caller lists each sample's rows
+ * (seg_off/seg_rows).  Forward: S = Q·Kᵀ (GEMM), one warp per query row for the masked softmax
+ * (lse, P as bf16 hi + lo), O = P·V (GEMMs), O rounded to bf16 into the output rows.
  *
  * For one sample of L tokens, its q/k/v/dO rows are gathered into dense [L, heads, d] blocks and,
  * for a few query heads of one KV head at a time, the L x L matrices are materialised:
@@ -65,6 +67,54 @@ __global__ void k_p_ds(bf16 *ph, bf16 *pl, bf16 *sh, bf16 *sl, const float *S, c
     float ds = p * (dP[e] - Ds[hh * L + i]);
     split(ph, pl, e, p);
     split(sh, sl, e, ds);
+  }
+}
+
+/* metadata only (the forward has no lse or D yet) */
+__global__ void k_gather_meta3(int *ord, int *spl, int *mod, const int32_t *rows, const int32_t *order, const int32_t *split_,
+                               const int32_t *mode, int L) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+    int r = rows[i];
+    ord[i] = order[r]; spl[i] = split_[r]; mod[i] = mode[r];
+  }
+}
+/* masked softmax of c heads' S ([c][L][L]), one warp per (head, query row): lse (natural log, of
+ * scale·S) to lse[h][rows[i]] of the full [H, n] array, P = exp(scale·S − lse) as bf16 hi/lo */
+__global__ void k_softmax_rows(bf16 *ph, bf16 *pl, float *lse, const float *S, const int *ord, const int *spl, const int *mod,
+                               const int32_t *rows, int L, int c, int h0, int n, float sl2) {
+  const int lane = threadIdx.x & 31;
+  const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
+  for (size_t w = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < (size_t)c * L; w += warps) {
+    const int hh = (int)(w / L), i = (int)(w - (size_t)hh * L);
+    const float *row = S + w * L;
+    const int oq = ord[i], pq = spl[i], mq = mod[i];
+    float m = -INFINITY, sum = 0.f;
+    for (int j = lane; j < L; j += 32) {
+      if (!vis(oq, pq, mq, ord[j], spl[j], mod[j])) continue;
+      float x = row[j] * sl2;
+      if (x > m) { sum *= exp2f(m - x); m = x; }
+      sum += exp2f(x - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
+      float mx = fmaxf(m, m2);
+      sum = (mx == -INFINITY) ? 0.f : sum * exp2f(m - mx) + s2 * exp2f(m2 - mx);
+      m = mx;
+    }
+    const float l2 = m + log2f(sum);   /* log2 of the row's sum of exp(scale·S) */
+    if (lane == 0) lse[(size_t)(h0 + hh) * n + rows[i]] = l2 / LOG2E;
+    for (int j = lane; j < L; j += 32) {
+      float p = vis(oq, pq, mq, ord[j], spl[j], mod[j]) ? exp2f(row[j] * sl2 - l2) : 0.f;
+      split(ph, pl, w * L + j, p);
+    }
+  }
+}
+/* out[rows[i], :] = bf16(src[i, :]) for rows of W values */
+__global__ void k_scatter_bf16(bf16 *out, const float *src, const int32_t *rows, int L, int W) {
+  size_t n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+    size_t i = e / W, col = e - i * W;
+    out[(size_t)rows[i] * W + col] = f2bf(src[e]);
   }
 }
 
@@ -156,6 +206,51 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     if (dq) cu_scatter_rows(be, dq, dQs, rows, L, Hd);
     if (dk) cu_scatter_rows(be, dk, dKs, rows, L, KVd);
     if (dv) cu_scatter_rows(be, dv, dVs, rows, L, KVd);
+  }
+  return true;
+}
+
+bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                             const usbx_attn_masked_args *a) {
+  usbx_cuda *c = CU(be);
+  if (!a->n_seg || !a->seg_off || !a->seg_rows || a->seg_off[a->n_seg] != a->n) return false;
+  const int n = a->n, H = a->n_heads, Hkv = a->n_kv_heads, G = H / Hkv, d = a->head_dim, Hd = H * d, KVd = Hkv * d;
+  int Lmax = 0;
+  for (int s = 0; s < a->n_seg; s++) Lmax = std::max(Lmax, a->seg_off[s + 1] - a->seg_off[s]);
+  const size_t per_head = (size_t)Lmax * Lmax * 8;   /* S f32 + P hi/lo bf16 */
+  if (Lmax == 0 || per_head > CHUNK_BYTES * 2) return false;
+  const int Gc = (int)std::max<size_t>(1, std::min<size_t>((size_t)G, CHUNK_BYTES / per_head));
+  const size_t LL = (size_t)Lmax * Lmax, L0 = (size_t)Lmax;
+  size_t bytes = L0 * Hd * 2 + L0 * KVd * 2 * 2 + L0 * 4 * 3 + L0 * Hd * 4 + (size_t)Gc * LL * 8 + 256 * 10;
+  char *p = (char *)cu_attn_ws(c, bytes);
+  bf16 *Qs = carve<bf16>(p, L0 * Hd), *Ks = carve<bf16>(p, L0 * KVd), *Vs = carve<bf16>(p, L0 * KVd);
+  int *ord = carve<int>(p, L0), *spl = carve<int>(p, L0), *mod = carve<int>(p, L0);
+  float *Os = carve<float>(p, L0 * Hd), *S = carve<float>(p, Gc * LL);
+  bf16 *Ph = carve<bf16>(p, Gc * LL), *Pl = carve<bf16>(p, Gc * LL);
+  const float sl2 = LOG2E / sqrtf((float)d);
+  cudaStream_t st = c->stream;
+  for (int s = 0; s < a->n_seg; s++) {
+    const int L = a->seg_off[s + 1] - a->seg_off[s];
+    if (L == 0) continue;
+    const int32_t *rows = a->seg_rows + a->seg_off[s];
+    const long long L2 = (long long)L * L;
+    k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
+    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
+    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
+    k_gather_meta3<<<grid((size_t)L), 256, 0, st>>>(ord, spl, mod, rows, a->order, a->split, a->mode, L);
+    CUDA_LAUNCHED();
+    for (int g = 0; g < Hkv; g++)
+      for (int h0 = g * G; h0 < (g + 1) * G; h0 += Gc) {
+        const int cn = std::min(Gc, (g + 1) * G - h0);
+        const bf16 *Kg = Ks + (size_t)g * d, *Vg = Vs + (size_t)g * d;
+        gemm(c, false, true, L, L, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, L, L2, cn);
+        k_softmax_rows<<<grid((size_t)cn * L * 32), 256, 0, st>>>(Ph, Pl, lse, S, ord, spl, mod, rows, L, cn, h0, n, sl2);
+        CUDA_LAUNCHED();
+        gemm(c, false, false, L, d, L, 1.f, Ph, L, L2, Vg, KVd, 0, 0.f, Os + (size_t)h0 * d, Hd, d, cn);
+        gemm(c, false, false, L, d, L, 1.f, Pl, L, L2, Vg, KVd, 0, 1.f, Os + (size_t)h0 * d, Hd, d, cn);
+      }
+    k_scatter_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(out, Os, rows, L, Hd);
+    CUDA_LAUNCHED();
   }
   return true;
 }

@@ -66,7 +66,7 @@ typedef struct {
   int opt_gemv, opt_lt, opt_attn_split, opt_attn_variant;
   int opt_f32_mode;         /* matmul_f32 / attention_f32: 0 fp32, 1 TF32, 2 bf16x3 split (cuda_extra.h) */
   int opt_attn_masked_tc;   /* attention_masked(_bwd): 1 tiled tensor-core kernels, 0 the scalar ones */
-  int opt_attn_masked_gemm; /* attention_masked_bwd: 1 sample by sample through cuBLAS when segments are given */
+  int opt_attn_masked_gemm; /* attention_masked(_bwd): 1 sample by sample through cuBLAS when segments are given */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   char name[160];
 } usbx_cuda;
@@ -108,8 +108,10 @@ void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float 
 void *cu_scratch(usbx_cuda *c, size_t bytes);
 /* a second such scratch, for cuda_attn_gemm.cu (which runs while cu_scratch holds D) */
 void *cu_attn_ws(usbx_cuda *c, size_t bytes);
-/* cuda_attn_gemm.cu: attention_masked_bwd sample by sample through cuBLAS; false when the
+/* cuda_attn_gemm.cu: attention_masked and its backward sample by sample through cuBLAS; false when the
  * arguments carry no segments or a sample is too long for its L x L workspace */
+bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                             const usbx_attn_masked_args *a);
 bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a);
 

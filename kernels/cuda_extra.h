@@ -27,7 +27,7 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *                  Env USBX_CUDA_F32_MODE.
  *   "attn_masked_tc" [1] attention_masked(_bwd) through the tiled tensor-core kernels (else the
  *                  one-warp-per-row scalar kernels).  Env USBX_CUDA_ATTN_MASKED_TC.
- *   "attn_masked_gemm" [1] attention_masked_bwd sample by sample through cuBLAS when the arguments
+ *   "attn_masked_gemm" [1] attention_masked and its backward sample by sample through cuBLAS when the arguments
  *                  list each sample's rows (cuda_attn_gemm.cu).  Env USBX_CUDA_ATTN_MASKED_GEMM.
  *   "gateup_bf16" [0] the MLP's gate|up product rounded to bf16 (ops.h matmul_mm, silu_mul_gu; NULL
  *                  when off).  Env USBX_CUDA_GATEUP_BF16=1.

@@ -480,6 +480,9 @@ static void c_attention_masked(usbx_backend *be, void *out, float *lse, const vo
                                const usbx_attn_masked_args *a) {
   MaskP m = mask_params(a);
   if (m.n == 0) return;
+  if (CU(be)->opt_attn_masked_gemm &&
+      cu_attn_masked_fwd_gemm(be, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, a))
+    return;
   if (CU(be)->opt_attn_masked_tc &&
       cu_attn_masked_fwd_tc(be, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, a))
     return;
