@@ -45,15 +45,17 @@ __global__ void k_gather_split(bf16 *hi, bf16 *lo, const float *src, const int32
     split(hi, lo, e, src[(size_t)rows[i] * W + c]);
   }
 }
-/* the sample's metadata and, per head, lse·log2(e) and D: [H][L] */
+/* the sample's metadata and, when lse is given, per head lse·log2(e) and D: [H][L] */
 __global__ void k_gather_meta(int *ord, int *spl, int *mod, float *lse2, float *Ds, const int32_t *rows, const int32_t *order,
                               const int32_t *split_, const int32_t *mode, const float *lse, const float *D, int L, int n, int H) {
   size_t tot = (size_t)L * H, step = (size_t)gridDim.x * blockDim.x;
   for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < tot; e += step) {
     int h = (int)(e / L), i = (int)(e - (size_t)h * L), r = rows[i];
     if (h == 0) { ord[i] = order[r]; spl[i] = split_[r]; mod[i] = mode[r]; }
-    lse2[e] = lse[(size_t)h * n + r] * LOG2E;
-    Ds[e] = D[(size_t)h * n + r];
+    if (lse) {
+      lse2[e] = lse[(size_t)h * n + r] * LOG2E;
+      Ds[e] = D[(size_t)h * n + r];
+    }
   }
 }
 /* P and dS of c heads ([c][L][L], query rows, key columns) as bf16 hi/lo */
@@ -70,14 +72,6 @@ __global__ void k_p_ds(bf16 *ph, bf16 *pl, bf16 *sh, bf16 *sl, const float *S, c
   }
 }
 
-/* metadata only (the forward has no lse or D yet) */
-__global__ void k_gather_meta3(int *ord, int *spl, int *mod, const int32_t *rows, const int32_t *order, const int32_t *split_,
-                               const int32_t *mode, int L) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
-    int r = rows[i];
-    ord[i] = order[r]; spl[i] = split_[r]; mod[i] = mode[r];
-  }
-}
 /* masked softmax of c heads' S ([c][L][L]), one warp per (head, query row): lse (natural log, of
  * scale·S) to lse[h][rows[i]] of the full [H, n] array, P = exp(scale·S − lse) as bf16 hi/lo */
 __global__ void k_softmax_rows(bf16 *ph, bf16 *pl, float *lse, const float *S, const int *ord, const int *spl, const int *mod,
@@ -135,18 +129,37 @@ T *carve(char *&p, size_t n) {
   return r;
 }
 
+/* the longest sample and how many heads of a KV group share one pass (their L x L matrices,
+ * bytes_per_elem each, within CHUNK_BYTES); false when the arguments carry no segments or a
+ * sample is too long */
+bool seg_plan(const usbx_attn_masked_args *a, size_t bytes_per_elem, int *Lmax, int *Gc) {
+  if (!a->n_seg || !a->seg_off || !a->seg_rows || a->seg_off[a->n_seg] != a->n) return false;
+  int L = 0;
+  for (int s = 0; s < a->n_seg; s++) L = std::max(L, a->seg_off[s + 1] - a->seg_off[s]);
+  const size_t per_head = (size_t)L * L * bytes_per_elem;
+  if (L == 0 || per_head > CHUNK_BYTES * 2) return false;
+  *Lmax = L;
+  *Gc = (int)std::max<size_t>(1, std::min<size_t>((size_t)(a->n_heads / a->n_kv_heads), CHUNK_BYTES / per_head));
+  return true;
+}
+
+/* a sample's q, k, v rows into dense [L, heads·d] blocks */
+void gather_qkv(cudaStream_t st, bf16 *Qs, bf16 *Ks, bf16 *Vs, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *rows,
+                int L, int Hd, int KVd) {
+  k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
+  k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
+  k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
+  CUDA_LAUNCHED();
+}
+
 }  // namespace
 
 bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a) {
   usbx_cuda *c = CU(be);
-  if (!a->n_seg || !a->seg_off || !a->seg_rows || a->seg_off[a->n_seg] != a->n) return false;
+  int Lmax, Gc;
+  if (!seg_plan(a, 16, &Lmax, &Gc)) return false;   /* S, dP f32 + P, dS hi/lo bf16 */
   const int n = a->n, H = a->n_heads, Hkv = a->n_kv_heads, G = H / Hkv, d = a->head_dim, Hd = H * d, KVd = Hkv * d;
-  int Lmax = 0;
-  for (int s = 0; s < a->n_seg; s++) Lmax = std::max(Lmax, a->seg_off[s + 1] - a->seg_off[s]);
-  const size_t per_head = (size_t)Lmax * Lmax * 16;   /* S, dP f32 + P, dS hi/lo bf16 */
-  if (Lmax == 0 || per_head > CHUNK_BYTES * 2) return false;
-  const int Gc = (int)std::max<size_t>(1, std::min<size_t>((size_t)G, CHUNK_BYTES / per_head));
   const size_t LL = (size_t)Lmax * Lmax;
   size_t bytes = 0;
   {
@@ -170,9 +183,7 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     if (L == 0) continue;
     const int32_t *rows = a->seg_rows + a->seg_off[s];
     const long long L2 = (long long)L * L;
-    k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
-    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
-    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
+    gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
     k_gather_split<<<grid((size_t)L * Hd), 256, 0, st>>>(Gh, Gl, dout, rows, L, Hd);
     k_gather_meta<<<grid((size_t)L * H), 256, 0, st>>>(ord, spl, mod, lse2, Ds, rows, a->order, a->split, a->mode, lse, D, L, n, H);
     CUDA_LAUNCHED();
@@ -213,13 +224,9 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
 bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                              const usbx_attn_masked_args *a) {
   usbx_cuda *c = CU(be);
-  if (!a->n_seg || !a->seg_off || !a->seg_rows || a->seg_off[a->n_seg] != a->n) return false;
+  int Lmax, Gc;
+  if (!seg_plan(a, 8, &Lmax, &Gc)) return false;   /* S f32 + P hi/lo bf16 */
   const int n = a->n, H = a->n_heads, Hkv = a->n_kv_heads, G = H / Hkv, d = a->head_dim, Hd = H * d, KVd = Hkv * d;
-  int Lmax = 0;
-  for (int s = 0; s < a->n_seg; s++) Lmax = std::max(Lmax, a->seg_off[s + 1] - a->seg_off[s]);
-  const size_t per_head = (size_t)Lmax * Lmax * 8;   /* S f32 + P hi/lo bf16 */
-  if (Lmax == 0 || per_head > CHUNK_BYTES * 2) return false;
-  const int Gc = (int)std::max<size_t>(1, std::min<size_t>((size_t)G, CHUNK_BYTES / per_head));
   const size_t LL = (size_t)Lmax * Lmax, L0 = (size_t)Lmax;
   size_t bytes = L0 * Hd * 2 + L0 * KVd * 2 * 2 + L0 * 4 * 3 + L0 * Hd * 4 + (size_t)Gc * LL * 8 + 256 * 10;
   char *p = (char *)cu_attn_ws(c, bytes);
@@ -234,10 +241,8 @@ bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16
     if (L == 0) continue;
     const int32_t *rows = a->seg_rows + a->seg_off[s];
     const long long L2 = (long long)L * L;
-    k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
-    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
-    k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
-    k_gather_meta3<<<grid((size_t)L), 256, 0, st>>>(ord, spl, mod, rows, a->order, a->split, a->mode, L);
+    gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
+    k_gather_meta<<<grid((size_t)L), 256, 0, st>>>(ord, spl, mod, NULL, NULL, rows, a->order, a->split, a->mode, NULL, NULL, L, n, 1);
     CUDA_LAUNCHED();
     for (int g = 0; g < Hkv; g++)
       for (int h0 = g * G; h0 < (g + 1) * G; h0 += Gc) {
