@@ -65,6 +65,7 @@ struct usbx_trainer {
   bool profile;
   double prof[5];
   int prof_steps;
+  void *dy_mm; size_t dy_cap;   /* lin_bwd's mm copy of an output gradient */
 };
 
 static const char *const PROF_NAMES[5] = {"inputs", "layers forward", "losses", "layers backward", "input backward"};
@@ -162,6 +163,7 @@ void usbx_trainer_free(usbx_trainer *t) {
   for (int i = 0; i < t->cap; i++)
     if (t->slots[i].w && !(t->layer_ws && layer_of(t->slots[i].name) >= 0)) t->be->free(t->be, t->slots[i].g);
   if (t->layer_ws) t->be->free(t->be, t->layer_ws);
+  if (t->dy_mm) t->be->free(t->be, t->dy_mm);
   P_destroy(&t->pool);
   free(t->slots); free(t->wl.v); free(t);
 }
@@ -193,12 +195,20 @@ static void lin_f32(usbx_backend *be, float *y, void *xm, const float *x, const 
   be->matmul(be, y, xm, w, b, M, N, K, false);
 }
 
-/* backward of y = x·Wᵀ + b: dx += dy·W (when dx), dW, db accumulated into the weight's slots */
-static void lin_bwd(usbx_trainer *t, pool *P, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
+/* backward of y = x·Wᵀ + b: dx += dy·W (when dx), dW, db accumulated into the weight's slots.
+ * dy's mm copy lives only for the product, so one buffer serves every call (stream order keeps
+ * it safe; growing it frees the old one, which waits for the device). */
+static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
   usbx_backend *be = t->be;
   float *dw = G(t, w), *db = b ? G(t, b) : NULL;
   if (!dx && !dw && !db) return;
-  void *dym = MM(P, (size_t)M * N);
+  size_t bytes = MMB(be) * (size_t)M * N;
+  if (bytes > t->dy_cap) {
+    if (t->dy_mm) be->free(be, t->dy_mm);
+    t->dy_mm = be->alloc(be, bytes);
+    t->dy_cap = bytes;
+  }
+  void *dym = t->dy_mm;
   be->to_mm(be, dym, N, dy, M, N);
   be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K);
 }
@@ -288,37 +298,37 @@ static void vit_backward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vi
   int heads = c->vit_heads, hd = Dv / heads;
   usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode};
   float *dh = F32Z(P, (size_t)n * D);
-  lin_bwd(t, P, dh, dout, s->conn_act_mm, m->conn_w2, m->conn_b2, n, D, D);
+  lin_bwd(t, dh, dout, s->conn_act_mm, m->conn_w2, m->conn_b2, n, D, D);
   float *dpre = F32(P, (size_t)n * D);
   be->gelu_tanh_bwd(be, dpre, dh, s->conn_h, (size_t)n * D);
   float *dpost = F32Z(P, (size_t)n * Dv);
-  lin_bwd(t, P, dpost, dpre, s->post_mm, m->conn_w1, m->conn_b1, n, D, Dv);
+  lin_bwd(t, dpost, dpre, s->post_mm, m->conn_w1, m->conn_b1, n, D, Dv);
   float *dx = F32Z(P, (size_t)n * Dv);
   be->layernorm_bwd(be, dx, G(t, m->post_ln_w), G(t, m->post_ln_b), dpost, s->x_final, m->post_ln_w, n, Dv, c->vit_eps);
   float *da = F32(P, (size_t)n * Fv), *dln = F32(P, (size_t)n * Dv), *dq = F32(P, (size_t)n * Dv), *dk = F32(P, (size_t)n * Dv),
-        *dv = F32(P, (size_t)n * Dv), *dact = F32(P, (size_t)n * Fv);
+        *dv = F32(P, (size_t)n * Dv), *dact = F32(P, (size_t)n * Fv), *dO = F32(P, (size_t)n * Dv);
   for (int l = c->vit_layers - 1; l >= 0; l--) {
     const vit_layer_w *w = &m->vit[l];
     vit_saved *v = &s->L[l];
     /* MLP: x_out = x_mid + fc2(gelu(fc1(LN2(x_mid)))) */
     be->memset0(be, dact, sizeof(float) * (size_t)n * Fv);
-    lin_bwd(t, P, dact, dx, v->act, w->fc2_w, w->fc2_b, n, Dv, Fv);
+    lin_bwd(t, dact, dx, v->act, w->fc2_w, w->fc2_b, n, Dv, Fv);
     be->gelu_tanh_bwd(be, da, dact, v->fc1, (size_t)n * Fv);
     be->memset0(be, dln, sizeof(float) * (size_t)n * Dv);
-    lin_bwd(t, P, dln, da, v->ln2, w->fc1_w, w->fc1_b, n, Fv, Dv);
+    lin_bwd(t, dln, da, v->ln2, w->fc1_w, w->fc1_b, n, Fv, Dv);
     be->layernorm_bwd(be, dx, G(t, w->ln2_w), G(t, w->ln2_b), dln, v->x_mid, w->ln2_w, n, Dv, c->vit_eps);
     /* attention: x_mid = x_in + out_proj(attn(q, k, v)) */
-    float *dO = F32Z(P, (size_t)n * Dv);
-    lin_bwd(t, P, dO, dx, v->o, w->o_w, w->o_b, n, Dv, Dv);
+    be->memset0(be, dO, sizeof(float) * (size_t)n * Dv);
+    lin_bwd(t, dO, dx, v->o, w->o_w, w->o_b, n, Dv, Dv);
     be->attention_masked_bwd(be, dq, dk, dv, dO, v->q, v->k, v->v, v->o, v->lse, &aa);
     be->memset0(be, dln, sizeof(float) * (size_t)n * Dv);
-    lin_bwd(t, P, dln, dq, v->ln1, w->q_w, w->q_b, n, Dv, Dv);
-    lin_bwd(t, P, dln, dk, v->ln1, w->k_w, w->k_b, n, Dv, Dv);
-    lin_bwd(t, P, dln, dv, v->ln1, w->v_w, w->v_b, n, Dv, Dv);
+    lin_bwd(t, dln, dq, v->ln1, w->q_w, w->q_b, n, Dv, Dv);
+    lin_bwd(t, dln, dk, v->ln1, w->k_w, w->k_b, n, Dv, Dv);
+    lin_bwd(t, dln, dv, v->ln1, w->v_w, w->v_b, n, Dv, Dv);
     be->layernorm_bwd(be, dx, G(t, w->ln1_w), G(t, w->ln1_b), dln, v->x_in, w->ln1_w, n, Dv, c->vit_eps);
   }
   /* patch embedding (the position table is learned: its rows get the gradient too) */
-  lin_bwd(t, P, NULL, dx, s->patch_mm, m->patch_w, m->patch_b, n, Dv, pp);
+  lin_bwd(t, NULL, dx, s->patch_mm, m->patch_w, m->patch_b, n, Dv, pp);
   float *dpos = G(t, m->vit_pos);
   if (dpos) be->embed_bwd(be, dpos, dx, s->pid, n, Dv);
   free(s->L);
@@ -558,7 +568,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     free(hl);
     ce /= den;
     float *dhc = F32Z(P, (size_t)nc * D);
-    lin_bwd(t, P, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
+    lin_bwd(t, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
     be->scatter_rows(be, dfin, dhc, rows_ce, nc, D);
   }
   if (b->n_mse) {
@@ -593,7 +603,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     be->upload(be, pred, hpred, sizeof(float) * (size_t)nm * PL);
     free(hpred); free(vrank);
     float *dhm = F32Z(P, (size_t)nm * D);
-    lin_bwd(t, P, dhm, pred, hmm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
+    lin_bwd(t, dhm, pred, hmm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
     be->scatter_rows(be, dfin, dhm, rows_m, nm, D);
   }
   if (out) { out->ce = ce; out->mse = mse; out->loss = ce_weight * ce + mse_weight * mse; }
@@ -620,18 +630,18 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd(t, P, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
+      lin_bwd(t, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
       be->silu_mul_bwd(be, dg + (size_t)r0 * F, du + (size_t)r0 * F, dact + (size_t)r0 * F, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
       char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
-      lin_bwd(t, P, dh + (size_t)r0 * D, dg + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D);
-      lin_bwd(t, P, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
+      lin_bwd(t, dh + (size_t)r0 * D, dg + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D);
+      lin_bwd(t, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
     }
     be->memset0(be, dO, sizeof(float) * (size_t)n * Hd);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd(t, P, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
+      lin_bwd(t, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
     }
     be->attention_masked_bwd(be, dq, dk, dv, dO, s->q, s->k, s->v, s->o, s->lse, &aa);
     be->memset0(be, dh, sizeof(float) * (size_t)n * D);
@@ -641,9 +651,9 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       be->qk_norm_rope_bwd(be, dqf + (size_t)r0 * Hd, G(t, w->q_norm), dq + (size_t)r0 * Hd, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
       be->qk_norm_rope_bwd(be, dkf + (size_t)r0 * KVd, G(t, w->k_norm), dk + (size_t)r0 * KVd, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
       char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
-      lin_bwd(t, P, dh + (size_t)r0 * D, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
-      lin_bwd(t, P, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
-      lin_bwd(t, P, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
+      lin_bwd(t, dh + (size_t)r0 * D, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
+      lin_bwd(t, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
+      lin_bwd(t, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
     }
     if (t->layer_done) t->layer_done(t->layer_ctx, l);
@@ -662,11 +672,11 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   }
   if (nv) {
     be->gather_rows(be, rows, dxp, vae_idx, nv, D);
-    lin_bwd(t, P, NULL, rows, xt_mm, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
+    lin_bwd(t, NULL, rows, xt_mm, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
     float *dte = F32Z(P, (size_t)nv * D), *dpre = F32(P, (size_t)nv * D);
-    lin_bwd(t, P, dte, rows, te_act_mm, m->te_w2, m->te_b2, nv, D, D);
+    lin_bwd(t, dte, rows, te_act_mm, m->te_w2, m->te_b2, nv, D, D);
     be->silu_bwd(be, dpre, dte, te_h, (size_t)nv * D);
-    lin_bwd(t, P, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
+    lin_bwd(t, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
   be->sync(be);
   prof_mark(t, 4, &pt);

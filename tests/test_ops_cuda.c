@@ -1174,7 +1174,7 @@ int main(int argc, char **argv) {
   printf("reference: float64 on the host, and %s\n", cpu->name);
   usbx_rng_seed(&rng, 20261126);
 #ifndef USBX_TEST_OPS_ON_CPU
-  usbx_cuda_set_option(be, "gateup_bf16", 1);   /* optional ops, off by default: tested here */
+  set_opt("gateup_bf16", 1);   /* optional ops, off by default: tested here */
   {   /* every op of the table is set: all members from alloc to destroy are function pointers */
     typedef void (*fn_t)(void);
     const char *p0 = (const char *)&be->alloc, *p1 = (const char *)&be->destroy;
