@@ -19,12 +19,13 @@ usbx-synth scenes --n 96 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl
 ( time usbx-ckpt init --config benchmark/shape-7b-mot.json --seed 1 "$W/b7" > /dev/null ) 2>&1 | grep real | tee "$R/init_time.txt"
 cp .devdata/tokenizer.json "$W/b7/"
 for tok in "${@:-8192}"; do
+  [ -f "$R/oom" ] && break   # a larger budget after an out-of-memory run would fail the same way
   nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_7b_$tok.csv" &
   smi=$!
   date -u
-  timeout 400 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute --steps 10 --warmup 1 \
+  timeout 200 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute --steps 10 --warmup 1 \
     --expected-tokens "$tok" --max-tokens $((tok + tok / 8)) --no-save "$W/pairs.jsonl" > "$R/train_7b_$tok.jsonl" 2> "$R/train_7b_$tok.err"
-  echo "tokens/gpu=$tok rc=$?"
+  rc=$?; echo "tokens/gpu=$tok rc=$rc"; [ $rc = 0 ] || touch "$R/oom"
   kill $smi 2>/dev/null; wait $smi 2>/dev/null
   tail -n 4 "$R/train_7b_$tok.err"
   python3 - "$R/train_7b_$tok.jsonl" "$R/mem_7b_$tok.csv" <<'PY'
