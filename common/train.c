@@ -63,12 +63,13 @@ struct usbx_trainer {
   void *layer_ctx;
   /* USBX_TRAIN_PROFILE=1: seconds per phase of add_grads, synchronised at each boundary */
   bool profile;
-  double prof[5];
+  double prof[9];
   int prof_steps;
   void *dy_mm; size_t dy_cap;   /* lin_bwd's mm copy of an output gradient */
 };
 
-static const char *const PROF_NAMES[5] = {"inputs", "layers forward", "losses", "layers backward", "input backward"};
+static const char *const PROF_NAMES[9] = {"inputs", "layers forward", "losses", "bwd recompute", "bwd MLP", "bwd o-proj",
+                                          "bwd attention", "bwd qkv+norms", "input backward"};
 static void prof_mark(usbx_trainer *t, int phase, double *t0) {
   if (!t->profile) return;
   t->be->sync(t->be);
@@ -156,8 +157,8 @@ void usbx_trainer_free(usbx_trainer *t) {
   if (!t) return;
   if (t->profile && t->prof_steps) {
     double tot = 0;
-    for (int i = 0; i < 5; i++) tot += t->prof[i];
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 9; i++) tot += t->prof[i];
+    for (int i = 0; i < 9; i++)
       usbx_err("profile: %-16s %8.2f ms per batch (%4.1f %%)", PROF_NAMES[i], 1e3 * t->prof[i] / t->prof_steps, 100 * t->prof[i] / tot);
   }
   for (int i = 0; i < t->cap; i++)
@@ -492,7 +493,9 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     for (int i = 0; i < nv; i++) {
       float tt = b->t[i];
       for (int j = 0; j < PL; j++) xt[(size_t)i * PL + j] = (1.0f - tt) * b->x0[(size_t)i * PL + j] + tt * b->noise[(size_t)i * PL + j];
-      usbx_timestep_features(tt, feat + (size_t)i * 256);
+      /* an image's tokens share one t: compute its features once */
+      if (i > 0 && b->t[i - 1] == tt) memcpy(feat + (size_t)i * 256, feat + (size_t)(i - 1) * 256, 256 * sizeof(float));
+      else usbx_timestep_features(tt, feat + (size_t)i * 256);
     }
     float *dxt = F32(P, (size_t)nv * PL), *dfeat = F32(P, (size_t)nv * 256);
     be->upload(be, dxt, xt, sizeof(float) * (size_t)nv * PL);
@@ -625,6 +628,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       layer_forward(&LC, l, &R, x_rec, vf);
       s = &R;
     }
+    prof_mark(t, 3, &pt);
     be->memset0(be, dact, sizeof(float) * (size_t)n * F);
     be->memset0(be, dh, sizeof(float) * (size_t)n * D);
     for (int r = 0; r < nr; r++) {
@@ -637,13 +641,16 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       lin_bwd(t, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
     }
+    prof_mark(t, 4, &pt);
     be->memset0(be, dO, sizeof(float) * (size_t)n * Hd);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
       lin_bwd(t, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
     }
+    prof_mark(t, 5, &pt);
     be->attention_masked_bwd(be, dq, dk, dv, dO, s->q, s->k, s->v, s->o, s->lse, &aa);
+    prof_mark(t, 6, &pt);
     be->memset0(be, dh, sizeof(float) * (size_t)n * D);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
@@ -657,8 +664,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
     }
     if (t->layer_done) t->layer_done(t->layer_ctx, l);
+    prof_mark(t, 7, &pt);
   }
-  prof_mark(t, 3, &pt);
   /* ---- back to packed order, then into the embeddings */
   float *dxp = F32(P, (size_t)n * D);
   be->gather_rows(be, dxp, dx, d_inv, n, D);
@@ -679,7 +686,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     lin_bwd(t, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
   be->sync(be);
-  prof_mark(t, 4, &pt);
+  prof_mark(t, 8, &pt);
   free(S); free(x_in); free(perm); free(inv); free(hp); free(seg_off);
   P_release(P);
 }

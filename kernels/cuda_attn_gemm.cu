@@ -7,6 +7,7 @@
  * for a few query heads of one KV head at a time, the L x L matrices are materialised:
  *   S = Q·Kᵀ, dP = dO·Vᵀ (GEMMs), P = vis ? exp(scale·S − lse) : 0 and dS = P ∘ (dP − D) (one
  *   element-wise pass), dV += Pᵀ·dO, dK += scale·dSᵀ·Q, dQ = scale·dS·K (GEMMs).
+ * Keys are padded with zero rows to a multiple of 16 (ld_of) so every product has aligned operands.
  * At d = 128 the work is memory-bound on the L x L matrices, far less than the tiled kernel's
  * time (cuda_attn_masked.cu) for long samples.  Precision as that kernel: the fp32 operands (dO,
  * P, dS) enter the bf16 products as hi + lo halves, hi·hi + hi·lo + lo·hi where both operands are
@@ -60,13 +61,15 @@ __global__ void k_gather_meta(int *ord, int *spl, int *mod, float *lse2, float *
 }
 /* P and dS of c heads ([c][L][L], query rows, key columns) as bf16 hi/lo */
 __global__ void k_p_ds(bf16 *ph, bf16 *pl, bf16 *sh, bf16 *sl, const float *S, const float *dP, const float *lse2,
-                       const float *Ds, const int *ord, const int *spl, const int *mod, int L, int c, float sl2) {
-  size_t LL = (size_t)L * L, n = LL * c, step = (size_t)gridDim.x * blockDim.x;
-  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
-    size_t hh = e / LL, rem = e - hh * LL;
-    int i = (int)(rem / L), j = (int)(rem - (size_t)i * L);
-    float p = vis(ord[i], spl[i], mod[i], ord[j], spl[j], mod[j]) ? exp2f(S[e] * sl2 - lse2[hh * L + i]) : 0.f;
-    float ds = p * (dP[e] - Ds[hh * L + i]);
+                       const float *Ds, const int *ord, const int *spl, const int *mod, int L, int ld, int c, float sl2) {
+  /* columns L .. ld of each row are padding: zero, so products may run over ld (aligned) columns */
+  size_t LL = (size_t)L * ld, n = LL * c, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += step) {
+    size_t hh = x / LL, rem = x - hh * LL;
+    int i = (int)(rem / ld), j = (int)(rem - (size_t)i * ld);
+    size_t e = x;
+    float p = j < L && vis(ord[i], spl[i], mod[i], ord[j], spl[j], mod[j]) ? exp2f(S[e] * sl2 - lse2[hh * L + i]) : 0.f;
+    float ds = j < L ? p * (dP[e] - Ds[hh * L + i]) : 0.f;
     split(ph, pl, e, p);
     split(sh, sl, e, ds);
   }
@@ -75,12 +78,12 @@ __global__ void k_p_ds(bf16 *ph, bf16 *pl, bf16 *sh, bf16 *sl, const float *S, c
 /* masked softmax of c heads' S ([c][L][L]), one warp per (head, query row): lse (natural log, of
  * scale·S) to lse[h][rows[i]] of the full [H, n] array, P = exp(scale·S − lse) as bf16 hi/lo */
 __global__ void k_softmax_rows(bf16 *ph, bf16 *pl, float *lse, const float *S, const int *ord, const int *spl, const int *mod,
-                               const int32_t *rows, int L, int c, int h0, int n, float sl2) {
+                               const int32_t *rows, int L, int ld, int c, int h0, int n, float sl2) {
   const int lane = threadIdx.x & 31;
   const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
   for (size_t w = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < (size_t)c * L; w += warps) {
     const int hh = (int)(w / L), i = (int)(w - (size_t)hh * L);
-    const float *row = S + w * L;
+    const float *row = S + w * ld;
     const int oq = ord[i], pq = spl[i], mq = mod[i];
     float m = -INFINITY, sum = 0.f;
     for (int j = lane; j < L; j += 32) {
@@ -97,9 +100,9 @@ __global__ void k_softmax_rows(bf16 *ph, bf16 *pl, float *lse, const float *S, c
     }
     const float l2 = m + log2f(sum);   /* log2 of the row's sum of exp(scale·S) */
     if (lane == 0) lse[(size_t)(h0 + hh) * n + rows[i]] = l2 / LOG2E;
-    for (int j = lane; j < L; j += 32) {
-      float p = vis(oq, pq, mq, ord[j], spl[j], mod[j]) ? exp2f(row[j] * sl2 - l2) : 0.f;
-      split(ph, pl, w * L + j, p);
+    for (int j = lane; j < ld; j += 32) {   /* columns L .. ld: zero padding */
+      float p = j < L && vis(oq, pq, mq, ord[j], spl[j], mod[j]) ? exp2f(row[j] * sl2 - l2) : 0.f;
+      split(ph, pl, w * ld + j, p);
     }
   }
 }
@@ -129,6 +132,10 @@ T *carve(char *&p, size_t n) {
   return r;
 }
 
+/* rows of the L x L matrices start at multiples of 16 elements (cuBLAS's fast bf16 kernels need
+ * 16-byte aligned leading dimensions) */
+int ld_of(int L) { return (L + 15) & ~15; }
+
 /* the longest sample and how many heads of a KV group share one pass (their L x L matrices,
  * bytes_per_elem each, within CHUNK_BYTES); false when the arguments carry no segments or a
  * sample is too long */
@@ -136,20 +143,26 @@ bool seg_plan(const usbx_attn_masked_args *a, size_t bytes_per_elem, int *Lmax, 
   if (!a->n_seg || !a->seg_off || !a->seg_rows || a->seg_off[a->n_seg] != a->n) return false;
   int L = 0;
   for (int s = 0; s < a->n_seg; s++) L = std::max(L, a->seg_off[s + 1] - a->seg_off[s]);
-  const size_t per_head = (size_t)L * L * bytes_per_elem;
+  const size_t per_head = (size_t)L * ld_of(L) * bytes_per_elem;
   if (L == 0 || per_head > CHUNK_BYTES * 2) return false;
   *Lmax = L;
   *Gc = (int)std::max<size_t>(1, std::min<size_t>((size_t)(a->n_heads / a->n_kv_heads), CHUNK_BYTES / per_head));
   return true;
 }
 
-/* a sample's q, k, v rows into dense [L, heads·d] blocks */
+/* a sample's q, k, v rows into dense [L, heads·d] blocks; K and V get zero rows up to ld_of(L),
+ * the padded key count of the products */
 void gather_qkv(cudaStream_t st, bf16 *Qs, bf16 *Ks, bf16 *Vs, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *rows,
                 int L, int Hd, int KVd) {
   k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
   k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
   k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
   CUDA_LAUNCHED();
+  const size_t pad = (size_t)(ld_of(L) - L) * KVd * sizeof(bf16);
+  if (pad) {
+    CUDA_CHECK(cudaMemsetAsync(Ks + (size_t)L * KVd, 0, pad, st));
+    CUDA_CHECK(cudaMemsetAsync(Vs + (size_t)L * KVd, 0, pad, st));
+  }
 }
 
 }  // namespace
@@ -160,17 +173,18 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
   int Lmax, Gc;
   if (!seg_plan(a, 16, &Lmax, &Gc)) return false;   /* S, dP f32 + P, dS hi/lo bf16 */
   const int n = a->n, H = a->n_heads, Hkv = a->n_kv_heads, G = H / Hkv, d = a->head_dim, Hd = H * d, KVd = Hkv * d;
-  const size_t LL = (size_t)Lmax * Lmax;
+  const size_t LL = (size_t)Lmax * ld_of(Lmax);
   size_t bytes = 0;
   {
     size_t L = (size_t)Lmax;
     size_t parts[] = {L * Hd * 2 * 3, L * KVd * 2 * 2, L * 4 * 3, (size_t)H * L * 4 * 2, L * Hd * 4, L * KVd * 4 * 2,
                       (size_t)Gc * LL * 4 * 2, (size_t)Gc * LL * 2 * 4};
     for (size_t x : parts) bytes += x + 256 * 4;
+    bytes += (size_t)16 * KVd * 2 * 2;   /* the K and V padding rows */
   }
   char *p = (char *)cu_attn_ws(c, bytes);
   bf16 *Qs = carve<bf16>(p, (size_t)Lmax * Hd), *Gh = carve<bf16>(p, (size_t)Lmax * Hd), *Gl = carve<bf16>(p, (size_t)Lmax * Hd);
-  bf16 *Ks = carve<bf16>(p, (size_t)Lmax * KVd), *Vs = carve<bf16>(p, (size_t)Lmax * KVd);
+  bf16 *Ks = carve<bf16>(p, (size_t)ld_of(Lmax) * KVd), *Vs = carve<bf16>(p, (size_t)ld_of(Lmax) * KVd);
   int *ord = carve<int>(p, Lmax), *spl = carve<int>(p, Lmax), *mod = carve<int>(p, Lmax);
   float *lse2 = carve<float>(p, (size_t)H * Lmax), *Ds = carve<float>(p, (size_t)H * Lmax);
   float *dQs = carve<float>(p, (size_t)Lmax * Hd), *dKs = carve<float>(p, (size_t)Lmax * KVd), *dVs = carve<float>(p, (size_t)Lmax * KVd);
@@ -182,7 +196,8 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     const int L = a->seg_off[s + 1] - a->seg_off[s];
     if (L == 0) continue;
     const int32_t *rows = a->seg_rows + a->seg_off[s];
-    const long long L2 = (long long)L * L;
+    const int ld = ld_of(L);
+    const long long LS = (long long)L * ld;   /* matrix stride */
     gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
     k_gather_split<<<grid((size_t)L * Hd), 256, 0, st>>>(Gh, Gl, dout, rows, L, Hd);
     k_gather_meta<<<grid((size_t)L * H), 256, 0, st>>>(ord, spl, mod, lse2, Ds, rows, a->order, a->split, a->mode, lse, D, L, n, H);
@@ -194,25 +209,25 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
         const int cn = std::min(Gc, (g + 1) * G - h0);
         const bf16 *Kg = Ks + (size_t)g * d, *Vg = Vs + (size_t)g * d;
         /* S = Q·Kᵀ, dP = dO·Vᵀ for heads h0 .. h0+cn */
-        gemm(c, false, true, L, L, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, L, L2, cn);
-        gemm(c, false, true, L, L, d, 1.f, Gh + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 0.f, dP, L, L2, cn);
-        gemm(c, false, true, L, L, d, 1.f, Gl + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 1.f, dP, L, L2, cn);
-        k_p_ds<<<grid((size_t)cn * L2), 256, 0, st>>>(Ph, Pl, Sh, Sl, S, dP, lse2 + (size_t)h0 * L, Ds + (size_t)h0 * L, ord, spl, mod,
-                                                       L, cn, sl2);
+        gemm(c, false, true, L, ld, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, ld, LS, cn);
+        gemm(c, false, true, L, ld, d, 1.f, Gh + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 0.f, dP, ld, LS, cn);
+        gemm(c, false, true, L, ld, d, 1.f, Gl + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 1.f, dP, ld, LS, cn);
+        k_p_ds<<<grid((size_t)cn * LS), 256, 0, st>>>(Ph, Pl, Sh, Sl, S, dP, lse2 + (size_t)h0 * L, Ds + (size_t)h0 * L, ord, spl, mod,
+                                                       L, ld, cn, sl2);
         CUDA_LAUNCHED();
         for (int j = 0; j < cn; j++) {
           const int h = h0 + j;
-          const size_t o = (size_t)j * L2;
+          const size_t o = (size_t)j * LS;
           /* dV_g += Pᵀ·dO (hi·hi + hi·lo + lo·hi), dK_g += scale·dSᵀ·Q */
-          gemm(c, true, false, L, d, L, 1.f, Ph + o, L, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, 1.f, Ph + o, L, 0, Gl + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, 1.f, Pl + o, L, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, scale, Sh + o, L, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, scale, Sl + o, L, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gl + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Pl + o, ld, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, scale, Sh + o, ld, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, scale, Sl + o, ld, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
         }
         /* dQ = scale·dS·K */
-        gemm(c, false, false, L, d, L, scale, Sh, L, L2, Kg, KVd, 0, 0.f, dQs + (size_t)h0 * d, Hd, d, cn);
-        gemm(c, false, false, L, d, L, scale, Sl, L, L2, Kg, KVd, 0, 1.f, dQs + (size_t)h0 * d, Hd, d, cn);
+        gemm(c, false, false, L, d, ld, scale, Sh, ld, LS, Kg, KVd, 0, 0.f, dQs + (size_t)h0 * d, Hd, d, cn);
+        gemm(c, false, false, L, d, ld, scale, Sl, ld, LS, Kg, KVd, 0, 1.f, dQs + (size_t)h0 * d, Hd, d, cn);
       }
     if (dq) cu_scatter_rows(be, dq, dQs, rows, L, Hd);
     if (dk) cu_scatter_rows(be, dk, dKs, rows, L, KVd);
@@ -227,10 +242,10 @@ bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16
   int Lmax, Gc;
   if (!seg_plan(a, 8, &Lmax, &Gc)) return false;   /* S f32 + P hi/lo bf16 */
   const int n = a->n, H = a->n_heads, Hkv = a->n_kv_heads, G = H / Hkv, d = a->head_dim, Hd = H * d, KVd = Hkv * d;
-  const size_t LL = (size_t)Lmax * Lmax, L0 = (size_t)Lmax;
-  size_t bytes = L0 * Hd * 2 + L0 * KVd * 2 * 2 + L0 * 4 * 3 + L0 * Hd * 4 + (size_t)Gc * LL * 8 + 256 * 10;
+  const size_t LL = (size_t)Lmax * ld_of(Lmax), L0 = (size_t)Lmax;
+  size_t bytes = L0 * Hd * 2 + (size_t)ld_of(Lmax) * KVd * 2 * 2 + L0 * 4 * 3 + L0 * Hd * 4 + (size_t)Gc * LL * 8 + 256 * 10;
   char *p = (char *)cu_attn_ws(c, bytes);
-  bf16 *Qs = carve<bf16>(p, L0 * Hd), *Ks = carve<bf16>(p, L0 * KVd), *Vs = carve<bf16>(p, L0 * KVd);
+  bf16 *Qs = carve<bf16>(p, L0 * Hd), *Ks = carve<bf16>(p, (size_t)ld_of(Lmax) * KVd), *Vs = carve<bf16>(p, (size_t)ld_of(Lmax) * KVd);
   int *ord = carve<int>(p, L0), *spl = carve<int>(p, L0), *mod = carve<int>(p, L0);
   float *Os = carve<float>(p, L0 * Hd), *S = carve<float>(p, Gc * LL);
   bf16 *Ph = carve<bf16>(p, Gc * LL), *Pl = carve<bf16>(p, Gc * LL);
@@ -240,7 +255,8 @@ bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16
     const int L = a->seg_off[s + 1] - a->seg_off[s];
     if (L == 0) continue;
     const int32_t *rows = a->seg_rows + a->seg_off[s];
-    const long long L2 = (long long)L * L;
+    const int ld = ld_of(L);
+    const long long LS = (long long)L * ld;   /* matrix stride */
     gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
     k_gather_meta<<<grid((size_t)L), 256, 0, st>>>(ord, spl, mod, NULL, NULL, rows, a->order, a->split, a->mode, NULL, NULL, L, n, 1);
     CUDA_LAUNCHED();
@@ -248,11 +264,11 @@ bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16
       for (int h0 = g * G; h0 < (g + 1) * G; h0 += Gc) {
         const int cn = std::min(Gc, (g + 1) * G - h0);
         const bf16 *Kg = Ks + (size_t)g * d, *Vg = Vs + (size_t)g * d;
-        gemm(c, false, true, L, L, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, L, L2, cn);
-        k_softmax_rows<<<grid((size_t)cn * L * 32), 256, 0, st>>>(Ph, Pl, lse, S, ord, spl, mod, rows, L, cn, h0, n, sl2);
+        gemm(c, false, true, L, ld, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, ld, LS, cn);
+        k_softmax_rows<<<grid((size_t)cn * L * 32), 256, 0, st>>>(Ph, Pl, lse, S, ord, spl, mod, rows, L, ld, cn, h0, n, sl2);
         CUDA_LAUNCHED();
-        gemm(c, false, false, L, d, L, 1.f, Ph, L, L2, Vg, KVd, 0, 0.f, Os + (size_t)h0 * d, Hd, d, cn);
-        gemm(c, false, false, L, d, L, 1.f, Pl, L, L2, Vg, KVd, 0, 1.f, Os + (size_t)h0 * d, Hd, d, cn);
+        gemm(c, false, false, L, d, ld, 1.f, Ph, ld, LS, Vg, KVd, 0, 0.f, Os + (size_t)h0 * d, Hd, d, cn);
+        gemm(c, false, false, L, d, ld, 1.f, Pl, ld, LS, Vg, KVd, 0, 1.f, Os + (size_t)h0 * d, Hd, d, cn);
       }
     k_scatter_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(out, Os, rows, L, Hd);
     CUDA_LAUNCHED();
