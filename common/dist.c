@@ -8,6 +8,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,15 @@ static int tcp_connect_all(usbx_dist *d, const usbx_dist_env *e, char *err, size
       return -1;
     }
     for (int n = 1; n < d->world; n++) {
+      /* the other ranks load the model first; ten minutes without one means it is not coming */
+      struct pollfd pf = {.fd = ls, .events = POLLIN};
+      int pr = poll(&pf, 1, 600 * 1000);
+      if (pr < 0 && errno == EINTR) { n--; continue; }
+      if (pr <= 0) {
+        snprintf(err, errlen, "rank 0: %d of %d ranks connected within 10 minutes on port %d", n, d->world - 1, e->port);
+        close(ls);
+        return -1;
+      }
       int fd = accept(ls, NULL, NULL);
       if (fd < 0) { if (errno == EINTR) { n--; continue; } snprintf(err, errlen, "accept: %s", strerror(errno)); close(ls); return -1; }
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
