@@ -11,8 +11,9 @@
  * At d = 128 the work is memory-bound on the L x L matrices, far less than the tiled kernel's
  * time (cuda_attn_masked.cu) for long samples.  Precision as that kernel: the fp32 operands (dO,
  * P, dS) enter the bf16 products as hi + lo halves, hi·hi + hi·lo + lo·hi where both operands are
- * fp32 and two terms where the other is an exact bf16 input, so the gradients stay within ~1e-5 of
- * fp32 math.  Deterministic: the heads of a KV group are summed in a fixed order. */
+ * fp32 and two terms where the other is an exact bf16 input (dO·Vᵀ as one product over the columns
+ * [dO_hi | dO_lo] against [V | V]), so the gradients stay within ~1e-5 of fp32 math.
+ * Deterministic: the heads of a KV group are summed in a fixed order. */
 #include "cuda_common.cuh"
 #include <algorithm>
 
@@ -38,12 +39,24 @@ __global__ void k_gather_bf16(bf16 *dst, const bf16 *src, const int32_t *rows, i
     dst[e] = src[(size_t)rows[i] * W + c];
   }
 }
-/* the same from f32 rows, split into bf16 hi and lo */
-__global__ void k_gather_split(bf16 *hi, bf16 *lo, const float *src, const int32_t *rows, int L, int W) {
-  size_t n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
+/* f32 rows of heads x d values, split into bf16 hi and lo side by side per head: G2[i, h·2d + c] =
+ * hi, G2[i, h·2d + d + c] = lo, so one product over 2d columns takes both halves */
+__global__ void k_gather_split2(bf16 *G2, const float *src, const int32_t *rows, int L, int heads, int d) {
+  const size_t W = (size_t)heads * d, n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
   for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
-    size_t i = e / W, c = e - i * W;
-    split(hi, lo, e, src[(size_t)rows[i] * W + c]);
+    size_t i = e / W, c = e - i * W, h = c / d, cc = c - h * d;
+    float x = src[(size_t)rows[i] * W + c];
+    bf16 hi = f2bf(x);
+    G2[i * 2 * W + h * 2 * d + cc] = hi;
+    G2[i * 2 * W + h * 2 * d + d + cc] = f2bf(x - bf2f(hi));
+  }
+}
+/* V2[j, g·2d + c] = V2[j, g·2d + d + c] = V[j, g·d + c]: V twice per head, against G2 */
+__global__ void k_dup_heads(bf16 *V2, const bf16 *V, int rows, int heads, int d) {
+  const size_t W = (size_t)heads * d, n = (size_t)rows * W, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+    size_t j = e / W, c = e - j * W, g = c / d, cc = c - g * d;
+    V2[j * 2 * W + g * 2 * d + cc] = V2[j * 2 * W + g * 2 * d + d + cc] = V[e];
   }
 }
 /* the sample's metadata and, when lse is given, per head lse·log2(e) and D: [H][L] */
@@ -180,11 +193,12 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     size_t parts[] = {L * Hd * 2 * 3, L * KVd * 2 * 2, L * 4 * 3, (size_t)H * L * 4 * 2, L * Hd * 4, L * KVd * 4 * 2,
                       (size_t)Gc * LL * 4 * 2, (size_t)Gc * LL * 2 * 4};
     for (size_t x : parts) bytes += x + 256 * 4;
-    bytes += (size_t)16 * KVd * 2 * 2;   /* the K and V padding rows */
+    bytes += (size_t)16 * KVd * 2 * 2 + (size_t)ld_of(Lmax) * 2 * KVd * 2 + 256;   /* K, V padding rows; V2 */
   }
   char *p = (char *)cu_attn_ws(c, bytes);
-  bf16 *Qs = carve<bf16>(p, (size_t)Lmax * Hd), *Gh = carve<bf16>(p, (size_t)Lmax * Hd), *Gl = carve<bf16>(p, (size_t)Lmax * Hd);
+  bf16 *Qs = carve<bf16>(p, (size_t)Lmax * Hd), *G2 = carve<bf16>(p, (size_t)Lmax * 2 * Hd);
   bf16 *Ks = carve<bf16>(p, (size_t)ld_of(Lmax) * KVd), *Vs = carve<bf16>(p, (size_t)ld_of(Lmax) * KVd);
+  bf16 *V2 = carve<bf16>(p, (size_t)ld_of(Lmax) * 2 * KVd);
   int *ord = carve<int>(p, Lmax), *spl = carve<int>(p, Lmax), *mod = carve<int>(p, Lmax);
   float *lse2 = carve<float>(p, (size_t)H * Lmax), *Ds = carve<float>(p, (size_t)H * Lmax);
   float *dQs = carve<float>(p, (size_t)Lmax * Hd), *dKs = carve<float>(p, (size_t)Lmax * KVd), *dVs = carve<float>(p, (size_t)Lmax * KVd);
@@ -199,7 +213,8 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     const int ld = ld_of(L);
     const long long LS = (long long)L * ld;   /* matrix stride */
     gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
-    k_gather_split<<<grid((size_t)L * Hd), 256, 0, st>>>(Gh, Gl, dout, rows, L, Hd);
+    k_gather_split2<<<grid((size_t)L * Hd), 256, 0, st>>>(G2, dout, rows, L, H, d);
+    k_dup_heads<<<grid((size_t)ld * KVd), 256, 0, st>>>(V2, Vs, ld, Hkv, d);
     k_gather_meta<<<grid((size_t)L * H), 256, 0, st>>>(ord, spl, mod, lse2, Ds, rows, a->order, a->split, a->mode, lse, D, L, n, H);
     CUDA_LAUNCHED();
     CUDA_CHECK(cudaMemsetAsync(dKs, 0, sizeof(float) * (size_t)L * KVd, st));
@@ -207,11 +222,12 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     for (int g = 0; g < Hkv; g++)
       for (int h0 = g * G; h0 < (g + 1) * G; h0 += Gc) {
         const int cn = std::min(Gc, (g + 1) * G - h0);
-        const bf16 *Kg = Ks + (size_t)g * d, *Vg = Vs + (size_t)g * d;
+        const bf16 *Kg = Ks + (size_t)g * d;
         /* S = Q·Kᵀ, dP = dO·Vᵀ for heads h0 .. h0+cn */
         gemm(c, false, true, L, ld, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, ld, LS, cn);
-        gemm(c, false, true, L, ld, d, 1.f, Gh + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 0.f, dP, ld, LS, cn);
-        gemm(c, false, true, L, ld, d, 1.f, Gl + (size_t)h0 * d, Hd, d, Vg, KVd, 0, 1.f, dP, ld, LS, cn);
+        /* dP = dO_hi·Vᵀ + dO_lo·Vᵀ as one product over 2d columns */
+        gemm(c, false, true, L, ld, 2 * d, 1.f, G2 + (size_t)h0 * 2 * d, 2 * Hd, 2 * d, V2 + (size_t)g * 2 * d, 2 * KVd, 0, 0.f, dP, ld,
+             LS, cn);
         k_p_ds<<<grid((size_t)cn * LS), 256, 0, st>>>(Ph, Pl, Sh, Sl, S, dP, lse2 + (size_t)h0 * L, Ds + (size_t)h0 * L, ord, spl, mod,
                                                        L, ld, cn, sl2);
         CUDA_LAUNCHED();
@@ -219,9 +235,10 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
           const int h = h0 + j;
           const size_t o = (size_t)j * LS;
           /* dV_g += Pᵀ·dO (hi·hi + hi·lo + lo·hi), dK_g += scale·dSᵀ·Q */
-          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gl + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, 1.f, Pl + o, ld, 0, Gh + (size_t)h * d, Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          const bf16 *Gh = G2 + (size_t)h * 2 * d, *Gl = Gh + d;
+          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gh, 2 * Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gl, 2 * Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+          gemm(c, true, false, L, d, L, 1.f, Pl + o, ld, 0, Gh, 2 * Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
           gemm(c, true, false, L, d, L, scale, Sh + o, ld, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
           gemm(c, true, false, L, d, L, scale, Sl + o, ld, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
         }
