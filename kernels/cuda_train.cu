@@ -584,12 +584,22 @@ static void c_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, floa
                                                grad_scale, lr / bc1, sqrtf(bc2));
   CUDA_LAUNCHED();
 }
-#define SUMSQ_BLOCKS 264
-__global__ void k_sumsq_part(double *part, const float *x, size_t n) {
+/* enough blocks and 16-byte loads to keep the memory busy: the norm reads every gradient once */
+#define SUMSQ_BLOCKS 1056
+__global__ void k_sumsq_part(double *part, const float *x, size_t n, bool vec) {
   __shared__ double red[32];
   double s = 0;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    s += (double)x[i] * x[i];
+  const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+  size_t done = 0;
+  if (vec) {
+    const size_t n4 = n / 4;
+    for (size_t i = tid; i < n4; i += step) {
+      float4 v = ((const float4 *)x)[i];
+      s += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    }
+    done = n4 * 4;
+  }
+  for (size_t i = done + tid; i < n; i += step) s += (double)x[i] * x[i];
   s = block_sum_t<double>(s, red);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
@@ -604,7 +614,7 @@ static void c_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) 
   if (!n) return;
   int nb = (int)std::min<size_t>(SUMSQ_BLOCKS, (n + 255) / 256);
   double *part = (double *)cu_scratch(c, (size_t)nb * sizeof(double));
-  k_sumsq_part<<<nb, 256, 0, c->stream>>>(part, x, n);
+  k_sumsq_part<<<nb, 256, 0, c->stream>>>(part, x, n, ((uintptr_t)x & 15u) == 0);
   CUDA_LAUNCHED();
   k_sumsq_final<<<1, 32, 0, c->stream>>>(acc, part, nb);
   CUDA_LAUNCHED();

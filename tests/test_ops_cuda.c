@@ -1137,10 +1137,12 @@ static void test_optim(void) {
   float *dx = dev_f32(x, n), *de = dev_f32(e, n), *dacc = dev_f32(&acc0, 1);
   be->sumsq_acc(be, dacc, dx, n);
   be->sumsq_acc(be, dacc, dx, 7);
+  be->sumsq_acc(be, dacc, dx + 1, n - 2);   /* not 16-byte aligned: the scalar path */
   float *racc = get_f32(dacc, 1), cacc = acc0;
   cpu->sumsq_acc(cpu, &cacc, x, n);
   cpu->sumsq_acc(cpu, &cacc, x, 7);
-  report("sumsq_acc vs cpu", "n=1000003 then n=7", relerr_f(racc, &cacc, 1), 1e-6);
+  cpu->sumsq_acc(cpu, &cacc, x + 1, n - 2);
+  report("sumsq_acc vs cpu", "n=1000003, n=7, then unaligned n=1000001", relerr_f(racc, &cacc, 1), 1e-6);
   be->ema(be, de, dx, 0.999f, n);
   float *re = get_f32(de, n), *ce = copyf(e, n);
   cpu->ema(cpu, ce, x, 0.999f, n);
