@@ -5,16 +5,13 @@
 # the ~1.5B model with and without --recompute (memory and speed).
 # Bundle extracted in the repo root; one tarball of results under $OUT.  Args: TOKENS_PER_GPU...
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export PATH=$PWD/bin:$PATH NCCL_NVLS_ENABLE=0
+. benchmark/device_env.sh
 FINAL=${OUT:-/tmp/out}; W=/tmp/d7; R=$W/results
 mkdir -p "$R" "$FINAL"
 trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
 date -u | tee "$R/date.txt"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
 NG=$(nvidia-smi -L | wc -l)
-NCCL_DIR=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
-export USBX_NCCL_LIB=${NCCL_DIR:+$NCCL_DIR/libnccl.so.2}
 usbx-synth scenes --n 96 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl"
 ( time usbx-ckpt init --config benchmark/shape-7b-mot.json --seed 1 "$W/b7" > /dev/null ) 2>&1 | grep real | tee "$R/init_time.txt"
 cp .devdata/tokenizer.json "$W/b7/"

@@ -6,20 +6,15 @@
 #   D. usbx-gen --batch timing at 512x512 on a random 7B-MoT checkpoint (bench_gen --batch)
 # Bundle extracted in the repo root; one tarball of results under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export PATH=$PWD/bin:$PATH NCCL_NVLS_ENABLE=0
+. benchmark/device_env.sh
 FINAL=${OUT:-/tmp/out}; W=/tmp/dd; R=$W/results
 mkdir -p "$R" "$FINAL"
 trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-jq() { LD_LIBRARY_PATH= command jq "$@"; }
 date -u | tee "$R/date.txt"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
 nvidia-smi topo -m > "$R/topo.txt" 2>&1
 NG=$(nvidia-smi -L | wc -l)
-NCCL_DIR=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
-export USBX_NCCL_LIB=${NCCL_DIR:+$NCCL_DIR/libnccl.so.2}
-[ -f "${USBX_NCCL_LIB:-/nonexistent}" ] || export USBX_NCCL_LIB=$(find /opt /usr -name 'libnccl.so.2' 2>/dev/null | head -1)
-echo "NCCL: $USBX_NCCL_LIB" | tee "$R/nccl.txt"
+echo "NCCL: ${USBX_NCCL_LIB:-not found}" | tee "$R/nccl.txt"
 
 # A. equality
 usbx-synth scenes --n 400 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"

@@ -3,11 +3,8 @@
 # step 6 against an uninterrupted 6-step run; the 2-GPU checkpoint resumed on one GPU with --accum 2;
 # the files read back with safetensors (PyTorch).  Bundle extracted in the repo root; logs in $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export PATH=$PWD/bin:$PATH NCCL_NVLS_ENABLE=0
+. benchmark/device_env.sh
 OUT=${OUT:-/tmp/out}; W=/tmp/dc; mkdir -p "$OUT" "$W"
-NCCL_DIR=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
-export USBX_NCCL_LIB=$NCCL_DIR/libnccl.so.2
 nvidia-smi -L; date -u
 usbx-synth scenes --n 200 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"
 usbx-ckpt init --config benchmark/sandbox-small.json --seed 1 "$W/small" > /dev/null && cp .devdata/tokenizer.json "$W/small/"

@@ -2,11 +2,8 @@
 # Two GPUs, the final tree: 2 GPUs == 1 GPU with --accum 2 over 20 steps (small model), then the
 # ~1.5B model on one GPU and on two (tokens/s, MFU).  Bundle extracted in the repo root; logs in $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export PATH=$PWD/bin:$PATH NCCL_NVLS_ENABLE=0
+. benchmark/device_env.sh
 OUT=${OUT:-/tmp/out}; W=/tmp/fi; mkdir -p "$OUT" "$W"
-NCCL_DIR=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
-export USBX_NCCL_LIB=$NCCL_DIR/libnccl.so.2
 nvidia-smi -L; date -u
 usbx-synth scenes --n 400 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"
 usbx-ckpt init --config benchmark/sandbox-small.json --seed 1 "$W/small" > /dev/null && cp .devdata/tokenizer.json "$W/small/"

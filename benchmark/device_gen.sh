@@ -2,7 +2,7 @@
 # Image-generation timing on the GPU machine: the CUDA fixture check, then bench_gen at 512 and 1024
 # on a random 7B-MoT checkpoint.  Bundle extracted in the repo root; logs under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+. benchmark/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader; date -u
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a 2>&1 | tee "$OUT/fixtures.txt"

@@ -3,7 +3,7 @@
 # gate|up product in bf16 (default) against f32 (USBX_CUDA_GATEUP_BF16=0), in the same call.
 # Bundle extracted in the repo root; logs under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+. benchmark/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"; date -u
 timeout 300 build/tests/test_ops_cuda > "$OUT/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; grep -E "FAIL|passed|failed|gate_up" "$OUT/test_ops_cuda.txt" | tail -6

@@ -4,8 +4,7 @@
 # build carried (build/, bin/, .devlibs/, .devdata/tokenizer.json).  Logs go to $OUT.
 #   bash benchmark/device_suite.sh [quick]
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export NCCL_NVLS_ENABLE=0
+. benchmark/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log() { echo "== $*" | tee -a "$OUT/suite.log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -3,8 +3,7 @@
 # the sample-by-sample cuBLAS backward), and one ~1.5B training run with each backward.
 # Bundle extracted in the repo root; one tarball under $OUT.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export PATH=$PWD/bin:$PATH
+. benchmark/device_env.sh
 FINAL=${OUT:-/tmp/out}; W=/tmp/ta; R=$W/results
 mkdir -p "$R" "$FINAL"
 trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT

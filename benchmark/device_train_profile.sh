@@ -2,8 +2,7 @@
 # One GPU: the ~1.5B training step with USBX_TRAIN_PROFILE=1 (phases of the backward per layer) and the
 # element-wise op timings of bench_ops_cuda.  Bundle extracted in the repo root.
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
-export PATH=$PWD/bin:$PATH
+. benchmark/device_env.sh
 W=/tmp/pf; mkdir -p $W
 nvidia-smi -L
 usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"

@@ -6,13 +6,11 @@
 # Run on the GPU machine from the repo root with the bundle extracted; outputs under $OUT.
 #   bash benchmark/train_demo.sh [STEPS]
 set -euo pipefail
-export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+. benchmark/device_env.sh
 FINAL=${OUT:-/tmp/out}; W=/tmp/td; STEPS=${1:-2000}
 OUT=$W/results   # everything lands here; one tarball goes to $FINAL at the end
 mkdir -p "$OUT" "$W" "$FINAL"
 trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-export PATH=$PWD/bin:$PATH
-jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up our libjq
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "${ONLY_MFU:-0}" != 1 ]; then
 usbx-synth scenes --n 4000 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"

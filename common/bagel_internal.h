@@ -66,6 +66,8 @@ typedef struct { usbx_wdesc *v; int n, cap; } usbx_wlist;
 /* Every tensor of ema.safetensors that the given parts need, in a fixed order.  m may be NULL
  * (names and shapes only). */
 void usbx_bagel_enumerate(const usbx_bagel_config *c, unsigned parts, usbx_bagel *m, usbx_wlist *out);
+/* The decoder layer a tensor name belongs to (language_model.model.layers.L.*), or -1. */
+int usbx_bagel_layer_of(const char *name);
 /* The shared forward of one block of T tokens against context c (bagel.c): rows [0, n_und)
  * und expert, the rest gen; m->x holds the input embeddings and m->d_pos the positions; on
  * return m->x holds the final-normed hidden states.  K/V go to cache rows [len, len+T); the

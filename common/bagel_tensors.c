@@ -188,3 +188,9 @@ void usbx_sincos_2d(float *table, int G, int D) {
       }
     }
 }
+
+int usbx_bagel_layer_of(const char *name) {
+  int l, k = 0;
+  if (sscanf(name, "language_model.model.layers.%d.%n", &l, &k) == 1 && k > 0) return l;
+  return -1;
+}

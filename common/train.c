@@ -113,12 +113,6 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
   return t;
 }
 
-/* decoder layer of a tensor name, or -1 */
-static int layer_of(const char *name) {
-  int l, k = 0;
-  if (sscanf(name, "language_model.model.layers.%d.%n", &l, &k) == 1 && k > 0) return l;
-  return -1;
-}
 
 void usbx_trainer_set_recompute(usbx_trainer *t, bool on) { t->recompute = on; }
 
@@ -128,7 +122,7 @@ void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ct
   /* offsets within a layer follow the enumeration order, the same for every layer */
   for (int i = 0; i < t->wl.n; i++) {
     gslot *g = slot_of(t, *t->wl.v[i].dst);
-    int l = g ? layer_of(g->name) : -1;
+    int l = g ? usbx_bagel_layer_of(g->name) : -1;
     if (l < 0 || l >= L) continue;
     used[l] += (size_t)g->n;
   }
@@ -141,7 +135,7 @@ void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ct
     memset(used, 0, sizeof(size_t) * (size_t)L);
     for (int i = 0; i < t->wl.n; i++) {
       gslot *g = slot_of(t, *t->wl.v[i].dst);
-      int l = g ? layer_of(g->name) : -1;
+      int l = g ? usbx_bagel_layer_of(g->name) : -1;
       if (l < 0 || l >= L) continue;
       t->be->free(t->be, g->g);
       g->g = t->layer_ws + used[l];
@@ -162,7 +156,7 @@ void usbx_trainer_free(usbx_trainer *t) {
       usbx_err("profile: %-16s %8.2f ms per batch (%4.1f %%)", PROF_NAMES[i], 1e3 * t->prof[i] / t->prof_steps, 100 * t->prof[i] / tot);
   }
   for (int i = 0; i < t->cap; i++)
-    if (t->slots[i].w && !(t->layer_ws && layer_of(t->slots[i].name) >= 0)) t->be->free(t->be, t->slots[i].g);
+    if (t->slots[i].w && !(t->layer_ws && usbx_bagel_layer_of(t->slots[i].name) >= 0)) t->be->free(t->be, t->slots[i].g);
   if (t->layer_ws) t->be->free(t->be, t->layer_ws);
   if (t->dy_mm) t->be->free(t->be, t->dy_mm);
   P_destroy(&t->pool);
@@ -348,7 +342,7 @@ void usbx_trainer_zero_grads(usbx_trainer *t) {
   size_t shared = 0;
   for (int i = 0; i < t->cap; i++) {
     if (!t->slots[i].w) continue;
-    if (t->layer_ws && layer_of(t->slots[i].name) >= 0) { if (layer_of(t->slots[i].name) == 0) shared += (size_t)t->slots[i].n; continue; }
+    if (t->layer_ws && usbx_bagel_layer_of(t->slots[i].name) >= 0) { if (usbx_bagel_layer_of(t->slots[i].name) == 0) shared += (size_t)t->slots[i].n; continue; }
     t->be->memset0(t->be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
   }
   if (shared) t->be->memset0(t->be, t->layer_ws, sizeof(float) * shared);

@@ -88,6 +88,26 @@ static size_t owned_by(const state *S, const param *p, int r, size_t *off) {
 
 static size_t w_elem(const state *S, const param *p) { return p->d->mm ? usbx_dtype_size(S->be->mm_dtype) : sizeof(float); }
 
+/* this rank's range of the model's own buffer (mm or f32) */
+static void *w_range(const state *S, const param *p) { return (char *)p->w + p->off * w_elem(S, p); }
+/* the master is that range itself when the weights are stored in f32 */
+static bool master_is_view(const state *S, const param *p) { return (void *)p->master == w_range(S, p); }
+
+/* every rank's range of p's gradient summed into its owner (inside a group) */
+static void reduce_ranges(state *S, param *p) {
+  for (int r = 0; r < usbx_dist_world(S->dist); r++) {
+    size_t off, len = owned_by(S, p, r, &off);
+    if (len) usbx_dist_reduce(S->dist, p->g + off, len, r);
+  }
+}
+/* every rank's range of a full-size buffer of p (elements of es bytes) from its owner (inside a group) */
+static void broadcast_ranges(state *S, param *p, void *buf, size_t es) {
+  for (int r = 0; r < usbx_dist_world(S->dist); r++) {
+    size_t off, len = owned_by(S, p, r, &off);
+    if (len) usbx_dist_broadcast(S->dist, (char *)buf + off * es, len * es, r);
+  }
+}
+
 /* host f32 copy of a device buffer that holds mm or f32 values */
 static void download_f32(usbx_backend *be, const void *src, bool mm, size_t n, float *dst) {
   if (!mm || be->mm_dtype == USBX_F32) { be->download(be, dst, src, sizeof(float) * n); return; }
@@ -106,10 +126,7 @@ static const float *gather_full(state *S, param *p, int kind) {
   if (W == 1 && p->len == p->n) return mine;
   if (p->len) be->copy(be, S->full + p->off, mine, sizeof(float) * p->len);
   usbx_dist_group_begin(S->dist);
-  for (int r = 0; r < W; r++) {
-    size_t off, len = owned_by(S, p, r, &off);
-    if (len) usbx_dist_broadcast(S->dist, S->full + off, sizeof(float) * len, r);
-  }
+  broadcast_ranges(S, p, S->full, sizeof(float));
   usbx_dist_group_end(S->dist);
   return S->full;
 }
@@ -249,7 +266,7 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
         if (which == 0) {
           /* the whole tensor into the model's buffer on every rank (the master may be a view of it) */
           S->be->upload_convert(S->be, p->w, p->d->mm, src, USBX_F32, p->n);
-          if (p->len && (void *)p->master != (void *)((char *)p->w + p->off * w_elem(S, p)))
+          if (p->len && !master_is_view(S, p))
             S->be->upload(S->be, p->master, src + p->off, sizeof(float) * p->len);
         } else if (p->len) {
           float *dst = which == 1 ? p->ema : k ? p->v : p->m;
@@ -269,16 +286,9 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
 static void layer_grads_done(void *ctx, int l) {
   state *S = ctx;
   usbx_backend *be = S->be;
-  int W = usbx_dist_world(S->dist);
   usbx_dist_group_begin(S->dist);
-  for (int i = 0; i < S->np; i++) {
-    param *p = &S->p[i];
-    if (!p->trained || p->layer != l) continue;
-    for (int r = 0; r < W; r++) {
-      size_t off, len = owned_by(S, p, r, &off);
-      if (len) usbx_dist_reduce(S->dist, p->g + off, len, r);
-    }
-  }
+  for (int i = 0; i < S->np; i++)
+    if (S->p[i].trained && S->p[i].layer == l) reduce_ranges(S, &S->p[i]);
   usbx_dist_group_end(S->dist);
   for (int i = 0; i < S->np; i++) {
     param *p = &S->p[i];
@@ -352,8 +362,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     p->trained = p->g != NULL;
     p->layer = -1;
     if (!p->trained) continue;
-    int l, k = 0;
-    if (zero2 && sscanf(p->d->name, "language_model.model.layers.%d.%n", &l, &k) == 1 && k > 0) p->layer = l;
+    if (zero2) p->layer = usbx_bagel_layer_of(p->d->name);
     p->base = S.total;
     S.total += p->n;
     if (p->n > largest) largest = p->n;
@@ -376,7 +385,7 @@ int usbx_train_run(const usbx_train_opts *o) {
       p->master = be->alloc(be, sizeof(float) * p->len);
       const usbx_st_tensor *t = usbx_st_find(&wf, p->d->name);
       be->upload_convert(be, p->master, false, (const char *)t->data + p->off * usbx_dtype_size(t->dtype), t->dtype, p->len);
-    } else p->master = (float *)p->w + p->off;
+    } else p->master = w_range(&S, p);
     p->m = be->alloc(be, sizeof(float) * p->len); be->memset0(be, p->m, sizeof(float) * p->len);
     p->v = be->alloc(be, sizeof(float) * p->len); be->memset0(be, p->v, sizeof(float) * p->len);
     p->ema = be->alloc(be, sizeof(float) * p->len); be->copy(be, p->ema, p->master, sizeof(float) * p->len);
@@ -461,14 +470,8 @@ int usbx_train_run(const usbx_train_opts *o) {
     /* the summed gradient of each range goes to its owner */
     if (W > 1) {
       usbx_dist_group_begin(dist);
-      for (int i = 0; i < S.np; i++) {
-        param *p = &S.p[i];
-        if (!p->trained || p->layer >= 0) continue;   /* decoder layers were reduced during the backward */
-        for (int r = 0; r < W; r++) {
-          size_t off, len = owned_by(&S, p, r, &off);
-          if (len) usbx_dist_reduce(dist, p->g + off, len, r);
-        }
-      }
+      for (int i = 0; i < S.np; i++)   /* decoder layers were reduced during the backward */
+        if (S.p[i].trained && S.p[i].layer < 0) reduce_ranges(&S, &S.p[i]);
       usbx_dist_group_end(dist);
     }
     be->memset0(be, acc, sizeof(float));
@@ -484,23 +487,15 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
       if (!p->len) continue;
-      void *w_mm = (void *)p->master == (void *)((char *)p->w + p->off * w_elem(&S, p)) ? NULL : (char *)p->w + p->off * w_elem(&S, p);
-      be->adamw(be, p->master, w_mm, grad_range(p), p->m, p->v, p->len, (float)lr, (float)o->beta1, (float)o->beta2,
+      be->adamw(be, p->master, master_is_view(&S, p) ? NULL : w_range(&S, p), grad_range(p), p->m, p->v, p->len, (float)lr, (float)o->beta1, (float)o->beta2,
                 (float)o->eps, (float)o->weight_decay, scale, (int)step + 1);
       be->ema(be, p->ema, p->master, (float)o->ema, p->len);
     }
     /* every rank's updated weights to every rank */
     if (W > 1) {
       usbx_dist_group_begin(dist);
-      for (int i = 0; i < S.np; i++) {
-        param *p = &S.p[i];
-        if (!p->trained) continue;
-        size_t es = w_elem(&S, p);
-        for (int r = 0; r < W; r++) {
-          size_t off, len = owned_by(&S, p, r, &off);
-          if (len) usbx_dist_broadcast(dist, (char *)p->w + off * es, len * es, r);
-        }
-      }
+      for (int i = 0; i < S.np; i++)
+        if (S.p[i].trained) broadcast_ranges(&S, &S.p[i], S.p[i].w, w_elem(&S, &S.p[i]));
       usbx_dist_group_end(dist);
     }
     be->sync(be);
@@ -545,7 +540,7 @@ int usbx_train_run(const usbx_train_opts *o) {
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];
     if (!p->len) continue;
-    if ((void *)p->master != (void *)((char *)p->w + p->off * w_elem(&S, p))) be->free(be, p->master);
+    if (!master_is_view(&S, p)) be->free(be, p->master);
     be->free(be, p->m); be->free(be, p->v); be->free(be, p->ema);
     if (p->gs) be->free(be, p->gs);
   }

@@ -1,0 +1,10 @@
+# Sourced by the device scripts (benchmark/device_*.sh) from the repo root with the bundle extracted:
+# the carried libraries and tools, NCCL from PyTorch's wheel, NVLink multicast off.
+export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+export PATH=$PWD/bin:$PATH NCCL_NVLS_ENABLE=0
+if [ -z "${USBX_NCCL_LIB:-}" ]; then
+  nccl_dir=$(python3 -c 'import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null)
+  [ -f "$nccl_dir/libnccl.so.2" ] || nccl_dir=$(dirname "$(find /opt /usr -name 'libnccl.so.2' 2>/dev/null | head -1)" 2>/dev/null)
+  [ -f "$nccl_dir/libnccl.so.2" ] && export USBX_NCCL_LIB=$nccl_dir/libnccl.so.2
+fi
+jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up the carried libjq
