@@ -272,7 +272,7 @@ static void fuse_experts(usbx_bagel *m) {
 
 /* the fp32 copy of a generation head (see bagel_internal.h), when dst is one and mm is not f32 */
 static float **head32_of(usbx_bagel *m, void **dst) {
-  if (m->be->mm_dtype == USBX_F32) return NULL;
+  if (!usbx_mm_lossy(m->be)) return NULL;
   if (dst == &m->te_w1) return &m->te_w1_32;
   if (dst == &m->te_w2) return &m->te_w2_32;
   if (dst == &m->vae2llm_w) return &m->vae2llm_w32;

@@ -22,7 +22,7 @@ typedef struct {
   usbx_vae *vae;
   char vae_why[512];
   usbx_backend *be;
-  double tol;
+  double tol;            /* --tol, 0 for the per-group defaults of group_tol */
   int failed, skipped;
 } checker;
 
@@ -67,15 +67,27 @@ static void compare(group_result *g, const char *name, const float *out, const f
   if (mx > g->maxabs) g->maxabs = mx;
 }
 
+/* fp32 backends, and the autoencoder (fp32 on every backend): 1e-4.  Backends that round matmul inputs to bf16 (cuda, cpu-bf16): 1e-2, and
+ * 2e-2 for edit and train, whose outputs amplify rounding: edit's velocity is a guided
+ * combination (text scale 4 x image scale 2) of three branches that each land at ~4e-3, and
+ * train compares gradients, which pass through two bf16 passes.  cpu-bf16 shows that bf16
+ * rounding alone gives these groups 1.27e-2 and 1.59e-2 on bagel-tiny-a (tests/t_fixtures.sh). */
+static double group_tol(const checker *k, const char *group) {
+  if (k->tol > 0) return k->tol;
+  if (!usbx_mm_lossy(k->be) || strcmp(group, "vae") == 0) return 1e-4;
+  return strcmp(group, "edit") == 0 || strcmp(group, "train") == 0 ? 2e-2 : 1e-2;
+}
+
 static void report(checker *k, const char *group, group_result *g, bool skipped, const char *skip_why) {
   if (skipped) {
     printf("%-6s skipped (%s)\n", group, skip_why);
     k->skipped++;
     return;
   }
-  bool fail = g->bad || !(g->rel <= k->tol);
+  double tol = group_tol(k, group);
+  bool fail = g->bad || !(g->rel <= tol);
   printf("%-6s rel %.3g max-abs %.3g (worst %s) tol %.0e %s%s%s\n", group, g->rel, g->maxabs, g->worst[0] ? g->worst : "-",
-         k->tol, fail ? "FAIL" : "ok", g->why[0] ? ": " : "", g->why);
+         tol, fail ? "FAIL" : "ok", g->why[0] ? ": " : "", g->why);
   if (fail) k->failed++;
   fflush(stdout);
 }
@@ -549,8 +561,8 @@ int usbx_check_fixtures_main(int argc, char **argv) {
   bool strict = false;
   double tol = 0;
   usbx_opt opts[] = {
-    {"device", USBX_OPT_STR, &device, "cpu|cuda|auto", "backend to check (default cpu)", false},
-    {"tol", USBX_OPT_DOUBLE, &tol, "X", "relative tolerance (default 1e-4 on cpu, 1e-2 on cuda)", false},
+    {"device", USBX_OPT_STR, &device, "cpu|cpu-bf16|cuda|auto", "backend to check (default cpu)", false},
+    {"tol", USBX_OPT_DOUBLE, &tol, "X", "relative tolerance of every group (default 1e-4 on cpu and for vae; on cuda and cpu-bf16 1e-2, edit and train 2e-2)", false},
     {"strict", USBX_OPT_FLAG, &strict, NULL, "also fail when a group is skipped", false},
     {"verbose", USBX_OPT_FLAG, &verbose, NULL, "print the errors of every compared tensor before its group's line", false},
     {0},
@@ -577,7 +589,7 @@ int usbx_check_fixtures_main(int argc, char **argv) {
   if (!jv_is_valid(k.json) || jv_get_kind(k.json) != JV_KIND_OBJECT) usbx_die("%s: not a JSON object", cp);
   free(cp);
   k.be = usbx_backend_open(device);
-  k.tol = tol > 0 ? tol : (k.be->dev == USBX_DEV_CPU ? 1e-4 : 1e-2);
+  k.tol = tol;
   printf("# fixtures %s, backend %s\n", k.dir, k.be->name);
   k.model = usbx_bagel_load(k.dir, k.be, USBX_PART_LLM | USBX_PART_GEN | USBX_PART_VIT, err, sizeof err);
   if (!k.model) usbx_die("%s", err);

@@ -372,7 +372,7 @@ int usbx_train_run(const usbx_train_opts *o) {
   char *wpath = usbx_path_join(o->model, "model.safetensors");
   if (!usbx_file_exists(wpath)) { free(wpath); wpath = usbx_path_join(o->model, "ema.safetensors"); }
   usbx_st_file wf;
-  bool need_masters = be->mm_dtype != USBX_F32;
+  bool need_masters = usbx_mm_lossy(be);
   if (need_masters && usbx_st_open(wpath, &wf, err, sizeof err)) usbx_die("%s", err);
   size_t owned = 0;
   for (int i = 0; i < S.np; i++) {

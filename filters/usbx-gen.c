@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
     {"stem", USBX_OPT_STR, &stem_opt, "NAME", "image folder name for stdin input (default: the file name, or 'stdin')", false},
     {"task", USBX_OPT_STR, &task_opt, "KIND", "task kind for records without one (default: from the file name)", false},
     {"tokenizer", USBX_OPT_STR, &tokenizer, "PATH", "tokenizer.json or folder (default: the model folder)", false},
-    {"device", USBX_OPT_STR, &device, "cpu|cuda|auto", "backend (default auto: the GPU when present)", false},
+    {"device", USBX_OPT_STR, &device, "cpu|cpu-bf16|cuda|auto", "backend (default auto: the GPU when present)", false},
     {"overwrite", USBX_OPT_FLAG, &overwrite, NULL, "regenerate images that exist", false},
     {"keep-going", USBX_OPT_FLAG, &keep_going, NULL, "skip malformed input lines (counted) instead of stopping", false},
     {"progress", USBX_OPT_FLAG, &progress, NULL, "progress line on stderr even when it is not a terminal", false},

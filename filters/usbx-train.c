@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
     {"save-every", USBX_OPT_INT, &o.save_every, "N", "checkpoint every N steps (and at the end)", false},
     {"log-every", USBX_OPT_INT, &o.log_every, "N", "a progress record every N steps (default 1)", false},
     {"seed", USBX_OPT_INT, &seed, "N", "data order and noise seed (default 4396)", false},
-    {"device", USBX_OPT_STR, &o.device, "cpu|cuda|auto", "backend (default auto)", false},
+    {"device", USBX_OPT_STR, &o.device, "cpu|cpu-bf16|cuda|auto", "backend (default auto)", false},
     {"accum", USBX_OPT_INT, &o.accum, "N", "packed batches per process and step, gradients summed (default 1)", false},
     {"recompute", USBX_OPT_FLAG, &o.recompute, NULL, "recompute each decoder layer in the backward instead of keeping its activations", false},
     {"zero", USBX_OPT_INT, &zero, "1|2", "data parallel sharding: 1 optimizer state, 2 also gradients (default 2)", false},

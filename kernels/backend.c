@@ -1,4 +1,4 @@
-/* backend.c — choosing a backend: --device cpu|cuda|auto. */
+/* backend.c — choosing a backend: --device cpu|cpu-bf16|cuda|auto. */
 #include "ops.h"
 #include "util.h"
 #include <string.h>
@@ -17,10 +17,11 @@ usbx_backend *usbx_backend_open(const char *device) {
     return be ? be : usbx_backend_cpu();
   }
   if (strcmp(device, "cpu") == 0) return usbx_backend_cpu();
+  if (strcmp(device, "cpu-bf16") == 0) return usbx_backend_cpu_bf16();
   if (strcmp(device, "cuda") == 0 || strcmp(device, "gpu") == 0) {
     usbx_backend *be = usbx_backend_cuda(err, sizeof err);
     if (!be) usbx_die("--device cuda: %s", err);
     return be;
   }
-  usbx_usage_die("--device: expected cpu, cuda or auto, got '%s'", device);
+  usbx_usage_die("--device: expected cpu, cpu-bf16, cuda or auto, got '%s'", device);
 }

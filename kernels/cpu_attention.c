@@ -2,13 +2,14 @@
  * time with a numerically stable softmax (max subtracted).  Threads over heads. */
 #include "cpu_ops.h"
 #include "util.h"
+#include "tensor.h"
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <cblas.h>
 
-typedef struct { float *out; const float *q, *k, *v; const usbx_attn_args *a; int h0, h1; } job;
+typedef struct { float *out; const float *q, *k, *v; const usbx_attn_args *a; int h0, h1; bool round_p; } job;
 
 static void *run(void *p) {
   job *j = p;
@@ -34,6 +35,17 @@ static void *run(void *p) {
       for (int t = 0; t < hi; t++) { s[t] = expf(s[t] - m); sum += s[t]; }
       float *oi = j->out + ((size_t)i * H + h) * d;
       for (int c = 0; c < d; c++) oi[c] = 0;
+      if (j->round_p) {
+        /* as the CUDA flash kernel: unnormalised probabilities rounded to bf16 for P·V, the
+         * fp32 sum applied at the end */
+        for (int t = 0; t < hi; t++) {
+          const float *vt = j->v + ((size_t)t * Hkv + g) * d;
+          float p = usbx_bf16_to_f32(usbx_f32_to_bf16(s[t]));
+          for (int c = 0; c < d; c++) oi[c] += p * vt[c];
+        }
+        for (int c = 0; c < d; c++) oi[c] /= sum;
+        continue;
+      }
       for (int t = 0; t < hi; t++) {
         const float *vt = j->v + ((size_t)t * Hkv + g) * d;
         float p = s[t] / sum;
@@ -54,7 +66,7 @@ void usbx_cpu_attention(usbx_backend *be, void *out, const void *q, const void *
   pthread_t th[64];
   if (nt > 64) nt = 64;
   for (int t = 0; t < nt; t++) {
-    jobs[t] = (job){out, q, k, v, a, (int)(a->n_heads * t / nt), (int)(a->n_heads * (t + 1) / nt)};
+    jobs[t] = (job){out, q, k, v, a, (int)(a->n_heads * t / nt), (int)(a->n_heads * (t + 1) / nt), be->mm_rounded};
     if (t > 0 && pthread_create(&th[t], NULL, run, &jobs[t]) != 0) usbx_die("pthread_create failed");
   }
   run(&jobs[0]);

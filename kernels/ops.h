@@ -5,7 +5,8 @@
  * Buffers are device pointers of the backend (host memory on CPU).  Two element types exist:
  *   f32  — activations, residual stream, norm weights, biases, outputs of matrix products;
  *   mm   — "matmul input" type: inputs and weights of matrix products and the KV cache.
- *          fp32 on the CPU backend, bf16 on the CUDA backend (be->mm_dtype says which).
+ *          fp32 on the CPU backend, bf16 on the CUDA backend (be->mm_dtype says which); the
+ *          cpu-bf16 backend stores fp32 rounded to bf16 values (be->mm_rounded).
  * Row-major everywhere.  Linear weights are [N, K] (out, in): y = x·Wᵀ + b.
  * All ops are asynchronous on CUDA (one stream per backend); be->sync waits. */
 #ifndef USBX_OPS_H
@@ -71,6 +72,7 @@ typedef struct {
 struct usbx_backend {
   usbx_device dev;
   usbx_dtype mm_dtype;        /* USBX_F32 on CPU, USBX_BF16 on CUDA */
+  bool mm_rounded;            /* mm values are f32 rounded to bf16 (cpu-bf16): lossy like bf16 */
   const char *name;           /* "cpu (OpenBLAS, N threads)" / "cuda (NVIDIA H100 ...)" */
 
   /* memory */
@@ -190,9 +192,17 @@ struct usbx_backend {
 /* Backends. usbx_backend_cpu never fails; usbx_backend_cuda returns NULL (with a reason in
  * err) when the build has no CUDA or no GPU is visible. */
 usbx_backend *usbx_backend_cpu(void);
+/* The CPU backend with every value the CUDA backend keeps in bf16 rounded to bf16 (weights and
+ * other matmul inputs, the KV cache, attention outputs, the flash kernel's probabilities and
+ * the weights AdamW writes); everything else fp32.  Shows on any machine which errors bf16
+ * arithmetic itself causes (kernels/cpu_bf16.c). */
+usbx_backend *usbx_backend_cpu_bf16(void);
 usbx_backend *usbx_backend_cuda(char *err, size_t errlen);
-/* "--device cpu|cuda|auto": auto = CUDA when a GPU is present, else CPU.  Dies on a request
- * that cannot be met (--device cuda without a GPU). */
+/* true when mm values lose precision against fp32 (CUDA's bf16, cpu-bf16's rounding): then the
+ * model keeps fp32 copies where it needs them (generation heads, training masters) */
+static inline bool usbx_mm_lossy(const usbx_backend *be) { return be->mm_dtype != USBX_F32 || be->mm_rounded; }
+/* "--device cpu|cpu-bf16|cuda|auto": auto = CUDA when a GPU is present, else CPU.  Dies on a
+ * request that cannot be met (--device cuda without a GPU). */
 usbx_backend *usbx_backend_open(const char *device);
 void usbx_backend_close(usbx_backend *be);
 
