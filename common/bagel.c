@@ -372,6 +372,24 @@ int usbx_bagel_load_weights(usbx_bagel *m, const char *path, char *err, size_t e
 
 static void release(usbx_bagel *m, void **p) { if (*p) m->be->free(m->be, *p); *p = NULL; }
 
+static void unfuse(usbx_bagel *m) {
+  for (int l = 0; l < m->cfg.layers && m->layers; l++)
+    for (int e = 0; e < 2; e++) {
+      expert_w *w = &m->layers[l].e[e];
+      if (w->fused) { w->k_w = w->v_w = w->up = NULL; w->k_b = w->v_b = NULL; }   /* views into q_w, q_b, gate */
+      w->fused = false;
+    }
+}
+
+void usbx_bagel_drop_layer_weights(usbx_bagel *m) {
+  unfuse(m);
+  usbx_wlist wl = {0};
+  usbx_bagel_enumerate(&m->cfg, m->parts, m, &wl);
+  for (int i = 0; i < wl.n; i++)
+    if (usbx_bagel_layer_of(wl.v[i].name) >= 0) release(m, wl.v[i].dst);
+  free(wl.v);
+}
+
 void usbx_bagel_free(usbx_bagel *m) {
   if (!m) return;
   void **scr[] = {(void **)&m->x, (void **)&m->q, (void **)&m->k, (void **)&m->v, (void **)&m->tmp, (void **)&m->gate,
@@ -380,11 +398,7 @@ void usbx_bagel_free(usbx_bagel *m) {
   for (size_t i = 0; i < sizeof scr / sizeof scr[0]; i++) release(m, scr[i]);
   void **h32[] = {(void **)&m->te_w1_32, (void **)&m->te_w2_32, (void **)&m->vae2llm_w32, (void **)&m->llm2vae_w32};
   for (size_t i = 0; i < sizeof h32 / sizeof h32[0]; i++) release(m, h32[i]);
-  for (int l = 0; l < m->cfg.layers && m->layers; l++)
-    for (int e = 0; e < 2; e++) {
-      expert_w *w = &m->layers[l].e[e];
-      if (w->fused) { w->k_w = w->v_w = w->up = NULL; w->k_b = w->v_b = NULL; }   /* views into q_w, q_b, gate */
-    }
+  unfuse(m);
   usbx_wlist wl = {0};
   usbx_bagel_enumerate(&m->cfg, m->parts, m, &wl);
   for (int i = 0; i < wl.n; i++) release(m, wl.v[i].dst);

@@ -68,6 +68,9 @@ typedef struct { usbx_wdesc *v; int n, cap; } usbx_wlist;
 void usbx_bagel_enumerate(const usbx_bagel_config *c, unsigned parts, usbx_bagel *m, usbx_wlist *out);
 /* The decoder layer a tensor name belongs to (language_model.model.layers.L.*), or -1. */
 int usbx_bagel_layer_of(const char *name);
+/* Frees every decoder layer's weights and clears their pointers (and the fused layout): ZeRO-3
+ * training points them at gathered copies instead, and clears them again before usbx_bagel_free. */
+void usbx_bagel_drop_layer_weights(usbx_bagel *m);
 /* The shared forward of one block of T tokens against context c (bagel.c): rows [0, n_und)
  * und expert, the rest gen; m->x holds the input embeddings and m->d_pos the positions; on
  * return m->x holds the final-normed hidden states.  K/V go to cache rows [len, len+T); the

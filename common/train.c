@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { void *w; float *g; int64_t n; char *name; } gslot;
+typedef struct { void *w; float *g; int64_t n; char *name; void **dst; } gslot;
 
 /* Step buffers.  A step allocates its activations in nearly the same pattern every time, so
  * buffers are kept between steps as spares instead of being returned to the device allocator: no
@@ -61,6 +61,8 @@ struct usbx_trainer {
   float *layer_ws;        /* shared gradient buffer of the decoder layers (usbx_trainer_share_layer_grads) */
   void (*layer_done)(void *ctx, int layer);
   void *layer_ctx;
+  void (*gather)(void *ctx, int layer);   /* ZeRO-3 (usbx_trainer_gather_layers) */
+  void *gather_ctx;
   /* USBX_TRAIN_PROFILE=1: seconds per phase of add_grads, synchronised at each boundary */
   bool profile;
   double prof[9];
@@ -107,7 +109,7 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
     int64_t n = usbx_shape_numel(d->ndim, d->shape);
     size_t h = hash_ptr(*d->dst, t->cap);
     while (t->slots[h].w) h = (h + 1) & (size_t)(t->cap - 1);
-    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name};
+    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name, d->dst};
     t->nslots++;
   }
   return t;
@@ -145,6 +147,27 @@ void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ct
   free(used);
   t->layer_done = layer_done;
   t->layer_ctx = ctx;
+}
+
+void usbx_trainer_gather_layers(usbx_trainer *t, void (*gather)(void *ctx, int layer), void *ctx) {
+  if (!t->layer_ws) usbx_die("usbx_trainer_gather_layers: the layers' gradients must be shared first");
+  t->gather = gather;
+  t->gather_ctx = ctx;
+}
+
+void usbx_trainer_weights_moved(usbx_trainer *t) {
+  gslot *old = t->slots;
+  t->slots = xcalloc((size_t)t->cap, sizeof *t->slots);
+  for (int i = 0; i < t->cap; i++) {
+    if (!old[i].w) continue;
+    gslot g = old[i];
+    g.w = *g.dst;
+    if (!g.w) usbx_die("usbx_trainer_weights_moved: %s has no weights", g.name);
+    size_t h = hash_ptr(g.w, t->cap);
+    while (t->slots[h].w) h = (h + 1) & (size_t)(t->cap - 1);
+    t->slots[h] = g;
+  }
+  free(old);
 }
 
 void usbx_trainer_free(usbx_trainer *t) {
@@ -373,6 +396,7 @@ static void saved_alloc(pool *P, llm_saved *s, const usbx_bagel_config *c, int n
 /* layer l on x (f32 [n, D], updated in place), keeping its activations in s; vf: f32 [n, KVd] scratch */
 static void layer_forward(const layer_ctx *L, int l, llm_saved *s, float *x, float *vf) {
   usbx_trainer *t = L->t;
+  if (t->gather) t->gather(t->gather_ctx, l);
   usbx_bagel *m = t->m;
   usbx_backend *be = t->be;
   const usbx_bagel_config *c = &m->cfg;
@@ -617,6 +641,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   float *dqf = F32(P, (size_t)n * Hd), *dkf = F32(P, (size_t)n * KVd);
   for (int l = c->layers - 1; l >= 0; l--) {
     llm_saved *s = &S[l];
+    if (t->gather) t->gather(t->gather_ctx, l);
     if (t->recompute) {
       be->copy(be, x_rec, x_in[l], sizeof(float) * (size_t)n * D);
       layer_forward(&LC, l, &R, x_rec, vf);

@@ -64,6 +64,13 @@ void usbx_trainer_set_recompute(usbx_trainer *t, bool on);
  * gradients (usbx_trainer_grad pointers of its tensors, which point into the shared buffer) and
  * leave them zero.  Data parallel training reduces them to their owners there (ZeRO-2). */
 void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ctx, int layer), void *ctx);
+/* ZeRO-3: the decoder layers' weights are not resident; before the trainer reads layer l's
+ * weights (forward, recomputation, backward) it calls gather(ctx, l), which must make the model's
+ * layer l pointers valid.  Needs share_layer_grads first.  usbx_trainer_weights_moved: the model's
+ * weight pointers changed (every layer now points at one gathered copy); the gradient lookup is
+ * rebuilt from them, and layers sharing addresses share the gradient buffer, as they do. */
+void usbx_trainer_gather_layers(usbx_trainer *t, void (*gather)(void *ctx, int layer), void *ctx);
+void usbx_trainer_weights_moved(usbx_trainer *t);
 
 /* The gradient of a named tensor (device f32, same shape), or NULL (unknown, frozen or fixed). */
 float *usbx_trainer_grad(usbx_trainer *t, const char *name, int64_t *numel);

@@ -16,7 +16,11 @@
  * Data parallel: the trained parameters, laid end to end, are split into world equal ranges;
  * rank r keeps the fp32 master, AdamW moments and EMA of its range only (ZeRO-1), receives the
  * summed gradient of that range (reduce to its owner), updates it, and broadcasts the updated
- * weights.  Checkpoints are gathered to rank 0, which writes them. */
+ * weights.  ZeRO-2 also shards the decoder layers' gradients (reduced to their owners right after
+ * each layer's backward); ZeRO-3 shards the decoder layers' weights too: each rank keeps its range
+ * of them, and one layer-sized buffer receives layer l from its owners whenever the trainer is
+ * about to use it (every layer's model pointers point into that buffer).  Checkpoints are
+ * gathered to rank 0, which writes them. */
 #include "train_loop.h"
 #include "bagel_internal.h"
 #include "dist.h"
@@ -54,7 +58,11 @@ typedef struct {
   size_t off, len;    /* this rank's range of the tensor (len 0: none) */
   int layer;          /* decoder layer, or -1 */
   float *gs;          /* ZeRO-2, decoder layers: the summed gradient of the range (g is the shared layer buffer) */
-  float *master;      /* fp32 master of the range (a view into w when w is f32) */
+  void *wr;           /* this rank's range of the weights in the model's type: a view into w, or
+                         (ZeRO-3, decoder layers) its own buffer, the only copy this rank keeps */
+  bool sharded;       /* ZeRO-3: w is not resident; slot_off is its place in the layer buffer */
+  size_t slot_off;
+  float *master;      /* fp32 master of the range (a view of wr when the weights are f32) */
   float *m, *v, *ema; /* AdamW moments and EMA of the range */
 } param;
 
@@ -68,6 +76,8 @@ typedef struct {
   int np;
   size_t total;       /* trained parameters */
   float *full;        /* device scratch of the largest tensor (gathering ranges for a checkpoint) */
+  char *slot;         /* ZeRO-3: one decoder layer's weights, gathered */
+  int resident;       /* the layer in slot, -1 for none */
 } state;
 
 /* rank r's range of the trained parameters: [r*T/W, (r+1)*T/W) rounded to 256 elements */
@@ -88,8 +98,8 @@ static size_t owned_by(const state *S, const param *p, int r, size_t *off) {
 
 static size_t w_elem(const state *S, const param *p) { return p->d->mm ? usbx_dtype_size(S->be->mm_dtype) : sizeof(float); }
 
-/* this rank's range of the model's own buffer (mm or f32) */
-static void *w_range(const state *S, const param *p) { return (char *)p->w + p->off * w_elem(S, p); }
+/* this rank's range of the weights (mm or f32) */
+static void *w_range(const state *S, const param *p) { (void)S; return p->wr; }
 /* the master is that range itself when the weights are stored in f32 */
 static bool master_is_view(const state *S, const param *p) { return (void *)p->master == w_range(S, p); }
 
@@ -263,7 +273,13 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
         rc = -1;
       } else {
         const float *src = (const float *)t->data;
-        if (which == 0) {
+        if (which == 0 && p->sharded) {
+          /* ZeRO-3: only this rank's range exists */
+          if (p->len) S->be->upload_convert(S->be, p->wr, p->d->mm, src + p->off, USBX_F32, p->len);
+          if (p->len && !master_is_view(S, p))
+            S->be->upload(S->be, p->master, src + p->off, sizeof(float) * p->len);
+          S->resident = -1;
+        } else if (which == 0) {
           /* the whole tensor into the model's buffer on every rank (the master may be a view of it) */
           S->be->upload_convert(S->be, p->w, p->d->mm, src, USBX_F32, p->n);
           if (p->len && !master_is_view(S, p))
@@ -308,6 +324,59 @@ static double lr_at(const usbx_train_opts *o, long k, long total) {
   double prog = (double)(k - o->warmup) / (double)(total - o->warmup);
   if (prog > 1) prog = 1;
   return o->min_lr + 0.5 * (o->lr - o->min_lr) * (1.0 + cos(M_PI * prog));
+}
+
+/* ZeRO-3: decoder layer l's weights into the slot, each range from its owner */
+static void gather_layer(void *ctx, int l) {
+  state *S = ctx;
+  usbx_backend *be = S->be;
+  if (S->resident == l) return;
+  for (int i = 0; i < S->np; i++) {
+    param *p = &S->p[i];
+    if (p->sharded && p->layer == l && p->len) be->copy(be, S->slot + p->slot_off + p->off * w_elem(S, p), p->wr, p->len * w_elem(S, p));
+  }
+  usbx_dist_group_begin(S->dist);
+  for (int i = 0; i < S->np; i++)
+    if (S->p[i].sharded && S->p[i].layer == l) broadcast_ranges(S, &S->p[i], S->slot + S->p[i].slot_off, w_elem(S, &S->p[i]));
+  usbx_dist_group_end(S->dist);
+  S->resident = l;
+}
+
+/* ZeRO-3 setup: every decoder tensor keeps only this rank's range (copied out of the loaded
+ * model, whose layer buffers are then freed); the model's layer pointers all point into one
+ * layer-sized slot, laid out in enumeration order.  False when the layers are not all trained
+ * (frozen layers stay whole). */
+static bool shard_layers(state *S) {
+  usbx_backend *be = S->be;
+  int L = usbx_bagel_cfg(S->m)->layers;
+  for (int i = 0; i < S->np; i++)
+    if (usbx_bagel_layer_of(S->p[i].d->name) >= 0 && !S->p[i].trained) return false;
+  size_t *used = xcalloc((size_t)L, sizeof *used), bytes = 0;
+  for (int i = 0; i < S->np; i++) {
+    param *p = &S->p[i];
+    if (p->layer < 0) continue;
+    p->sharded = true;
+    p->slot_off = used[p->layer];
+    used[p->layer] += (p->n * w_elem(S, p) + 255) & ~(size_t)255;
+    if (used[p->layer] > bytes) bytes = used[p->layer];
+    p->wr = NULL;
+    if (p->len) {
+      p->wr = be->alloc(be, p->len * w_elem(S, p));
+      be->copy(be, p->wr, (char *)p->w + p->off * w_elem(S, p), p->len * w_elem(S, p));
+    }
+  }
+  free(used);
+  be->sync(be);
+  usbx_bagel_drop_layer_weights(S->m);
+  S->slot = be->alloc(be, bytes);
+  for (int i = 0; i < S->np; i++) {
+    param *p = &S->p[i];
+    if (p->sharded) { p->w = S->slot + p->slot_off; *p->d->dst = p->w; }
+  }
+  S->resident = -1;
+  usbx_trainer_weights_moved(S->tr);
+  usbx_trainer_gather_layers(S->tr, gather_layer, S);
+  return true;
 }
 
 int usbx_train_run(const usbx_train_opts *o) {
@@ -379,7 +448,16 @@ int usbx_train_run(const usbx_train_opts *o) {
     param *p = &S.p[i];
     if (!p->trained) continue;
     p->len = owned_by(&S, p, env.rank, &p->off);
-    if (!p->len) continue;
+    p->wr = (char *)p->w + p->off * w_elem(&S, p);
+  }
+  bool zero3 = zero2 && o->zero >= 3;
+  if (zero3 && !shard_layers(&S)) {
+    zero3 = false;
+    if (rank0) usbx_err("note: --zero 3 with frozen decoder layers: their weights stay whole on every rank (ZeRO-2)");
+  }
+  for (int i = 0; i < S.np; i++) {
+    param *p = &S.p[i];
+    if (!p->trained || !p->len) continue;
     owned += p->len;
     if (p->d->mm && need_masters) {
       p->master = be->alloc(be, sizeof(float) * p->len);
@@ -393,7 +471,9 @@ int usbx_train_run(const usbx_train_opts *o) {
   }
   if (need_masters) usbx_st_close(&wf);
   free(wpath);
-  if (env.world > 1) usbx_err("training %zu parameters on %s; this rank keeps the optimizer state of %zu", S.total, be->name, owned);
+  if (env.world > 1)
+    usbx_err("training %zu parameters on %s; this rank keeps the optimizer state of %zu%s", S.total, be->name, owned,
+             zero3 ? " and only that range of the decoder layers' weights (ZeRO-3)" : "");
   else usbx_err("training %zu parameters on %s", S.total, be->name);
 
   long step = 0;
@@ -495,9 +575,10 @@ int usbx_train_run(const usbx_train_opts *o) {
     if (W > 1) {
       usbx_dist_group_begin(dist);
       for (int i = 0; i < S.np; i++)
-        if (S.p[i].trained) broadcast_ranges(&S, &S.p[i], S.p[i].w, w_elem(&S, &S.p[i]));
+        if (S.p[i].trained && !S.p[i].sharded) broadcast_ranges(&S, &S.p[i], S.p[i].w, w_elem(&S, &S.p[i]));
       usbx_dist_group_end(dist);
     }
+    S.resident = -1;   /* ZeRO-3: the layers changed; gathered again when next used */
     be->sync(be);
     tp3 = usbx_now();
     if (profile && step >= 2) {
@@ -544,6 +625,13 @@ int usbx_train_run(const usbx_train_opts *o) {
     be->free(be, p->m); be->free(be, p->v); be->free(be, p->ema);
     if (p->gs) be->free(be, p->gs);
   }
+  for (int i = 0; i < S.np; i++) {
+    param *p = &S.p[i];
+    if (!p->sharded) continue;
+    if (p->wr) be->free(be, p->wr);
+    *p->d->dst = NULL;   /* pointed into the slot */
+  }
+  if (S.slot) be->free(be, S.slot);
   if (S.full) be->free(be, S.full);
   usbx_dist_close(dist);
   free(S.p); free(S.wl.v);

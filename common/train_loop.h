@@ -14,7 +14,7 @@ typedef struct {
   long accum;              /* packed batches per rank per step (gradient accumulation) */
   bool cosine, freeze_llm, freeze_vit, resume, progress, no_save;
   bool recompute;          /* activation recomputation per decoder layer */
-  int zero;                /* data parallel sharding: 1 = optimizer state, 2 = + gradients (default) */
+  int zero;                /* data parallel sharding: 1 = optimizer state, 2 = + gradients (default), 3 = + decoder weights */
   usbx_data_opts data;
 } usbx_train_opts;
 

@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
     {"device", USBX_OPT_STR, &o.device, "cpu|cpu-bf16|cuda|auto", "backend (default auto)", false},
     {"accum", USBX_OPT_INT, &o.accum, "N", "packed batches per process and step, gradients summed (default 1)", false},
     {"recompute", USBX_OPT_FLAG, &o.recompute, NULL, "recompute each decoder layer in the backward instead of keeping its activations", false},
-    {"zero", USBX_OPT_INT, &zero, "1|2", "data parallel sharding: 1 optimizer state, 2 also gradients (default 2)", false},
+    {"zero", USBX_OPT_INT, &zero, "1|2|3", "data parallel sharding: 1 optimizer state, 2 also gradients (default), 3 also the decoder layers' weights", false},
     {"gpus", USBX_OPT_INT, &gpus, "N", "data parallel over N processes on this host, one per GPU (default 1)", false},
     {"freeze-llm", USBX_OPT_FLAG, &o.freeze_llm, NULL, "keep the language model fixed", true},
     {"freeze-vit", USBX_OPT_FLAG, &o.freeze_vit, NULL, "keep the ViT fixed", true},
@@ -93,7 +93,7 @@ int main(int argc, char **argv) {
   o.data.visual_gen = gen_flag; o.data.visual_und = und_flag;
   o.files = files; o.nfiles = nfiles;
   if (o.accum < 1) usbx_usage_die("--accum must be at least 1");
-  if (zero != 1 && zero != 2) usbx_usage_die("--zero: expected 1 or 2");
+  if (zero < 1 || zero > 3) usbx_usage_die("--zero: expected 1, 2 or 3");
   o.zero = (int)zero;
   if (gpus < 1 || gpus > 1024) usbx_usage_die("--gpus must be between 1 and 1024");
   if (gpus > 1) {
