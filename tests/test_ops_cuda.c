@@ -1020,19 +1020,22 @@ static void test_attention_masked(void) {
   /* tc: -1 default path (tiled tensor cores on CUDA), 0 the scalar CUDA kernels */
   /* seg: the rows of each sample are passed along, so the backward goes sample by sample
    * through cuBLAS (cuda_attn_gemm.cu) */
-  struct { int n, H, Hkv, d, tc; bool sorted, seg; } cs[] = {
-      {100, 4, 2, 64, -1, false, false}, {150, 28, 4, 128, -1, false, false}, {80, 16, 16, 72, -1, false, false},
-      {37, 2, 1, 20, -1, false, false}, {700, 28, 4, 128, -1, false, false}, {333, 8, 8, 64, -1, false, false},
-      {129, 4, 1, 128, -1, false, false},
-      {900, 28, 4, 128, -1, true, false},      /* packed order: whole tiles of other samples are skipped */
-      {150, 28, 4, 128, 0, false, false},
-      {150, 28, 4, 128, -1, false, true}, {700, 28, 4, 128, -1, false, true}, {900, 28, 4, 128, -1, true, true},
-      {333, 8, 8, 64, -1, false, true}, {129, 4, 1, 128, -1, false, true}, {37, 2, 1, 20, -1, false, true},
-      {80, 16, 16, 72, -1, false, true}};
+  /* row: -1 default, 0 the warp-per-row element-wise kernels of the cuBLAS path */
+  struct { int n, H, Hkv, d, tc; bool sorted, seg; int row; } cs[] = {
+      {100, 4, 2, 64, -1, false, false, -1}, {150, 28, 4, 128, -1, false, false, -1}, {80, 16, 16, 72, -1, false, false, -1},
+      {37, 2, 1, 20, -1, false, false, -1}, {700, 28, 4, 128, -1, false, false, -1}, {333, 8, 8, 64, -1, false, false, -1},
+      {129, 4, 1, 128, -1, false, false, -1},
+      {900, 28, 4, 128, -1, true, false, -1},      /* packed order: whole tiles of other samples are skipped */
+      {150, 28, 4, 128, 0, false, false, -1},
+      {150, 28, 4, 128, -1, false, true, -1}, {700, 28, 4, 128, -1, false, true, -1}, {900, 28, 4, 128, -1, true, true, -1},
+      {333, 8, 8, 64, -1, false, true, -1}, {129, 4, 1, 128, -1, false, true, -1}, {37, 2, 1, 20, -1, false, true, -1},
+      {80, 16, 16, 72, -1, false, true, -1},
+      {700, 28, 4, 128, -1, false, true, 0}, {900, 28, 4, 128, -1, true, true, 0}, {37, 2, 1, 20, -1, false, true, 0}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int n = cs[ci].n, H = cs[ci].H, Hkv = cs[ci].Hkv, d = cs[ci].d;
     int old_tc = cs[ci].tc >= 0 ? set_opt("attn_masked_tc", cs[ci].tc) : -1;
     if (cs[ci].tc >= 0 && old_tc < 0) continue;
+    int old_row = cs[ci].row >= 0 ? set_opt("attn_masked_row", cs[ci].row) : -1;
     size_t nq = (size_t)n * H * d, nk = (size_t)n * Hkv * d;
     int32_t *meta = xmalloc(4 * n * sizeof *meta);
     mask_shuffle = !cs[ci].sorted;
@@ -1060,7 +1063,7 @@ static void test_attention_masked(void) {
     cpu->attention_masked(cpu, cout, clse, q, k, v, &ca);
     char cas[80];
     snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d%s%s%s", n, H, Hkv, d, cs[ci].sorted ? " packed order" : "",
-             cs[ci].tc == 0 ? " scalar kernels" : "", cs[ci].seg ? " by sample (cuBLAS)" : "");
+             cs[ci].tc == 0 ? " scalar kernels" : "", cs[ci].seg ? (cs[ci].row == 0 ? " by sample (cuBLAS, warp rows)" : " by sample (cuBLAS)") : "");
     report("attention_masked out vs cpu", cas, relerr_f(out, cout, nq), 1e-2);
     report("attention_masked lse vs cpu", cas, relerr_f(lse, clse, (size_t)H * n), 1e-5);
     /* backward from the same forward values on both sides: the GPU's (bf16) out, the CPU's lse */
@@ -1075,6 +1078,7 @@ static void test_attention_masked(void) {
     report("attention_masked_bwd dk vs cpu", cas, relerr_f(rk, ck, nk), 1e-3);
     report("attention_masked_bwd dv vs cpu", cas, relerr_f(rv, cv, nk), 1e-3);
     if (old_tc >= 0) set_opt("attn_masked_tc", old_tc);
+    if (old_row >= 0) set_opt("attn_masked_row", old_row);
     free(seg_rows);
     if (dseg) be->free(be, dseg);
     free(meta); free(q); free(k); free(v); free(go); free(out); free(lse); free(cout); free(clse);

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Where one training step of the ~1.5B model (8k tokens, one GPU) spends its GPU time, by kernel:
+# Nsight Compute's gpu__time_duration per launch (clocks left alone), summed per kernel name.
+# Then the same step timed normally with USBX_TRAIN_PROFILE=1.  One tarball of results under $OUT.
+set -uo pipefail
+. benchmark/device_env.sh
+FINAL=${OUT:-/tmp/out}; W=/tmp/dn; R=$W/results
+mkdir -p "$R" "$FINAL"
+trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
+date -u | tee "$R/date.txt"
+nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+echo "ncu: $NCU"
+usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
+usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
+ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+USBX_TRAIN_PROFILE=1 timeout 120 usbx-train $ARGS --steps 6 > "$R/plain.jsonl" 2> "$R/plain.err"; tail -n 14 "$R/plain.err"
+timeout 400 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
+echo "ncu rc=$?"; tail -n 3 "$R/ncu.err"
+python3 - "$R/ncu.csv" <<'PY' | tee "$R/ncu_summary.txt"
+import sys, csv, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+hdr = rows[0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value")
+tot = collections.defaultdict(float); cnt = collections.Counter()
+for r in rows[1:]:
+    try: v = float(r[vi].replace(",", ""))
+    except ValueError: continue
+    name = r[ki][:110]; tot[name] += v; cnt[name] += 1
+allns = sum(tot.values())
+print(f"total {allns/1e6:.1f} ms over {sum(cnt.values())} launches")
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:40]:
+    print(f"{v/1e6:9.2f} ms {100*v/allns:5.1f} % {cnt[k]:6d}  {k}")
+PY
+date -u
