@@ -32,6 +32,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -379,6 +380,47 @@ static bool shard_layers(state *S) {
   return true;
 }
 
+/* One step's batches, built on a second thread while the GPU runs the step before (host-side
+ * work: packing, noise, patchifying), from a position of its own: the batches are the same as
+ * built in line, so results do not change. */
+typedef struct {
+  usbx_train_data *data;
+  usbx_data_pos pos;        /* in: where the step starts; out: where the next one starts */
+  usbx_train_batch *bs;
+  int nbatch, ce_den, mse_den, ns;
+  long tokens;
+  double flops, flops_per_token, attn_flops;   /* attn_flops x Σ sample length² */
+  pthread_t th;
+  bool running;
+} step_data;
+
+static void *build_step(void *arg) {
+  step_data *sd = arg;
+  sd->ce_den = sd->mse_den = sd->ns = 0;
+  sd->tokens = 0;
+  sd->flops = 0;
+  for (int j = 0; j < sd->nbatch; j++) {
+    usbx_train_batch *b = &sd->bs[j];
+    sd->ns += usbx_train_data_next(sd->data, &sd->pos, b);
+    sd->ce_den += b->n_ce; sd->mse_den += b->n_mse; sd->tokens += b->n;
+    double sq_len = 0;
+    for (int i = 0, start = 0; i <= b->n; i++)
+      if (i == b->n || (i > 0 && b->sample[i] != b->sample[i - 1])) { sq_len += (double)(i - start) * (i - start); start = i; }
+    sd->flops += sd->flops_per_token * b->n + sd->attn_flops * sq_len;
+  }
+  return NULL;
+}
+static void step_data_start(step_data *sd, usbx_data_pos pos) {
+  sd->pos = pos;
+  if (pthread_create(&sd->th, NULL, build_step, sd) != 0) usbx_die("pthread_create failed");
+  sd->running = true;
+}
+static void step_data_join(step_data *sd) {
+  if (!sd->running) return;
+  pthread_join(sd->th, NULL);
+  sd->running = false;
+}
+
 int usbx_train_run(const usbx_train_opts *o) {
   char err[1024];
   usbx_dist_env env;
@@ -515,25 +557,30 @@ int usbx_train_run(const usbx_train_opts *o) {
   double layer_w = (double)cf->hidden * ((double)cf->heads * cf->head_dim * 2 + 2.0 * cf->kv_heads * cf->head_dim) + 3.0 * cf->hidden * cf->inter;
   double flops_per_token = 6.0 * cf->layers * layer_w;
   int W = env.world, nbatch = W * (int)o->accum, rc = 0;
-  usbx_train_batch *bs = xcalloc((size_t)nbatch, sizeof *bs);
+  step_data sds[2];
+  for (int k = 0; k < 2; k++)
+    sds[k] = (step_data){.data = data, .bs = xcalloc((size_t)nbatch, sizeof(usbx_train_batch)), .nbatch = nbatch,
+                         .flops_per_token = flops_per_token, .attn_flops = 12.0 * cf->layers * cf->heads * cf->head_dim};
+  int cur = 0;
+  bool running = (total && step < total) || (!total && pos.epoch < o->epochs);
+  if (running) step_data_start(&sds[0], pos);
   /* USBX_TRAIN_PROFILE=1: seconds per part of a step (after the first two), on stderr at the end */
   bool profile = getenv("USBX_TRAIN_PROFILE") && strcmp(getenv("USBX_TRAIN_PROFILE"), "0") != 0;
   double prof[4] = {0};
   long prof_n = 0;
   while ((total && step < total) || (!total && pos.epoch < o->epochs)) {
     double t0 = usbx_now();
-    /* the step's batches in data order; this rank trains on those with j % W == rank */
-    int ce_den = 0, mse_den = 0, ns = 0;
-    long tokens = 0;
-    double flops = 0;
-    for (int j = 0; j < nbatch; j++) {
-      ns += usbx_train_data_next(data, &pos, &bs[j]);
-      ce_den += bs[j].n_ce; mse_den += bs[j].n_mse; tokens += bs[j].n;
-      double sq_len = 0;
-      for (int i = 0, start = 0; i <= bs[j].n; i++)
-        if (i == bs[j].n || (i > 0 && bs[j].sample[i] != bs[j].sample[i - 1])) { sq_len += (double)(i - start) * (i - start); start = i; }
-      flops += flops_per_token * bs[j].n + 12.0 * cf->layers * cf->heads * cf->head_dim * sq_len;
-    }
+    /* the step's batches in data order (built while the last step ran); this rank trains on
+     * those with j % W == rank; the next step's are built meanwhile */
+    step_data *sd = &sds[cur];
+    step_data_join(sd);
+    pos = sd->pos;
+    usbx_train_batch *bs = sd->bs;
+    int ce_den = sd->ce_den, mse_den = sd->mse_den, ns = sd->ns;
+    long tokens = sd->tokens;
+    double flops = sd->flops;
+    if ((total && step + 1 < total) || (!total && pos.epoch < o->epochs)) step_data_start(&sds[cur ^ 1], pos);
+    cur ^= 1;
     double tp0 = usbx_now(), tp1 = tp0, tp2 = tp0, tp3 = tp0;
     usbx_trainer_zero_grads(S.tr);
     for (int i = 0; i < S.np; i++) if (S.p[i].gs) be->memset0(be, S.p[i].gs, sizeof(float) * S.p[i].len);
@@ -612,7 +659,11 @@ int usbx_train_run(const usbx_train_opts *o) {
       if (save_checkpoint(&S, o, step, &pos, err, sizeof err)) { usbx_err("%s", err); rc = 1; break; }
     }
   }
-  free(bs);
+  for (int k = 0; k < 2; k++) {
+    step_data_join(&sds[k]);
+    for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&sds[k].bs[j]);
+    free(sds[k].bs);
+  }
   if (profile && prof_n) {
     const char *names[4] = {"data", "forward+backward", "gradient reduce", "norm+AdamW+EMA"};
     for (int i = 0; i < 4; i++) usbx_err("profile: %-16s %8.2f ms per step", names[i], 1e3 * prof[i] / prof_n);

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Final-tree checks on one GPU: test_ops_cuda, the CUDA fixture check, the ~1.5B training step
+# (default kernels, then the warp-per-row element-wise kernels, USBX_CUDA_ATTN_MASKED_ROW=0),
+# Nsight Compute's per-kernel times of one step, and the PyTorch baseline in the same call.
+set -uo pipefail
+. benchmark/device_env.sh
+FINAL=${OUT:-/tmp/out}; W=/tmp/df; R=$W/results
+mkdir -p "$R" "$FINAL"
+trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
+date -u | tee "$R/date.txt"
+nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+timeout 150 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; tail -n 1 "$R/test_ops_cuda.txt"
+bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; cat "$R/fixtures.txt"
+usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
+usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
+ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+for v in "1 0" "0 0" "1 1"; do
+  set -- $v; row=$1; prof=$2
+  USBX_CUDA_ATTN_MASKED_ROW=$row USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$R/b15_row${row}_prof$prof.jsonl" 2> "$R/b15_row${row}_prof$prof.err"
+  echo "row=$row profile=$prof: $(python3 -c "
+import json; r=[json.loads(l) for l in open('$R/b15_row${row}_prof$prof.jsonl')][2:]
+print('steps 3-10: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (sum(x['tokens_per_s'] for x in r)/len(r), sum(x['mfu'] for x in r)/len(r), sum(x['tflops'] for x in r)/len(r)), [round(x['loss'],4) for x in r[:3]])")"
+  [ "$prof" = 1 ] && grep profile "$R/b15_row${row}_prof$prof.err"
+done
+python3 benchmark/torch_train_baseline.py --config benchmark/mfu-1p5b.json --samples 2 --tokens 4096 > "$R/torch_baseline.txt" 2>&1; echo "torch rc=$?"; tail -n 3 "$R/torch_baseline.txt"
+timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
+echo "ncu rc=$?"
+python3 - "$R/ncu.csv" <<'PY' | tee "$R/ncu_summary.txt"
+import sys, csv, collections
+rows = list(csv.reader(open(sys.argv[1])))
+i0 = next(i for i, r in enumerate(rows) if r and r[0] == "ID")
+hdr = rows[i0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value")
+tot = collections.defaultdict(float); cnt = collections.Counter()
+for r in rows[i0+1:]:
+    if len(r) != len(hdr): continue
+    try: v = float(r[vi].replace(",", ""))
+    except ValueError: continue
+    tot[r[ki][:100]] += v; cnt[r[ki][:100]] += 1
+allns = sum(tot.values())
+print(f"total {allns/1e6:.1f} ms over {sum(cnt.values())} launches (one step, setup kernels included)")
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:12]:
+    print(f"{v/1e6:8.2f} ms {100*v/allns:5.1f} % {cnt[k]:5d}  {k}")
+PY
+date -u
