@@ -2,6 +2,7 @@
 # Final-tree checks on one GPU: test_ops_cuda, the CUDA fixture check, the ~1.5B training step
 # (default kernels, then the warp-per-row element-wise kernels, USBX_CUDA_ATTN_MASKED_ROW=0),
 # Nsight Compute's per-kernel times of one step, and the PyTorch baseline in the same call.
+# QUICK=1: only test_ops_cuda, the fixtures and the default step (with and without the profile).
 set -uo pipefail
 . benchmark/device_env.sh
 FINAL=${OUT:-/tmp/out}; W=/tmp/df; R=$W/results
@@ -14,7 +15,9 @@ bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.
 usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
 ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
-for v in "1 0" "0 0" "1 1"; do
+configs="1 0,0 0,1 1"; [ "${QUICK:-0}" = 1 ] && configs="1 0,1 1"
+IFS=, read -ra cfgs <<< "$configs"
+for v in "${cfgs[@]}"; do
   set -- $v; row=$1; prof=$2
   USBX_CUDA_ATTN_MASKED_ROW=$row USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$R/b15_row${row}_prof$prof.jsonl" 2> "$R/b15_row${row}_prof$prof.err"
   echo "row=$row profile=$prof: $(python3 -c "
@@ -22,6 +25,7 @@ import json; r=[json.loads(l) for l in open('$R/b15_row${row}_prof$prof.jsonl')]
 print('steps 3-10: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (sum(x['tokens_per_s'] for x in r)/len(r), sum(x['mfu'] for x in r)/len(r), sum(x['tflops'] for x in r)/len(r)), [round(x['loss'],4) for x in r[:3]])")"
   [ "$prof" = 1 ] && grep profile "$R/b15_row${row}_prof$prof.err"
 done
+[ "${QUICK:-0}" = 1 ] && { date -u; exit 0; }
 python3 benchmark/torch_train_baseline.py --config benchmark/mfu-1p5b.json --samples 2 --tokens 4096 > "$R/torch_baseline.txt" 2>&1; echo "torch rc=$?"; tail -n 3 "$R/torch_baseline.txt"
 timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
 echo "ncu rc=$?"

@@ -7,7 +7,8 @@
  * For one sample of L tokens, its q/k/v/dO rows are gathered into dense [L, heads, d] blocks and,
  * for a few query heads of one KV head at a time, the L x L matrices are materialised:
  *   S = Q·Kᵀ, dP = dO·Vᵀ (GEMMs), P = vis ? exp(scale·S − lse) : 0 and dS = P ∘ (dP − D) (one
- *   element-wise pass), dV += Pᵀ·dO, dK += scale·dSᵀ·Q, dQ = scale·dS·K (GEMMs).
+ *   element-wise pass), dV += Pᵀ·dO, dK += scale·dSᵀ·Q (one product per term for all the chunk's
+ *   heads: Q and dO are gathered head-major so the heads' rows stack), dQ = scale·dS·K (GEMMs).
  * Keys are padded with zero rows to a multiple of 16 (ld_of) so every product has aligned operands.
  * At d = 128 the work is memory-bound on the L x L matrices, far less than the tiled kernel's
  * time (cuda_attn_masked.cu) for long samples.  Precision as that kernel: the fp32 operands (dO,
@@ -40,16 +41,25 @@ __global__ void k_gather_bf16(bf16 *dst, const bf16 *src, const int32_t *rows, i
     dst[e] = src[(size_t)rows[i] * W + c];
   }
 }
-/* f32 rows of heads x d values, split into bf16 hi and lo side by side per head: G2[i, h·2d + c] =
- * hi, G2[i, h·2d + d + c] = lo, so one product over 2d columns takes both halves */
+/* f32 rows of heads x d values, head-major and split into bf16 hi and lo side by side:
+ * G2[h][i][c] = hi, G2[h][i][d + c] = lo, so one product over 2d columns takes both halves and
+ * the rows of consecutive heads stack into one [heads·L, 2d] matrix */
 __global__ void k_gather_split2(bf16 *G2, const float *src, const int32_t *rows, int L, int heads, int d) {
   const size_t W = (size_t)heads * d, n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
   for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
     size_t i = e / W, c = e - i * W, h = c / d, cc = c - h * d;
     float x = src[(size_t)rows[i] * W + c];
-    bf16 hi = f2bf(x);
-    G2[i * 2 * W + h * 2 * d + cc] = hi;
-    G2[i * 2 * W + h * 2 * d + d + cc] = f2bf(x - bf2f(hi));
+    bf16 hi = f2bf(x), *dst = G2 + (h * L + i) * 2 * d;
+    dst[cc] = hi;
+    dst[d + cc] = f2bf(x - bf2f(hi));
+  }
+}
+/* dst[h][i][c] = src[rows[i], h·d + c]: a sample's rows, head-major */
+__global__ void k_gather_heads(bf16 *dst, const bf16 *src, const int32_t *rows, int L, int heads, int d) {
+  const size_t W = (size_t)heads * d, n = (size_t)L * W, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+    size_t i = e / W, c = e - i * W, h = c / d, cc = c - h * d;
+    dst[(h * L + i) * d + cc] = src[(size_t)rows[i] * W + c];
   }
 }
 /* V2[j, g·2d + c] = V2[j, g·2d + d + c] = V[j, g·d + c]: V twice per head, against G2 */
@@ -269,11 +279,13 @@ bool seg_plan(const usbx_attn_masked_args *a, size_t bytes_per_elem, int *Lmax, 
   return true;
 }
 
-/* a sample's q, k, v rows into dense [L, heads·d] blocks; K and V get zero rows up to ld_of(L),
- * the padded key count of the products */
+/* a sample's q, k, v rows into dense [L, heads·d] blocks (Q head-major, [heads][L][d], when
+ * q_heads_major_d gives d); K and V get zero rows up to ld_of(L), the padded key count of the
+ * products */
 void gather_qkv(cudaStream_t st, bf16 *Qs, bf16 *Ks, bf16 *Vs, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *rows,
-                int L, int Hd, int KVd) {
-  k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
+                int L, int Hd, int KVd, int q_heads_major_d) {
+  if (q_heads_major_d) k_gather_heads<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd / q_heads_major_d, q_heads_major_d);
+  else k_gather_bf16<<<grid((size_t)L * Hd), 256, 0, st>>>(Qs, q, rows, L, Hd);
   k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Ks, k, rows, L, KVd);
   k_gather_bf16<<<grid((size_t)L * KVd), 256, 0, st>>>(Vs, v, rows, L, KVd);
   CUDA_LAUNCHED();
@@ -319,7 +331,7 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
     const int32_t *rows = a->seg_rows + a->seg_off[s];
     const int ld = ld_of(L);
     const long long LS = (long long)L * ld;   /* matrix stride */
-    gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
+    gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd, d);
     k_gather_split2<<<grid((size_t)L * Hd), 256, 0, st>>>(G2, dout, rows, L, H, d);
     k_dup_heads<<<grid((size_t)ld * KVd), 256, 0, st>>>(V2, Vs, ld, Hkv, d);
     k_gather_meta<<<grid((size_t)L * H), 256, 0, st>>>(ord, spl, mod, meta, lse2, Ds, rows, a->order, a->split, a->mode, lse, D, L, n, H);
@@ -330,11 +342,11 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
       for (int h0 = g * G; h0 < (g + 1) * G; h0 += Gc) {
         const int cn = std::min(Gc, (g + 1) * G - h0);
         const bf16 *Kg = Ks + (size_t)g * d;
-        /* S = Q·Kᵀ, dP = dO·Vᵀ for heads h0 .. h0+cn */
-        gemm(c, false, true, L, ld, d, 1.f, Qs + (size_t)h0 * d, Hd, d, Kg, KVd, 0, 0.f, S, ld, LS, cn);
+        /* S = Q·Kᵀ, dP = dO·Vᵀ for heads h0 .. h0+cn (Q and dO head-major) */
+        const bf16 *Qc = Qs + (size_t)h0 * L * d, *Gc2 = G2 + (size_t)h0 * L * 2 * d;
+        gemm(c, false, true, L, ld, d, 1.f, Qc, d, (long long)L * d, Kg, KVd, 0, 0.f, S, ld, LS, cn);
         /* dP = dO_hi·Vᵀ + dO_lo·Vᵀ as one product over 2d columns */
-        gemm(c, false, true, L, ld, 2 * d, 1.f, G2 + (size_t)h0 * 2 * d, 2 * Hd, 2 * d, V2 + (size_t)g * 2 * d, 2 * KVd, 0, 0.f, dP, ld,
-             LS, cn);
+        gemm(c, false, true, L, ld, 2 * d, 1.f, Gc2, 2 * d, (long long)L * 2 * d, V2 + (size_t)g * 2 * d, 2 * KVd, 0, 0.f, dP, ld, LS, cn);
         if (c->opt_attn_masked_row && ld <= ROW_MAX)
           k_p_ds_row<<<(unsigned)(cn * L), ROW_THREADS, 0, st>>>(Ph, Pl, Sh, Sl, S, dP, lse2 + (size_t)h0 * L, Ds + (size_t)h0 * L, meta, L,
                                                                  ld, sl2);
@@ -342,17 +354,14 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
           k_p_ds<<<grid((size_t)cn * LS), 256, 0, st>>>(Ph, Pl, Sh, Sl, S, dP, lse2 + (size_t)h0 * L, Ds + (size_t)h0 * L, ord, spl, mod,
                                                          L, ld, cn, sl2);
         CUDA_LAUNCHED();
-        for (int j = 0; j < cn; j++) {
-          const int h = h0 + j;
-          const size_t o = (size_t)j * LS;
-          /* dV_g += Pᵀ·dO (hi·hi + hi·lo + lo·hi), dK_g += scale·dSᵀ·Q */
-          const bf16 *Gh = G2 + (size_t)h * 2 * d, *Gl = Gh + d;
-          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gh, 2 * Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, 1.f, Ph + o, ld, 0, Gl, 2 * Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, 1.f, Pl + o, ld, 0, Gh, 2 * Hd, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, scale, Sh + o, ld, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
-          gemm(c, true, false, L, d, L, scale, Sl + o, ld, 0, Qs + (size_t)h * d, Hd, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
-        }
+        /* dV_g += Pᵀ·dO (hi·hi + hi·lo + lo·hi), dK_g += scale·dSᵀ·Q, summed over the chunk's heads
+         * inside each product: the heads' query rows stack into one reduction of cn·L rows */
+        const int Kc = cn * L;
+        gemm(c, true, false, L, d, Kc, 1.f, Ph, ld, 0, Gc2, 2 * d, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+        gemm(c, true, false, L, d, Kc, 1.f, Ph, ld, 0, Gc2 + d, 2 * d, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+        gemm(c, true, false, L, d, Kc, 1.f, Pl, ld, 0, Gc2, 2 * d, 0, 1.f, dVs + (size_t)g * d, KVd, 0, 1);
+        gemm(c, true, false, L, d, Kc, scale, Sh, ld, 0, Qc, d, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
+        gemm(c, true, false, L, d, Kc, scale, Sl, ld, 0, Qc, d, 0, 1.f, dKs + (size_t)g * d, KVd, 0, 1);
         /* dQ = scale·dS·K */
         gemm(c, false, false, L, d, ld, scale, Sh, ld, LS, Kg, KVd, 0, 0.f, dQs + (size_t)h0 * d, Hd, d, cn);
         gemm(c, false, false, L, d, ld, scale, Sl, ld, LS, Kg, KVd, 0, 1.f, dQs + (size_t)h0 * d, Hd, d, cn);
@@ -386,7 +395,7 @@ bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16
     const int32_t *rows = a->seg_rows + a->seg_off[s];
     const int ld = ld_of(L);
     const long long LS = (long long)L * ld;   /* matrix stride */
-    gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd);
+    gather_qkv(st, Qs, Ks, Vs, q, k, v, rows, L, Hd, KVd, 0);
     k_gather_meta<<<grid((size_t)L), 256, 0, st>>>(ord, spl, mod, meta, NULL, NULL, rows, a->order, a->split, a->mode, NULL, NULL, L, n, 1);
     CUDA_LAUNCHED();
     for (int g = 0; g < Hkv; g++)
