@@ -611,12 +611,12 @@ int usbx_train_run(const usbx_train_opts *o) {
     double gnorm = sqrt(gsq);
     float scale = o->clip > 0 && gnorm > o->clip ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
     double lr = lr_at(o, step, total);
+    usbx_adamw_args aw = {.lr = (float)lr, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2, .eps = (float)o->eps,
+                          .weight_decay = (float)o->weight_decay, .grad_scale = scale, .ema_decay = (float)o->ema, .step = (int)step + 1};
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
       if (!p->len) continue;
-      be->adamw(be, p->master, master_is_view(&S, p) ? NULL : w_range(&S, p), grad_range(p), p->m, p->v, p->len, (float)lr, (float)o->beta1, (float)o->beta2,
-                (float)o->eps, (float)o->weight_decay, scale, (int)step + 1);
-      be->ema(be, p->ema, p->master, (float)o->ema, p->len);
+      be->adamw(be, p->master, master_is_view(&S, p) ? NULL : w_range(&S, p), grad_range(p), p->m, p->v, p->ema, p->len, &aw);
     }
     /* every rank's updated weights to every rank */
     if (W > 1) {

@@ -62,9 +62,9 @@ static void b_im2col(usbx_backend *be, void *out, const float *x, const usbx_im2
   size_t Ho = (size_t)(a->H + a->pad_t + a->pad_b - a->k) / a->stride + 1, Wo = (size_t)(a->W + a->pad_l + a->pad_r - a->k) / a->stride + 1;
   round_rows(out, 0, 1, Ho * Wo * a->C * a->k * a->k);
 }
-static void b_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float weight_decay, float grad_scale, int step) {
-  usbx_cpu_adamw(be, w, w_mm, g, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, step);
+static void b_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
+                    const usbx_adamw_args *a) {
+  usbx_cpu_adamw(be, w, w_mm, g, m, v, ema, n, a);
   if (w_mm) round_rows(w_mm, n, 1, n);
 }
 

@@ -42,10 +42,9 @@ void usbx_cpu_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
                                    const usbx_attn_masked_args *a);
 void usbx_cpu_cross_entropy(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n, int V,
                             float scale);
-void usbx_cpu_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float weight_decay, float grad_scale, int step);
+void usbx_cpu_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
+                    const usbx_adamw_args *a);
 void usbx_cpu_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n);
-void usbx_cpu_ema(usbx_backend *be, float *ema, const float *w, float decay, size_t n);
 /* fp32 ops (cpu_matmul.c, cpu_conv.c, cpu_attention.c) */
 void usbx_cpu_matmul_f32(usbx_backend *be, float *y, const float *x, const float *w, const float *bias, int M, int N, int K, bool acc);
 void usbx_cpu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a);

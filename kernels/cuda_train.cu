@@ -564,24 +564,26 @@ static void c_cross_entropy(usbx_backend *be, float *loss, float *dlogits, const
 }
 
 /* ---------------------------------------------------------------- optimizer */
-__global__ void k_adamw(float *w, uint16_t *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                        float beta2, float eps, float wd, float grad_scale, float step_size, float bc2_sqrt) {
+/* AdamW with the EMA in the same pass: the updated weight is used while in registers (the EMA as
+ * its own kernel read the weights again: 7.3 of 24 ms per 1.5B step) */
+__global__ void k_adamw(float *w, uint16_t *w_mm, const float *g, float *m, float *v, float *ema, size_t n, usbx_adamw_args a,
+                        float step_size, float bc2_sqrt) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float gi = g[i] * grad_scale;
-    float wi = w[i] * (1.0f - lr * wd);
-    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    wi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    float gi = g[i] * a.grad_scale;
+    float wi = w[i] * (1.0f - a.lr * a.weight_decay);
+    float mi = a.beta1 * m[i] + (1.0f - a.beta1) * gi;
+    float vi = a.beta2 * v[i] + (1.0f - a.beta2) * gi * gi;
+    wi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + a.eps);
     w[i] = wi; m[i] = mi; v[i] = vi;
     if (w_mm) w_mm[i] = f32_to_bf16_bits(wi);
+    if (ema) ema[i] = a.ema_decay * ema[i] + (1.0f - a.ema_decay) * wi;
   }
 }
-static void c_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                    float beta2, float eps, float weight_decay, float grad_scale, int step) {
+static void c_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
+                    const usbx_adamw_args *a) {
   if (!n) return;
-  float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
-  k_adamw<<<grid_for(n, 256), 256, 0, S(be)>>>(w, (uint16_t *)w_mm, g, m, v, n, lr, beta1, beta2, eps, weight_decay,
-                                               grad_scale, lr / bc1, sqrtf(bc2));
+  float bc1 = 1.0f - powf(a->beta1, (float)a->step), bc2 = 1.0f - powf(a->beta2, (float)a->step);
+  k_adamw<<<grid_for(n, 256), 256, 0, S(be)>>>(w, (uint16_t *)w_mm, g, m, v, ema, n, *a, a->lr / bc1, sqrtf(bc2));
   CUDA_LAUNCHED();
 }
 /* enough blocks and 16-byte loads to keep the memory busy: the norm reads every gradient once */
@@ -622,15 +624,6 @@ static void c_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) 
   k_sumsq_final<<<1, 256, 0, c->stream>>>(acc, part, nb);
   CUDA_LAUNCHED();
 }
-__global__ void k_ema(float *ema, const float *w, float decay, size_t n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    ema[i] = decay * ema[i] + (1.0f - decay) * w[i];
-}
-static void c_ema(usbx_backend *be, float *ema, const float *w, float decay, size_t n) {
-  if (!n) return;
-  k_ema<<<grid_for(n, 256), 256, 0, S(be)>>>(ema, w, decay, n);
-  CUDA_LAUNCHED();
-}
 
 void cu_install_train_ops(usbx_backend *be) {
   be->matmul_bwd = c_matmul_bwd;
@@ -646,5 +639,4 @@ void cu_install_train_ops(usbx_backend *be) {
   be->cross_entropy = c_cross_entropy;
   be->adamw = c_adamw;
   be->sumsq_acc = c_sumsq_acc;
-  be->ema = c_ema;
 }

@@ -69,6 +69,14 @@ typedef struct {
   int H, W, C, k, stride, pad_t, pad_l, pad_b, pad_r;
 } usbx_im2col_args;
 
+/* One AdamW update (PyTorch's torch.optim.AdamW) and the EMA that follows it. */
+typedef struct {
+  float lr, beta1, beta2, eps, weight_decay;
+  float grad_scale;   /* the gradient used is g * grad_scale (global-norm clipping) */
+  float ema_decay;
+  int step;           /* counts from 1 (bias correction) */
+} usbx_adamw_args;
+
 struct usbx_backend {
   usbx_device dev;
   usbx_dtype mm_dtype;        /* USBX_F32 on CPU, USBX_BF16 on CUDA */
@@ -162,14 +170,13 @@ struct usbx_backend {
   /* cross entropy rows: loss[i] = logsumexp(logits[i]) - logits[i, labels[i]];
    * dlogits (overwrite, may alias logits) = (softmax - onehot) * scale */
   void (*cross_entropy)(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n, int V, float scale);
-  /* optimizer: AdamW on fp32 master weights w with gradient g*grad_scale; step counts from 1
-   * (bias correction); w_mm (nullable) receives the updated weights in mm type */
-  void (*adamw)(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                float beta2, float eps, float weight_decay, float grad_scale, int step);
+  /* optimizer: AdamW (usbx_adamw_args) on fp32 master weights w; w_mm (nullable) receives the
+   * updated weights in mm type; ema (nullable) = decay * ema + (1 - decay) * the updated w, in
+   * the same pass over memory */
+  void (*adamw)(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
+                const usbx_adamw_args *a);
   /* acc[0] (device f32) += Σ x² */
   void (*sumsq_acc)(usbx_backend *be, float *acc, const float *x, size_t n);
-  /* ema = decay * ema + (1 - decay) * w */
-  void (*ema)(usbx_backend *be, float *ema, const float *w, float decay, size_t n);
   /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
   void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 
