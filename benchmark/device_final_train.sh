@@ -29,20 +29,5 @@ done
 python3 benchmark/torch_train_baseline.py --config benchmark/mfu-1p5b.json --samples 2 --tokens 4096 > "$R/torch_baseline.txt" 2>&1; echo "torch rc=$?"; tail -n 3 "$R/torch_baseline.txt"
 timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
 echo "ncu rc=$?"
-python3 - "$R/ncu.csv" <<'PY' | tee "$R/ncu_summary.txt"
-import sys, csv, collections
-rows = list(csv.reader(open(sys.argv[1])))
-i0 = next(i for i, r in enumerate(rows) if r and r[0] == "ID")
-hdr = rows[i0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value")
-tot = collections.defaultdict(float); cnt = collections.Counter()
-for r in rows[i0+1:]:
-    if len(r) != len(hdr): continue
-    try: v = float(r[vi].replace(",", ""))
-    except ValueError: continue
-    tot[r[ki][:100]] += v; cnt[r[ki][:100]] += 1
-allns = sum(tot.values())
-print(f"total {allns/1e6:.1f} ms over {sum(cnt.values())} launches (one step, setup kernels included)")
-for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:12]:
-    print(f"{v/1e6:8.2f} ms {100*v/allns:5.1f} % {cnt[k]:5d}  {k}")
-PY
+python3 benchmark/ncu_summary.py "$R/ncu.csv" 12 | tee "$R/ncu_summary.txt"
 date -u

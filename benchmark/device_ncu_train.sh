@@ -17,18 +17,5 @@ ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --exp
 USBX_TRAIN_PROFILE=1 timeout 120 usbx-train $ARGS --steps 6 > "$R/plain.jsonl" 2> "$R/plain.err"; tail -n 14 "$R/plain.err"
 timeout 400 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
 echo "ncu rc=$?"; tail -n 3 "$R/ncu.err"
-python3 - "$R/ncu.csv" <<'PY' | tee "$R/ncu_summary.txt"
-import sys, csv, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-hdr = rows[0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value")
-tot = collections.defaultdict(float); cnt = collections.Counter()
-for r in rows[1:]:
-    try: v = float(r[vi].replace(",", ""))
-    except ValueError: continue
-    name = r[ki][:110]; tot[name] += v; cnt[name] += 1
-allns = sum(tot.values())
-print(f"total {allns/1e6:.1f} ms over {sum(cnt.values())} launches")
-for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:40]:
-    print(f"{v/1e6:9.2f} ms {100*v/allns:5.1f} % {cnt[k]:6d}  {k}")
-PY
+python3 benchmark/ncu_summary.py "$R/ncu.csv" 40 | tee "$R/ncu_summary.txt"
 date -u

@@ -25,22 +25,7 @@ print('tokens/s %.0f mfu %.4f losses' % (sum(x['tokens_per_s'] for x in r)/len(r
 done
 USBX_CUDA_DEVICE=0 timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
 echo "ncu rc=$?"
-python3 - "$R/ncu.csv" <<'PY' | tee "$R/ncu_summary.txt"
-import sys, csv, collections
-rows = list(csv.reader(open(sys.argv[1])))
-i0 = next(i for i, r in enumerate(rows) if r and r[0] == "ID")
-hdr = rows[i0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value")
-tot = collections.defaultdict(float); cnt = collections.Counter()
-for r in rows[i0+1:]:
-    if len(r) != len(hdr): continue
-    try: v = float(r[vi].replace(",", ""))
-    except ValueError: continue
-    tot[r[ki][:100]] += v; cnt[r[ki][:100]] += 1
-allns = sum(tot.values())
-print(f"total {allns/1e6:.1f} ms over {sum(cnt.values())} launches")
-for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:25]:
-    print(f"{v/1e6:8.2f} ms {100*v/allns:5.1f} % {cnt[k]:5d}  {k}")
-PY
+python3 benchmark/ncu_summary.py "$R/ncu.csv" 25 | tee "$R/ncu_summary.txt"
 # repeatability and ZeRO-3 checkpoints
 usbx-synth scenes --n 400 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"
 usbx-ckpt init --config benchmark/sandbox-small.json --seed 1 "$W/small" > /dev/null && cp .devdata/tokenizer.json "$W/small/"
