@@ -295,14 +295,33 @@ int usbx_train_data_next(usbx_train_data *d, usbx_data_pos *pos, usbx_train_batc
   builder B = {.b = b, .P = d->cfg.latent_patch * d->cfg.latent_patch * d->cfg.latent_channels};
   int total = 0, ns = 0, split = 0;
   for (;;) {
-    if (pos->index >= d->n) { pos->epoch++; pos->index = 0; }
-    if (d->perm_epoch != pos->epoch) shuffle(d, pos->epoch);
-    const sample *s = &d->s[d->perm[pos->index]];
-    if (ns > 0 && total + s->tokens > d->o.max_tokens) break;
+    int ep, id;
+    bool from_buffer = total < d->o.prefer_buffer_before && pos->nbuf > 0;
+    if (from_buffer) {
+      ep = pos->buf_epoch[0]; id = pos->buf_sample[0];
+    } else {
+      if (pos->index >= d->n) { pos->epoch++; pos->index = 0; }
+      if (d->perm_epoch != pos->epoch) shuffle(d, pos->epoch);
+      ep = pos->epoch; id = d->perm[pos->index];
+    }
+    const sample *s = &d->s[id];
+    if (ns > 0 && total + s->tokens > d->o.max_tokens) {
+      if (!from_buffer && pos->nbuf < USBX_PACK_BUFFER) {
+        pos->buf_epoch[pos->nbuf] = ep; pos->buf_sample[pos->nbuf] = id; pos->nbuf++;
+        pos->index++;
+        continue;
+      }
+      break;   /* the batch is done; upstream drops this sample, here it opens the next batch */
+    }
+    if (from_buffer) {
+      pos->nbuf--;
+      memmove(pos->buf_epoch, pos->buf_epoch + 1, sizeof(int) * (size_t)pos->nbuf);
+      memmove(pos->buf_sample, pos->buf_sample + 1, sizeof(int) * (size_t)pos->nbuf);
+    } else pos->index++;
     usbx_rng r;
-    usbx_rng_seed(&r, d->o.seed ^ usbx_hash64(&(int64_t[2]){pos->epoch, d->perm[pos->index]}, 16, 0x7a11));
+    usbx_rng_seed(&r, d->o.seed ^ usbx_hash64(&(int64_t[2]){ep, id}, 16, 0x7a11));
     add_sample(d, &B, s, ns, &split, &r);
-    ns++; pos->index++; total += s->tokens;
+    ns++; total += s->tokens;
     if (total >= d->o.expected_tokens) break;
   }
   finish(&B);

@@ -14,6 +14,7 @@ struct usbx_vae;
 
 typedef struct {
   int expected_tokens, max_tokens, max_tokens_per_sample;
+  int prefer_buffer_before;     /* packing: take waiting samples first below this many tokens (16384) */
   float text_cond_dropout;      /* probability of dropping a T2I caption (0.1) */
   float timestep_shift;         /* training shift of t = sigmoid(N(0,1)) (1.0) */
   uint64_t seed;
@@ -33,8 +34,19 @@ void usbx_train_data_free(usbx_train_data *d);
 int usbx_train_data_count(const usbx_train_data *d);      /* usable samples */
 int usbx_train_data_skipped(const usbx_train_data *d);    /* samples over max_tokens_per_sample */
 
-/* The data position: epoch and index into that epoch's shuffled order. */
-typedef struct { int epoch, index; } usbx_data_pos;
+/* Upstream's packing (dbase.py PackedDataset): a sample that would push a batch past max_tokens
+ * waits in an overflow buffer (at most USBX_PACK_BUFFER, first in first out) while later samples
+ * fill the batch; a batch below prefer_buffer_before tokens takes its next sample from the
+ * buffer first. */
+enum { USBX_PACK_BUFFER = 50 };
+
+/* The data position: epoch and index into that epoch's shuffled order, and the overflow buffer
+ * (each waiting sample with the epoch it was drawn in, which seeds its randomness). */
+typedef struct {
+  int epoch, index;
+  int nbuf;
+  int buf_epoch[USBX_PACK_BUFFER], buf_sample[USBX_PACK_BUFFER];
+} usbx_data_pos;
 
 /* Builds the next packed batch from *pos (advanced past the samples used; a new epoch starts
  * when the order is exhausted).  The batch owns its arrays (free with usbx_train_batch_free).

@@ -45,7 +45,7 @@ void usbx_train_defaults(usbx_train_opts *o) {
   o->lr = 1e-4; o->min_lr = 1e-7; o->beta1 = 0.9; o->beta2 = 0.95; o->eps = 1e-15; o->weight_decay = 0.0;
   o->clip = 1.0; o->ema = 0.9999; o->ce_weight = 1.0; o->mse_weight = 1.0;
   o->warmup = 2000; o->steps = 0; o->epochs = 0; o->save_every = 0; o->log_every = 1; o->accum = 1; o->zero = 2;
-  o->data = (usbx_data_opts){.expected_tokens = 32768, .max_tokens = 36864, .max_tokens_per_sample = 16384,
+  o->data = (usbx_data_opts){.expected_tokens = 32768, .max_tokens = 36864, .max_tokens_per_sample = 16384, .prefer_buffer_before = 16384,
                              .text_cond_dropout = 0.1f, .timestep_shift = 1.0f, .seed = 4396, .visual_gen = true, .visual_und = true};
 }
 
@@ -217,6 +217,10 @@ static int save_checkpoint(state *S, const usbx_train_opts *o, long step, const 
     st = usbx_jv_set_num(st, "step", (double)step);
     st = usbx_jv_set_num(st, "epoch", pos->epoch);
     st = usbx_jv_set_num(st, "index", pos->index);
+    jv buf = jv_array();   /* the packing's overflow buffer: [epoch, sample] pairs */
+    for (int i = 0; i < pos->nbuf; i++)
+      buf = jv_array_append(buf, jv_array_append(jv_array_append(jv_array(), jv_number(pos->buf_epoch[i])), jv_number(pos->buf_sample[i])));
+    st = jv_object_set(st, jv_string("buffer"), buf);
     st = usbx_jv_set_num(st, "seed", (double)o->data.seed);
     st = usbx_jv_set_num(st, "batches_per_step", (double)(usbx_dist_world(S->dist) * o->accum));
     st = usbx_jv_set_str(st, "base_model", o->model);
@@ -519,7 +523,7 @@ int usbx_train_run(const usbx_train_opts *o) {
   else usbx_err("training %zu parameters on %s", S.total, be->name);
 
   long step = 0;
-  usbx_data_pos pos = {0, 0};
+  usbx_data_pos pos = {0};
   if (rank0 && usbx_mkdirs(o->out)) usbx_die("%s: %s", o->out, strerror(errno));
   if (o->resume) {
     long last = latest_checkpoint(o->out);
@@ -540,6 +544,24 @@ int usbx_train_run(const usbx_train_opts *o) {
       step = (long)v;
       if (usbx_jv_num(st, "epoch", &v)) pos.epoch = (int)v;
       if (usbx_jv_num(st, "index", &v)) pos.index = (int)v;
+      jv buf = jv_object_get(jv_copy(st), jv_string("buffer"));
+      if (jv_get_kind(buf) == JV_KIND_ARRAY) {
+        int nb = jv_array_length(jv_copy(buf));
+        if (nb > USBX_PACK_BUFFER) usbx_die("%s: buffer: %d entries, at most %d", sp, nb, USBX_PACK_BUFFER);
+        for (int i = 0; i < nb; i++) {
+          jv e = jv_array_get(jv_copy(buf), i);
+          jv e0 = jv_array_get(jv_copy(e), 0), e1 = jv_array_get(jv_copy(e), 1);
+          bool ok = jv_get_kind(e0) == JV_KIND_NUMBER && jv_get_kind(e1) == JV_KIND_NUMBER && jv_number_value(e1) >= 0 &&
+                    jv_number_value(e1) < usbx_train_data_count(data);
+          if (ok) { pos.buf_epoch[i] = (int)jv_number_value(e0); pos.buf_sample[i] = (int)jv_number_value(e1); }
+          jv_free(e0); jv_free(e1); jv_free(e);
+          if (!ok) usbx_die("%s: buffer entry %d is not [epoch, sample] of this data (%d samples)", sp, i + 1, usbx_train_data_count(data));
+        }
+        pos.nbuf = nb;
+      } else if (jv_get_kind(buf) != JV_KIND_INVALID && jv_get_kind(buf) != JV_KIND_NULL) {
+        usbx_die("%s: buffer is not an array", sp);
+      }
+      jv_free(buf);
       if (usbx_jv_num(st, "seed", &v) && (uint64_t)v != o->data.seed && rank0) usbx_err("warning: resuming a run made with seed %.0f under seed %llu", v, (unsigned long long)o->data.seed);
       if (usbx_jv_num(st, "batches_per_step", &v) && (long)v != env.world * o->accum && rank0)
         usbx_err("warning: the run used %.0f batches per step; this one uses %ld (ranks x --accum)", v, (long)env.world * o->accum);

@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
   usbx_train_defaults(&o);
   const char *preset = NULL, *schedule = "constant";
   long seed = (long)o.data.seed, expected = o.data.expected_tokens, max_tokens = o.data.max_tokens, max_per = o.data.max_tokens_per_sample;
+  long prefer = o.data.prefer_buffer_before;
   double dropout = o.data.text_cond_dropout, tshift = o.data.timestep_shift;
   bool visual_gen = true, visual_und = true, freeze_vae = true, set_gen = false, set_und = false;
   /* presets are applied first; explicit flags given after override them (parsed twice) */
@@ -55,6 +56,7 @@ int main(int argc, char **argv) {
     {"expected-tokens", USBX_OPT_INT, &expected, "N", "pack samples until a batch has this many tokens (default 32768)", false},
     {"max-tokens", USBX_OPT_INT, &max_tokens, "N", "never pack a batch beyond this (default 36864)", false},
     {"max-tokens-per-sample", USBX_OPT_INT, &max_per, "N", "skip longer samples (default 16384)", false},
+    {"prefer-buffer-before", USBX_OPT_INT, &prefer, "N", "packing: below N tokens a batch takes waiting (overflowed) samples first (default 16384)", false},
     {"steps", USBX_OPT_INT, &o.steps, "N", "optimizer steps (or --epochs)", false},
     {"epochs", USBX_OPT_INT, &o.epochs, "N", "passes over the data", false},
     {"save-every", USBX_OPT_INT, &o.save_every, "N", "checkpoint every N steps (and at the end)", false},
@@ -89,7 +91,8 @@ int main(int argc, char **argv) {
   if (!o.steps && !o.epochs) usbx_usage_die("give --steps N or --epochs N");
   if (expected < 1 || max_tokens < expected || max_per < 1) usbx_usage_die("token budgets: need 1 <= --expected-tokens <= --max-tokens");
   o.data.seed = (uint64_t)seed; o.data.expected_tokens = (int)expected; o.data.max_tokens = (int)max_tokens;
-  o.data.max_tokens_per_sample = (int)max_per; o.data.text_cond_dropout = (float)dropout; o.data.timestep_shift = (float)tshift;
+  if (prefer < 0) usbx_usage_die("--prefer-buffer-before must not be negative");
+  o.data.max_tokens_per_sample = (int)max_per; o.data.prefer_buffer_before = (int)prefer; o.data.text_cond_dropout = (float)dropout; o.data.timestep_shift = (float)tshift;
   o.data.visual_gen = gen_flag; o.data.visual_und = und_flag;
   o.files = files; o.nfiles = nfiles;
   if (o.accum < 1) usbx_usage_die("--accum must be at least 1");

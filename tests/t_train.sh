@@ -52,6 +52,39 @@ usbx-train --model "$T/base" --device cpu --no-visual-gen --no-visual-und --lr 5
   --out "$T/kn" --steps 30 "$T/conv.jsonl" > "$T/kn.jsonl"
 jq -e -s '.[0].ce > 5 and .[-1].ce < 0.5 * .[0].ce and all(.mse == 0)' "$T/kn.jsonl" > /dev/null || fail "CE did not fall: $(jq -c -s '[.[0].ce, .[-1].ce]' "$T/kn.jsonl")"
 
+# 4b. packing with upstream's overflow buffer: conversations of ~25 and ~200 tokens; a long one that
+#     does not fit waits while short ones fill the batch, so batches are fuller than when the buffer
+#     is never preferred (--prefer-buffer-before above every batch: the old end-the-batch rule); no
+#     batch passes --max-tokens; a checkpoint keeps the waiting samples and the resumed run packs
+#     the same batches
+python3 - > "$T/mix.jsonl" <<'PY'
+import json
+for i in range(40):
+    ans = "Zorblat keeps a ripe mango in the blue box. " * (16 if i % 4 == 0 else 1)
+    print(json.dumps({"id": f"m{i}", "conversations": [{"from": "human", "value": f"What does Zorblat keep, {i}?"},
+                                                      {"from": "gpt", "value": ans.strip()}]}))
+PY
+TK="usbx-train --model $T/base --device cpu --no-visual-gen --no-visual-und --lr 1e-3 --warmup 1 --expected-tokens 300 --max-tokens 360"
+$TK --out "$T/mix" --steps 12 --save-every 5 --prefer-buffer-before 100 "$T/mix.jsonl" > "$T/mix.log"
+$TK --out "$T/nobuf" --steps 12 --no-save --prefer-buffer-before 100000 "$T/mix.jsonl" > "$T/nobuf.log"
+jq -e -s 'all(.tokens <= 360)' "$T/mix.log" > /dev/null || fail "a packed batch exceeds --max-tokens"
+jq -e -s --slurpfile b "$T/nobuf.log" '(map(.tokens) | add) > ($b | map(.tokens) | add)' "$T/mix.log" > /dev/null \
+  || fail "the overflow buffer did not fill batches: $(jq -c -s 'map(.tokens)' "$T/mix.log") vs $(jq -c -s 'map(.tokens)' "$T/nobuf.log")"
+w=""
+for s in 5 10; do
+  d=$(printf '%07d' "$s")
+  if jq -e '.buffer | length > 0' "$T/mix/$d/train_state.json" > /dev/null; then w=$s; break; fi
+done
+[ -n "$w" ] || fail "no checkpoint with waiting samples: the test data did not exercise the buffer"
+mkdir "$T/mixr" && cp -r "$T/mix/$(printf '%07d' "$w")" "$T/mixr/"
+$TK --out "$T/mixr" --steps 12 --resume --prefer-buffer-before 100 "$T/mix.jsonl" > "$T/mixr.log" 2> "$T/mixr.err" || fail "resume with waiting samples: $(cat "$T/mixr.err")"
+diff <(jq -c '[.step, .tokens, .loss]' "$T/mixr.log") <(jq -c --argjson w "$w" 'select(.step > $w) | [.step, .tokens, .loss]' "$T/mix.log") > /dev/null \
+  || fail "resumed run with waiting samples packs differently"
+jq '.buffer = [[0, 99999]]' "$T/mix/$(printf '%07d' "$w")/train_state.json" > "$T/bad_state.json"
+mkdir "$T/badr" && cp -r "$T/mix/$(printf '%07d' "$w")" "$T/badr/" && cp "$T/bad_state.json" "$T/badr/$(printf '%07d' "$w")/train_state.json"
+if $TK --out "$T/badr" --steps 12 --resume "$T/mix.jsonl" > /dev/null 2> "$T/badr.err"; then fail "a bad buffer entry was accepted"; fi
+grep -q "train_state.json: buffer entry 1" "$T/badr.err" || fail "bad buffer message: $(cat "$T/badr.err")"
+
 # 5. data parallel (two processes, TCP collectives on the CPU) equals one process accumulating the
 #    same two batches per step: losses and grad norms within 1e-5 relative over 6 steps, the
 #    checkpoints (gathered from the two optimizer shards) within 1e-5; a resumed 2-process run
