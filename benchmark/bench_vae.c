@@ -1,6 +1,7 @@
 /* bench_vae.c — the FLUX autoencoder (common/vae.c, fp32 on every backend) at the 7B model's
- * configuration, with random weights: decode time at a given image size, and (--check N) the
- * CUDA decode of an N/8 x N/8 latent against the CPU backend, for each "f32_mode" (fp32, TF32, bf16x3).
+ * configuration, with random weights: decode and encode time at a given image size, and (--check N) the
+ * CUDA decode of an N/8 x N/8 latent against the CPU backend, for each "f32_mode" (fp32, TF32, bf16x3,
+ * auto = bf16x3 for products of 256 or more columns).
  *   bench_vae [--size 1024] [--reps 3] [--check 128] [--dir DIR]
  * Writes DIR/ae.safetensors (FLUX shapes, f32, seeded) once if absent; DIR defaults to
  * /tmp/usbx-bench-vae.  Prints one line per measurement and a JSON summary last. */
@@ -114,10 +115,10 @@ int main(int argc, char **argv) {
   const usbx_ae_config *c = usbx_vae_cfg(v);
   int h = size / 8, Z = c->z_channels;
   float *z = rand_latent(h, h, Z), *img = xmalloc(sizeof(float) * (size_t)size * size * 3);
-  static const char *mname[] = {"fp32", "TF32", "bf16x3"};
-  double best[3] = {1e30, 1e30, 1e30}, med[3] = {0, 0, 0};
+  static const char *mname[] = {"fp32", "TF32", "bf16x3", "auto"};
+  double best[4] = {1e30, 1e30, 1e30, 1e30}, med[4] = {0, 0, 0, 0};
 #ifdef USBX_HAVE_CUDA
-  for (int md = 0; md < 3; md++) {
+  for (int md = 0; md < 4; md++) {
     int old = usbx_cuda_set_option(be, "f32_mode", md);
     double *ts = xmalloc(sizeof(double) * (size_t)(reps + 1));
     for (int r = 0; r <= reps; r++) {     /* r = 0: warm-up (plans, scratch) */
@@ -137,7 +138,31 @@ int main(int argc, char **argv) {
     usbx_cuda_set_option(be, "f32_mode", old);
   }
 #endif
-  double errs[3] = {-1, -1, -1};
+  /* encode of a random image of the same size (fp32 and auto modes): the training loader's cost per image */
+  double enc[2] = {0, 0};
+  for (int em = 0; em < 2; em++) {
+#ifdef USBX_HAVE_CUDA
+    int old = usbx_cuda_set_option(be, "f32_mode", em ? 3 : 0);
+#endif
+    float *im = xmalloc(sizeof(float) * (size_t)size * size * 3), *zz = xmalloc(sizeof(float) * (size_t)h * h * Z);
+    float *mom = xmalloc(sizeof(float) * (size_t)h * h * Z * 2);
+    for (size_t i = 0; i < (size_t)size * size * 3; i++) im[i] = urand();
+    double *ts = xmalloc(sizeof(double) * (size_t)(reps + 1));
+    for (int r = 0; r <= reps; r++) {
+      double s = now_s();
+      usbx_vae_encode(v, im, size, size, NULL, zz, mom);
+      ts[r] = now_s() - s;
+      printf("encode %dx%d %s%s: %.3f s\n", size, size, em ? "auto" : "fp32", r ? "" : " warm-up", ts[r]);
+    }
+    for (int i = 1; i <= reps; i++)
+      for (int j = i + 1; j <= reps; j++) if (ts[j] < ts[i]) { double t = ts[i]; ts[i] = ts[j]; ts[j] = t; }
+    enc[em] = reps ? ts[1 + reps / 2] : ts[0];
+    free(ts); free(im); free(zz); free(mom);
+#ifdef USBX_HAVE_CUDA
+    usbx_cuda_set_option(be, "f32_mode", old);
+#endif
+  }
+  double errs[4] = {-1, -1, -1, -1};
   if (check > 0) {   /* CUDA vs CPU at check x check */
     int hc = check / 8;
     float *zc = rand_latent(hc, hc, Z);
@@ -150,7 +175,7 @@ int main(int argc, char **argv) {
     usbx_vae_decode(vc, zc, hc, hc, ic);
     printf("cpu decode %dx%d: %.2f s\n", check, check, now_s() - s);
     usbx_vae_free(vc);
-    for (int md = 0; md < 3; md++) {
+    for (int md = 0; md < 4; md++) {
 #ifdef USBX_HAVE_CUDA
       int old = usbx_cuda_set_option(be, "f32_mode", md);
 #endif
@@ -165,10 +190,10 @@ int main(int argc, char **argv) {
     }
     free(zc); free(ic); free(ig);
   }
-  printf("{\"size\": %d, \"decode_s\": {\"fp32\": %.4f, \"tf32\": %.4f, \"bf16x3\": %.4f}, "
-         "\"best_s\": {\"fp32\": %.4f, \"tf32\": %.4f, \"bf16x3\": %.4f}, \"check\": %d, "
-         "\"rel_vs_cpu\": {\"fp32\": %.3e, \"tf32\": %.3e, \"bf16x3\": %.3e}}\n",
-         size, med[0], med[1], med[2], best[0], best[1], best[2], check, errs[0], errs[1], errs[2]);
+  printf("{\"size\": %d, \"encode_s\": {\"fp32\": %.4f, \"auto\": %.4f}, \"decode_s\": {\"fp32\": %.4f, \"tf32\": %.4f, \"bf16x3\": %.4f, \"auto\": %.4f}, "
+         "\"best_s\": {\"fp32\": %.4f, \"tf32\": %.4f, \"bf16x3\": %.4f, \"auto\": %.4f}, \"check\": %d, "
+         "\"rel_vs_cpu\": {\"fp32\": %.3e, \"tf32\": %.3e, \"bf16x3\": %.3e, \"auto\": %.3e}}\n",
+         size, enc[0], enc[1], med[0], med[1], med[2], med[3], best[0], best[1], best[2], best[3], check, errs[0], errs[1], errs[2], errs[3]);
   free(z); free(img);
   usbx_vae_free(v);
   usbx_backend_close(be);

@@ -67,7 +67,7 @@ static void compare(group_result *g, const char *name, const float *out, const f
   if (mx > g->maxabs) g->maxabs = mx;
 }
 
-/* fp32 backends, and the autoencoder (fp32 on every backend): 1e-4.  Backends that round matmul inputs to bf16 (cuda, cpu-bf16): 1e-2, and
+/* fp32 backends, and the autoencoder (fp32 accuracy on every backend): 1e-4.  Backends that round matmul inputs to bf16 (cuda, cpu-bf16): 1e-2, and
  * 2e-2 for edit and train, whose outputs amplify rounding: edit's velocity is a guided
  * combination (text scale 4 x image scale 2) of three branches that each land at ~4e-3, and
  * train compares gradients, which pass through two bf16 passes.  cpu-bf16 shows that bf16

@@ -255,7 +255,9 @@ static void c_matmul_f32(usbx_backend *be, float *y, const float *x, const float
     return;
   }
   float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  if (c->opt_f32_mode == 2) {
+  /* mode 3: bf16x3 where it is faster than fp32 SIMT (the wider products; at N = 128 its extra
+   * pass over x costs more than it saves) */
+  if (c->opt_f32_mode == 2 || (c->opt_f32_mode == 3 && N >= 256)) {
     const size_t xs_b = ((size_t)M * K * 4 + 255) & ~(size_t)255, ws_b = ((size_t)N * K * 4 + 255) & ~(size_t)255;
     char *scr = (char *)cu_scratch(c, xs_b + ws_b + (size_t)N * K * 2);
     uint16_t *xs = (uint16_t *)scr, *ws = (uint16_t *)(scr + xs_b), *wl = (uint16_t *)(scr + xs_b + ws_b);
@@ -345,7 +347,7 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   }
   c->opt_gemv = 1; c->opt_lt = 1; c->opt_attn_split = 1; c->opt_attn_variant = 5;
   if (getenv("USBX_CUDA_ATTN_VARIANT")) c->opt_attn_variant = atoi(getenv("USBX_CUDA_ATTN_VARIANT"));
-  c->opt_f32_mode = 0;
+  c->opt_f32_mode = 3;
   if (getenv("USBX_CUDA_F32_MODE")) c->opt_f32_mode = atoi(getenv("USBX_CUDA_F32_MODE"));
   c->opt_attn_masked_tc = 1;
   if (getenv("USBX_CUDA_ATTN_MASKED_TC")) c->opt_attn_masked_tc = atoi(getenv("USBX_CUDA_ATTN_MASKED_TC"));

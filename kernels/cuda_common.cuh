@@ -64,7 +64,7 @@ typedef struct {
   usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
   /* options (cuda_extra.h) */
   int opt_gemv, opt_lt, opt_attn_split, opt_attn_variant;
-  int opt_f32_mode;         /* matmul_f32 / attention_f32: 0 fp32, 1 TF32, 2 bf16x3 split (cuda_extra.h) */
+  int opt_f32_mode;         /* matmul_f32 / attention_f32: 0 fp32, 1 TF32, 2 bf16x3 split, 3 bf16x3 at N >= 256 (cuda_extra.h) */
   int opt_attn_masked_tc;   /* attention_masked(_bwd): 1 tiled tensor-core kernels, 0 the scalar ones */
   int opt_attn_masked_gemm; /* attention_masked(_bwd): 1 sample by sample through cuBLAS when segments are given */
   int opt_attn_masked_row;  /* cuBLAS path: 1 one block per L x L row in registers (softmax, P/dS), 0 warp per row */

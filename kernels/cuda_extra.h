@@ -21,10 +21,11 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *                  2 = 8 warps (128 query rows per block), Q staged; 3 = 1 with fewer instructions
  *                  per key tile; 4 = 2 with fewer instructions; 5 = auto (3, or 4 for image blocks
  *                  too small to fill two waves of 3).  Env USBX_CUDA_ATTN_VARIANT.
- *   "f32_mode"   [0] matmul_f32 / attention_f32 arithmetic: 0 = fp32 (cuBLAS SIMT); 1 = TF32
+ *   "f32_mode"   [3] matmul_f32 / attention_f32 arithmetic: 0 = fp32 (cuBLAS SIMT); 1 = TF32
  *                  tensor cores (both ops; ~3e-4 relative); 2 = bf16x3 split for matmul_f32 (bf16
- *                  tensor cores on hi/lo halves, ~1e-5 relative; attention_f32 stays fp32).
- *                  Env USBX_CUDA_F32_MODE.
+ *                  tensor cores on hi/lo halves, ~1e-5 relative; attention_f32 stays fp32);
+ *                  3 = bf16x3 for products of 256 or more columns, fp32 below (where the split's
+ *                  extra pass costs more than it saves).  Env USBX_CUDA_F32_MODE.
  *   "attn_masked_tc" [1] attention_masked(_bwd) through the tiled tensor-core kernels (else the
  *                  one-warp-per-row scalar kernels).  Env USBX_CUDA_ATTN_MASKED_TC.
  *   "attn_masked_gemm" [1] attention_masked and its backward sample by sample through cuBLAS when the arguments

@@ -183,7 +183,8 @@ struct usbx_backend {
   /* ---------------------------------------------------------------- fp32 ops (the autoencoder)
    * Upstream runs the FLUX autoencoder in fp32; these keep every operand f32 on every backend.
    * y[M,N] (f32) = x[M,K] (f32) · W[N,K]ᵀ (f32) (+ bias[N]) ; accumulate: y += ...
-   * (CUDA: cuBLAS in fp32 by default; option "f32_mode" of cuda_extra.h selects TF32 or bf16x3) */
+   * (CUDA: products of 256 or more columns as bf16x3 split products, ~1e-5 relative, the others
+   * in fp32; option "f32_mode" of cuda_extra.h selects fp32, TF32 or bf16x3 throughout) */
   void (*matmul_f32)(usbx_backend *be, float *y, const float *x, const float *w, const float *bias,
                      int M, int N, int K, bool accumulate);
   /* im2col into an f32 matrix [Ho*Wo, C*k*k] (same layout as im2col) */

@@ -741,11 +741,11 @@ static int set_opt(const char *name, int v) {   /* CUDA option; -1 when not appl
   return -1;
 #endif
 }
-/* mode: the CUDA option "f32_mode" (0 fp32, 1 TF32, 2 bf16x3); modes other than 0 only where
+/* mode: the CUDA option "f32_mode" (0 fp32, 1 TF32, 2 bf16x3, 3 auto); set for the call, where
  * the option exists */
 static void test_matmul_f32_case(int M, int N, int K, bool bias, bool acc, int mode) {
-  int old = mode ? set_opt("f32_mode", mode) : -1;
-  if (mode && old < 0) return;
+  int old = set_opt("f32_mode", mode);
+  if (old < 0) return;
   float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)N * K, 1.0 / sqrt(K));   /* full fp32 values */
   float *b = bias ? randn(N, 1.0) : NULL, *y0 = randn((size_t)M * N, 1.0);
   float *dx = dev_f32(x, (size_t)M * K), *dw = dev_f32(w, (size_t)N * K), *db = bias ? dev_f32(b, N) : NULL;
@@ -753,7 +753,7 @@ static void test_matmul_f32_case(int M, int N, int K, bool bias, bool acc, int m
   if (acc) be->upload(be, dy, y0, (size_t)M * N * sizeof(float));
   else poison(dy, (size_t)M * N * sizeof(float));
   be->matmul_f32(be, dy, dx, dw, db, M, N, K, acc);
-  if (mode) set_opt("f32_mode", old);
+  set_opt("f32_mode", old);
   float *y = get_f32(dy, (size_t)M * N);
   double *ref = xmalloc((size_t)M * N * sizeof *ref);
   for (int m = 0; m < M; m++)
@@ -767,9 +767,10 @@ static void test_matmul_f32_case(int M, int N, int K, bool bias, bool acc, int m
     }
   char cas[96];
   snprintf(cas, sizeof cas, "M=%d N=%d K=%d%s%s", M, N, K, bias ? " bias" : "", acc ? " accumulate" : "");
-  /* fp32: ~1e-6; TF32 (10-bit mantissa operands): ~3e-4, loose bound; bf16x3: ~1e-5 */
-  static const char *names[] = {"matmul_f32", "matmul_f32 (tf32 option)", "matmul_f32 (bf16x3 option)"};
-  static const double tols[] = {1e-5, 2e-3, 1e-4};
+  /* fp32: ~1e-6; TF32 (10-bit mantissa operands): ~3e-4, loose bound; bf16x3: ~1e-5; auto
+   * (the default): bf16x3 at N >= 256 */
+  static const char *names[] = {"matmul_f32 (fp32)", "matmul_f32 (tf32 option)", "matmul_f32 (bf16x3 option)", "matmul_f32 (auto, default)"};
+  static const double tols[] = {1e-5, 2e-3, 1e-4, 1e-4};
   report(names[mode], cas, relerr(y, ref, (size_t)M * N), tols[mode]);
   free(x); free(w); free(b); free(y0); free(y); free(ref);
   be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy);
@@ -788,6 +789,9 @@ static void test_matmul_f32(void) {
   test_matmul_f32_case(4096, 128, 1152, true, false, 2);
   test_matmul_f32_case(1024, 512, 4608, true, false, 2);
   test_matmul_f32_case(1024, 512, 512, true, true, 2);
+  test_matmul_f32_case(4096, 128, 1152, true, false, 3);
+  test_matmul_f32_case(1024, 512, 4608, true, false, 3);
+  test_matmul_f32_case(1024, 512, 512, true, true, 3);
 }
 static void test_im2col_f32(void) {
   usbx_im2col_args cs[] = {{9, 9, 5, 3, 1, 1, 1, 1, 1}, {8, 6, 16, 3, 2, 0, 0, 1, 1}, {32, 32, 128, 3, 1, 1, 1, 1, 1},
