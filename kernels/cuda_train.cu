@@ -313,15 +313,42 @@ static void c_silu_bwd(usbx_backend *be, float *dx, const float *dy, const float
   CUDA_LAUNCHED();
 }
 /* repeated ids accumulate through atomics (order of the adds is not fixed) */
-__global__ void k_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int D) {
-  int t = blockIdx.x;
-  float *row = dtable + (size_t)ids[t] * D;
-  const float *g = dout + (size_t)t * D;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(row + i, g[i]);
+/* dtable[ids[t], :] += dout[t, :] without atomics: the block of an id's first occurrence adds
+ * every occurrence's row in token order, the CPU's order, so repeated ids give the same bits on
+ * every run (atomicAdd made GPU training differ from run to run in the embeddings). */
+__global__ void k_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, int D) {
+  constexpr int CAP = 256;
+  __shared__ int rows[CAP];
+  __shared__ int nrow, next, seen_before;
+  const int t = blockIdx.x, id = ids[t];
+  if (threadIdx.x == 0) seen_before = 0;
+  __syncthreads();
+  for (int u = threadIdx.x; u < t; u += blockDim.x)
+    if (ids[u] == id) seen_before = 1;
+  __syncthreads();
+  if (seen_before) return;
+  float *row = dtable + (size_t)id * D;
+  for (int start = t; start < T;) {
+    if (threadIdx.x == 0) {   /* the next CAP occurrences, in order */
+      int k = 0, u = start;
+      for (; u < T && k < CAP; u++)
+        if (ids[u] == id) rows[k++] = u;
+      nrow = k;
+      next = u;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+      float acc = row[i];
+      for (int k = 0; k < nrow; k++) acc += dout[(size_t)rows[k] * D + i];
+      row[i] = acc;
+    }
+    start = next;
+    __syncthreads();
+  }
 }
 static void c_embed_bwd(usbx_backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int D) {
   if (T <= 0 || D <= 0) return;
-  k_embed_bwd<<<T, 256, 0, S(be)>>>(dtable, dout, ids, D);
+  k_embed_bwd<<<T, 256, 0, S(be)>>>(dtable, dout, ids, T, D);
   CUDA_LAUNCHED();
 }
 
