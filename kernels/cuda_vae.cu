@@ -207,18 +207,23 @@ void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float 
  * same channel (coalesced, no per-element group lookup); per-block sums per group in float64.
  * Pass 2: one block turns the partial sums into mean and 1/std per group.  Pass 3: apply. */
 #define GN_MAX_GROUPS 256
+/* each thread's sums go to its group in thread order (not atomics: the same bits on every run) */
 __global__ void k_gn_partial(double *part, const float *x, size_t n, int C, int cg, int groups) {
-  __shared__ double ss[2 * GN_MAX_GROUPS];
-  for (int g = threadIdx.x; g < 2 * groups; g += blockDim.x) ss[g] = 0;
-  __syncthreads();
+  __shared__ double ts[2 * 256];
   size_t gt = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
   double s = 0, q = 0;
   for (size_t i = gt; i < n; i += stride) { double v = x[i]; s += v; q += v * v; }
-  int g = (int)(gt % C) / cg;
-  atomicAdd(&ss[2 * g], s);
-  atomicAdd(&ss[2 * g + 1], q);
+  ts[2 * threadIdx.x] = s;
+  ts[2 * threadIdx.x + 1] = q;
   __syncthreads();
-  for (int j = threadIdx.x; j < 2 * groups; j += blockDim.x) part[(size_t)blockIdx.x * 2 * groups + j] = ss[j];
+  const int c0 = (int)((blockIdx.x * (size_t)blockDim.x) % C);   /* channel of thread 0 */
+  for (int j = threadIdx.x; j < 2 * groups; j += blockDim.x) {
+    const int g = j >> 1;
+    double acc = 0;
+    for (int t = 0; t < (int)blockDim.x; t++)
+      if ((c0 + t) % C / cg == g) acc += ts[2 * t + (j & 1)];
+    part[(size_t)blockIdx.x * 2 * groups + j] = acc;
+  }
 }
 __global__ void k_gn_stats(float2 *stats, const double *part, int nb, int groups, double cnt, float eps) {
   for (int g = threadIdx.x; g < groups; g += blockDim.x) {
