@@ -6,11 +6,7 @@
 # Bundle extracted in the repo root; one tarball of results under $OUT.  Args: TOKENS_PER_GPU...
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/d7; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/d7
 NG=$(nvidia-smi -L | wc -l)
 usbx-synth scenes --n 96 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl"
 ( time usbx-ckpt init --config benchmark/shape-7b-mot.json --seed 1 "$W/b7" > /dev/null ) 2>&1 | grep real | tee "$R/init_time.txt"

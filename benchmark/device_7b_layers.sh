@@ -6,11 +6,7 @@
 # What one GPU's share of the full 7B-MoT step would run at with this tree's kernels.
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/d7l; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/d7l
 usbx-synth scenes --n 48 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl"
 usbx-ckpt init --config benchmark/shape-7b-mot-4layers.json --seed 1 "$W/b7l" > /dev/null && cp .devdata/tokenizer.json "$W/b7l/"
 for cfg in 8192: 16384:--recompute; do

@@ -8,3 +8,13 @@ if [ -z "${USBX_NCCL_LIB:-}" ]; then
   [ -f "$nccl_dir/libnccl.so.2" ] && export USBX_NCCL_LIB=$nccl_dir/libnccl.so.2
 fi
 jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up the carried libjq
+
+# device_results W: results go to W/results ($R), packed into $OUT/results.tar.gz (or
+# /tmp/out) when the script exits; records the date and the cards.
+device_results() {
+  W=$1; R=$W/results; FINAL=${OUT:-/tmp/out}
+  mkdir -p "$R" "$FINAL"
+  trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
+  date -u | tee "$R/date.txt"
+  nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
+}

@@ -3,11 +3,7 @@
 # scene pairs) on one GPU: Nsight Compute, summed per kernel (benchmark/ncu_summary.py).
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/dn7; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/dn7
 usbx-synth scenes --n 16 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl"
 usbx-ckpt init --config benchmark/shape-7b-mot-4layers.json --seed 1 "$W/b7l" > /dev/null && cp .devdata/tokenizer.json "$W/b7l/"
 timeout 400 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train --model "$W/b7l" --out "$W/run" \

@@ -4,11 +4,7 @@
 # Then the same step timed normally with USBX_TRAIN_PROFILE=1.  One tarball of results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/dn; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/dn
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "ncu: $NCU"
 usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"

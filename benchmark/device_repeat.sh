@@ -4,11 +4,7 @@
 # two: losses, grad norms and checkpoint files compared byte for byte.
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/drp; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/drp
 NG=$(nvidia-smi -L | wc -l)
 timeout 120 build/tests/test_ops_cuda embed > "$R/test_ops_cuda_embed.txt" 2>&1; echo "test_ops_cuda embed rc=$?"; cat "$R/test_ops_cuda_embed.txt" | tail -n 5
 usbx-synth scenes --n 400 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"

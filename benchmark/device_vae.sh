@@ -4,11 +4,7 @@
 # (build/bench/bench_vae_old, built from the commit before) in the same call (BENCHES picks).
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/dv; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/dv
 timeout 150 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; grep -E "im2col|checks" "$R/test_ops_cuda.txt" | tail -n 6
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; grep -E "^vae|^gen|^edit|failed" "$R/fixtures.txt"
 for b in ${BENCHES:-bench_vae_old bench_vae}; do

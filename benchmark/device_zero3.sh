@@ -7,11 +7,7 @@
 # Bundle extracted in the repo root; one tarball of results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
-FINAL=${OUT:-/tmp/out}; W=/tmp/dz; R=$W/results
-mkdir -p "$R" "$FINAL"
-trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
-date -u | tee "$R/date.txt"
-nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
+device_results /tmp/dz
 echo "NCCL: ${USBX_NCCL_LIB:-not found}" | tee "$R/nccl.txt"
 
 # C first (cheap)

@@ -99,10 +99,8 @@ static size_t owned_by(const state *S, const param *p, int r, size_t *off) {
 
 static size_t w_elem(const state *S, const param *p) { return p->d->mm ? usbx_dtype_size(S->be->mm_dtype) : sizeof(float); }
 
-/* this rank's range of the weights (mm or f32) */
-static void *w_range(const state *S, const param *p) { (void)S; return p->wr; }
 /* the master is that range itself when the weights are stored in f32 */
-static bool master_is_view(const state *S, const param *p) { return (void *)p->master == w_range(S, p); }
+static bool master_is_view(const state *S, const param *p) { (void)S; return (void *)p->master == p->wr; }
 
 /* every rank's range of p's gradient summed into its owner (inside a group) */
 static void reduce_ranges(state *S, param *p) {
@@ -118,6 +116,12 @@ static void broadcast_ranges(state *S, param *p, void *buf, size_t es) {
     if (len) usbx_dist_broadcast(S->dist, (char *)buf + off * es, len * es, r);
   }
 }
+/* the whole of p in buf (full-size, elements of es bytes) on every rank: this rank's range from
+ * mine, the others from their owners (inside a group) */
+static void gather_ranges(state *S, param *p, void *buf, const void *mine, size_t es) {
+  if (p->len) S->be->copy(S->be, (char *)buf + p->off * es, mine, p->len * es);
+  broadcast_ranges(S, p, buf, es);
+}
 
 /* host f32 copy of a device buffer that holds mm or f32 values */
 static void download_f32(usbx_backend *be, const void *src, bool mm, size_t n, float *dst) {
@@ -131,13 +135,11 @@ static void download_f32(usbx_backend *be, const void *src, bool mm, size_t n, f
 /* The full tensor of one state kind (0 master, 1 EMA, 2 m, 3 v) in S->full on every rank:
  * each owner puts its range there and broadcasts it. */
 static const float *gather_full(state *S, param *p, int kind) {
-  usbx_backend *be = S->be;
   int W = usbx_dist_world(S->dist);
   float *mine = kind == 0 ? p->master : kind == 1 ? p->ema : kind == 2 ? p->m : p->v;
   if (W == 1 && p->len == p->n) return mine;
-  if (p->len) be->copy(be, S->full + p->off, mine, sizeof(float) * p->len);
   usbx_dist_group_begin(S->dist);
-  broadcast_ranges(S, p, S->full, sizeof(float));
+  gather_ranges(S, p, S->full, mine, sizeof(float));
   usbx_dist_group_end(S->dist);
   return S->full;
 }
@@ -334,15 +336,10 @@ static double lr_at(const usbx_train_opts *o, long k, long total) {
 /* ZeRO-3: decoder layer l's weights into the slot, each range from its owner */
 static void gather_layer(void *ctx, int l) {
   state *S = ctx;
-  usbx_backend *be = S->be;
   if (S->resident == l) return;
-  for (int i = 0; i < S->np; i++) {
-    param *p = &S->p[i];
-    if (p->sharded && p->layer == l && p->len) be->copy(be, S->slot + p->slot_off + p->off * w_elem(S, p), p->wr, p->len * w_elem(S, p));
-  }
   usbx_dist_group_begin(S->dist);
   for (int i = 0; i < S->np; i++)
-    if (S->p[i].sharded && S->p[i].layer == l) broadcast_ranges(S, &S->p[i], S->slot + S->p[i].slot_off, w_elem(S, &S->p[i]));
+    if (S->p[i].sharded && S->p[i].layer == l) gather_ranges(S, &S->p[i], S->slot + S->p[i].slot_off, S->p[i].wr, w_elem(S, &S->p[i]));
   usbx_dist_group_end(S->dist);
   S->resident = l;
 }
@@ -509,7 +506,7 @@ int usbx_train_run(const usbx_train_opts *o) {
       p->master = be->alloc(be, sizeof(float) * p->len);
       const usbx_st_tensor *t = usbx_st_find(&wf, p->d->name);
       be->upload_convert(be, p->master, false, (const char *)t->data + p->off * usbx_dtype_size(t->dtype), t->dtype, p->len);
-    } else p->master = w_range(&S, p);
+    } else p->master = p->wr;
     p->m = be->alloc(be, sizeof(float) * p->len); be->memset0(be, p->m, sizeof(float) * p->len);
     p->v = be->alloc(be, sizeof(float) * p->len); be->memset0(be, p->v, sizeof(float) * p->len);
     p->ema = be->alloc(be, sizeof(float) * p->len); be->copy(be, p->ema, p->master, sizeof(float) * p->len);
@@ -638,7 +635,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
       if (!p->len) continue;
-      be->adamw(be, p->master, master_is_view(&S, p) ? NULL : w_range(&S, p), grad_range(p), p->m, p->v, p->ema, p->len, &aw);
+      be->adamw(be, p->master, master_is_view(&S, p) ? NULL : p->wr, grad_range(p), p->m, p->v, p->ema, p->len, &aw);
     }
     /* every rank's updated weights to every rank */
     if (W > 1) {
