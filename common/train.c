@@ -230,6 +230,11 @@ static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm,
   be->to_mm(be, dym, N, dy, M, N);
   be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K);
 }
+/* the same without bias for a dy its producer already wrote in mm */
+static void lin_bwd_mm(usbx_trainer *t, float *dx, const void *dym, const void *xm, const void *w, int M, int N, int K) {
+  float *dw = G(t, w);
+  if (dx || dw) t->be->matmul_bwd(t->be, dx, dw, NULL, dym, NULL, xm, w, M, N, K);
+}
 
 /* ---------------------------------------------------------------- ViT */
 
@@ -246,6 +251,7 @@ typedef struct {
   void *post_mm, *patch_mm, *conn_in_mm, *conn_act_mm;
   float *conn_h;                   /* fc1 output */
   int32_t *pid, *meta_order, *meta_sample, *meta_split, *meta_mode;
+  uint64_t meta_id;                /* of the attention metadata (ops.h) */
 } vit_state;
 
 /* ViT + connector for all images of the batch; out [n_vit, D] (the LLM embeddings) */
@@ -266,7 +272,9 @@ static void vit_forward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vit
   }
   s->meta_order = I32(P, ord, (size_t)n); s->meta_sample = I32(P, smp, (size_t)n); s->meta_split = s->meta_sample; s->meta_mode = I32(P, mode, (size_t)n);
   free(ord); free(smp); free(mode);
-  usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode};
+  s->meta_id = usbx_attn_meta_id();
+  usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode,
+                              .meta_id = s->meta_id};
   float *x = F32(P, (size_t)n * Dv), *tmp = F32(P, (size_t)n * (Dv > D ? Dv : D));
   float *patches = F32(P, (size_t)n * pp);
   be->upload(be, patches, b->vit_patches, sizeof(float) * (size_t)n * pp);
@@ -314,7 +322,8 @@ static void vit_backward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vi
   const usbx_bagel_config *c = &m->cfg;
   int n = s->n, Dv = c->vit_hidden, Fv = c->vit_inter, D = c->hidden, pp = c->vit_patch * c->vit_patch * 3;
   int heads = c->vit_heads, hd = Dv / heads;
-  usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode};
+  usbx_attn_masked_args aa = {.n = n, .n_heads = heads, .n_kv_heads = heads, .head_dim = hd, .order = s->meta_order, .sample = s->meta_sample, .split = s->meta_split, .mode = s->meta_mode,
+                              .meta_id = s->meta_id};
   float *dh = F32Z(P, (size_t)n * D);
   lin_bwd(t, dh, dout, s->conn_act_mm, m->conn_w2, m->conn_b2, n, D, D);
   float *dpre = F32(P, (size_t)n * D);
@@ -460,7 +469,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   for (int i = 0; i < n; i++) { int p = perm[i]; h_pos[i] = b->pos[p]; h_smp[i] = b->sample[p]; h_spl[i] = b->split[p]; h_mode[i] = b->mode[p]; }
   int32_t *d_perm = I32(P, perm, (size_t)n), *d_inv = I32(P, inv, (size_t)n), *d_pos = I32(P, h_pos, (size_t)n);
   usbx_attn_masked_args aa = {.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = d_perm, .sample = I32(P, h_smp, (size_t)n),
-                              .split = I32(P, h_spl, (size_t)n), .mode = I32(P, h_mode, (size_t)n)};
+                              .split = I32(P, h_spl, (size_t)n), .mode = I32(P, h_mode, (size_t)n), .meta_id = usbx_attn_meta_id()};
   /* each sample's rows, for backends that work sample by sample */
   int32_t *seg_off = NULL;
   {
@@ -507,18 +516,22 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     int k = 0;
     for (int p = 0; p < n; p++) if (b->kind[p] == USBX_TOK_VAE) h_tmp[k++] = p;
     vae_idx = I32(P, h_tmp, (size_t)k);
+    /* an image's tokens share one t: its features are computed and uploaded once (nf rows), then
+     * gathered per token (fidx) on the device */
     float *xt = xmalloc(sizeof(float) * (size_t)nv * PL), *feat = xmalloc(sizeof(float) * (size_t)nv * 256);
+    int32_t *fidx = xmalloc(sizeof(int32_t) * (size_t)nv);
+    int nf = 0;
     for (int i = 0; i < nv; i++) {
       float tt = b->t[i];
       for (int j = 0; j < PL; j++) xt[(size_t)i * PL + j] = (1.0f - tt) * b->x0[(size_t)i * PL + j] + tt * b->noise[(size_t)i * PL + j];
-      /* an image's tokens share one t: compute its features once */
-      if (i > 0 && b->t[i - 1] == tt) memcpy(feat + (size_t)i * 256, feat + (size_t)(i - 1) * 256, 256 * sizeof(float));
-      else usbx_timestep_features(tt, feat + (size_t)i * 256);
+      if (i == 0 || b->t[i - 1] != tt) usbx_timestep_features(tt, feat + (size_t)nf++ * 256);
+      fidx[i] = nf - 1;
     }
-    float *dxt = F32(P, (size_t)nv * PL), *dfeat = F32(P, (size_t)nv * 256);
+    float *dxt = F32(P, (size_t)nv * PL), *dfeat = F32(P, (size_t)nv * 256), *dfeat_u = F32(P, (size_t)nf * 256);
     be->upload(be, dxt, xt, sizeof(float) * (size_t)nv * PL);
-    be->upload(be, dfeat, feat, sizeof(float) * (size_t)nv * 256);
-    free(xt); free(feat);
+    be->upload(be, dfeat_u, feat, sizeof(float) * (size_t)nf * 256);
+    be->gather_rows(be, dfeat, dfeat_u, I32(P, fidx, (size_t)nv), nv, 256);
+    free(xt); free(feat); free(fidx);
     xt_mm = MM(P, (size_t)nv * PL); feat_mm = MM(P, (size_t)nv * 256); te_act_mm = MM(P, (size_t)nv * D);
     te_h = F32(P, (size_t)nv * D);
     lin_f32(be, rows, xt_mm, dxt, m->vae2llm_w, m->vae2llm_b, nv, D, PL);
@@ -654,10 +667,12 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
       lin_bwd(t, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
-      be->silu_mul_bwd(be, dg + (size_t)r0 * F, du + (size_t)r0 * F, dact + (size_t)r0 * F, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
+      /* dgate, dup straight in mm, in the f32 buffers' room */
+      void *dgm = (char *)dg + (size_t)r0 * F * mmb, *dum = (char *)du + (size_t)r0 * F * mmb;
+      be->silu_mul_bwd_mm(be, dgm, dum, dact + (size_t)r0 * F, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
       char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
-      lin_bwd(t, dh + (size_t)r0 * D, dg + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D);
-      lin_bwd(t, dh + (size_t)r0 * D, du + (size_t)r0 * F, h2, w->up, NULL, nn, F, D);
+      lin_bwd_mm(t, dh + (size_t)r0 * D, dgm, h2, w->gate, nn, F, D);
+      lin_bwd_mm(t, dh + (size_t)r0 * D, dum, h2, w->up, nn, F, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
     }
     prof_mark(t, 4, &pt);

@@ -1,4 +1,5 @@
 /* backend.c — choosing a backend: --device cpu|cpu-bf16|cuda|auto. */
+#include <stdatomic.h>
 #include "ops.h"
 #include "util.h"
 #include <string.h>
@@ -24,4 +25,9 @@ usbx_backend *usbx_backend_open(const char *device) {
     return be;
   }
   usbx_usage_die("--device: expected cpu, cpu-bf16, cuda or auto, got '%s'", device);
+}
+
+uint64_t usbx_attn_meta_id(void) {
+  static _Atomic uint64_t last;
+  return atomic_fetch_add(&last, 1) + 1;
 }

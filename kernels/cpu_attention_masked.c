@@ -10,7 +10,9 @@
  * Backward (dout = dO):  P = exp(S − lse) on visible keys;  Dᵢ = Σ_c dOᵢ·Oᵢ;
  *   dV_g += Pᵀ·dO_h ;  dS = P ∘ (dO_h·V_gᵀ − D) ;  dQ_h = scale·dS·K_g ;  dK_g += scale·dSᵀ·Q_h,
  * with dK/dV of a KV head summed over the query heads of its group.  dq may alias q; dk, dv
- * must not alias anything (they are zeroed first). */
+ * must not alias anything (they are zeroed first).
+ * On the cpu-bf16 backend (be->mm_rounded) the values the CUDA flash kernels keep in bf16 are
+ * rounded: the forward's unnormalised P for P·V, and the backward's dO, P (for Pᵀ·dO) and dS. */
 #include "cpu_ops.h"
 #include "util.h"
 #include <cblas.h>
@@ -37,6 +39,8 @@ static void build_mask(unsigned char *mask, const usbx_attn_masked_args *a, int 
     if (!cnt) usbx_die("attention_masked: query token %d sees no key (invalid order/sample/split/mode metadata)", q0 + i);
   }
 }
+
+static inline float bf16_round(float x) { return usbx_bf16_to_f32(usbx_f32_to_bf16(x)); }
 
 static void check_args(const usbx_attn_masked_args *a) {
   if (a->n < 0 || a->n_heads <= 0 || a->n_kv_heads <= 0 || a->head_dim <= 0 || a->n_heads % a->n_kv_heads)
@@ -74,6 +78,8 @@ void usbx_cpu_attention_masked(usbx_backend *be, void *out, float *lse, const vo
           sum += e;
         }
         float inv = (float)(1.0 / sum);
+        /* the flash kernel's P·V takes the unnormalised probabilities in bf16 */
+        if (be->mm_rounded) for (int j = 0; j < n; j++) sr[j] = bf16_round(sr[j]);
         for (int j = 0; j < n; j++) sr[j] *= inv;
         if (lse) lse[(size_t)h * n + q0 + i] = (float)((double)m + log(sum));
       }
@@ -98,6 +104,8 @@ void usbx_cpu_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
   int qb = n < QB ? n : QB;
   float *P = xmalloc(sizeof(float) * (size_t)qb * n), *dP = xmalloc(sizeof(float) * (size_t)qb * n);
   float *D = xmalloc(sizeof(float) * (size_t)qb);
+  const bool rounded = be->mm_rounded;
+  float *dOr = rounded ? xmalloc(sizeof(float) * (size_t)qb * d) : NULL;
   unsigned char *mask = xmalloc((size_t)qb * n);
   for (int q0 = 0; q0 < n; q0 += qb) {
     int nb = n - q0 < qb ? n - q0 : qb;
@@ -106,6 +114,13 @@ void usbx_cpu_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
       int g = h / group;
       const float *Qh = Q + ((size_t)q0 * H + h) * d, *dOh = dout + ((size_t)q0 * H + h) * d;
       const float *Kg = K + (size_t)g * d, *Vg = V + (size_t)g * d;
+      int ldo = H * d;
+      if (rounded) {   /* the flash kernels take dO in bf16 */
+        for (int i = 0; i < nb; i++)
+          for (int c = 0; c < d; c++) dOr[(size_t)i * d + c] = bf16_round(dOh[(size_t)i * H * d + c]);
+      }
+      const float *dOp = rounded ? dOr : dOh;
+      int ldp = rounded ? d : ldo;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, d, scale, Qh, H * d, Kg, Hkv * d, 0.0f, P, n);
       for (int i = 0; i < nb; i++) {
         float *pr = P + (size_t)i * n, l = lse[(size_t)h * n + q0 + i];
@@ -116,16 +131,20 @@ void usbx_cpu_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
         for (int c = 0; c < d; c++) s += (double)gi[c] * oi[c];
         D[i] = (float)s;
       }
-      if (dv)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, nb, 1.0f, P, n, dOh, H * d, 1.0f, dv + (size_t)g * d,
-                    Hkv * d);
-      if (!dq && !dk) continue;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, d, 1.0f, dOh, H * d, Vg, Hkv * d, 0.0f, dP, n);
-      for (int i = 0; i < nb; i++) {
-        float *dr = dP + (size_t)i * n;
-        const float *pr = P + (size_t)i * n;
-        for (int j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - D[i]);
+      if (dq || dk) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, d, 1.0f, dOp, ldp, Vg, Hkv * d, 0.0f, dP, n);
+        for (int i = 0; i < nb; i++) {
+          float *dr = dP + (size_t)i * n;
+          const float *pr = P + (size_t)i * n;
+          for (int j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - D[i]);
+          if (rounded) for (int j = 0; j < n; j++) dr[j] = bf16_round(dr[j]);
+        }
       }
+      if (dv) {
+        if (rounded) for (size_t e = 0; e < (size_t)nb * n; e++) P[e] = bf16_round(P[e]);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, nb, 1.0f, P, n, dOp, ldp, 1.0f, dv + (size_t)g * d, Hkv * d);
+      }
+      if (!dq && !dk) continue;
       /* dk before dq: these rows of Q_h are not read again after dq overwrites them */
       if (dk)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, nb, scale, dP, n, Qh, H * d, 1.0f, dk + (size_t)g * d,
@@ -135,6 +154,7 @@ void usbx_cpu_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
                     dq + ((size_t)q0 * H + h) * d, H * d);
     }
   }
+  free(dOr);
   free(mask);
   free(D);
   free(dP);

@@ -140,6 +140,11 @@ void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const flo
   }
 }
 
+/* mm is f32 on the CPU */
+void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T, int F) {
+  usbx_cpu_silu_mul_bwd(be, dgate, dup, dout, gate, up, T, F);
+}
+
 /* gelu(x) = ½x(1 + tanh u), u = k(x + c·x³):
  * gelu'(x) = ½(1 + tanh u) + ½x(1 − tanh² u)·k(1 + 3c·x²). */
 void usbx_cpu_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n) {

@@ -44,6 +44,11 @@ static void b_silu_mul(usbx_backend *be, void *out, const float *gate, const flo
   usbx_cpu_silu_mul(be, out, gate, up, T, F);
   round_rows(out, (size_t)F, (size_t)T, (size_t)F);
 }
+static void b_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T, int F) {
+  usbx_cpu_silu_mul_bwd_mm(be, dgate, dup, dout, gate, up, T, F);
+  if (dgate) round_rows(dgate, (size_t)F, (size_t)T, (size_t)F);
+  if (dup) round_rows(dup, (size_t)F, (size_t)T, (size_t)F);
+}
 static void b_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n) {
   usbx_cpu_gelu_tanh(be, out, x, n);
   round_rows(out, n, 1, n);
@@ -79,7 +84,7 @@ usbx_backend *usbx_backend_cpu_bf16(void) {
     be.mm_rounded = true;
     be.upload_convert = b_upload_convert;
     be.rmsnorm = b_rmsnorm; be.layernorm = b_layernorm; be.qk_norm_rope = b_qk_norm_rope; be.to_mm = b_to_mm;
-    be.silu_mul = b_silu_mul; be.gelu_tanh = b_gelu_tanh; be.attention = b_attention;
+    be.silu_mul = b_silu_mul; be.silu_mul_bwd_mm = b_silu_mul_bwd_mm; be.gelu_tanh = b_gelu_tanh; be.attention = b_attention;
     be.attention_masked = b_attention_masked; be.im2col = b_im2col; be.adamw = b_adamw;
   }
   return &be;

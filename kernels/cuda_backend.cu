@@ -296,6 +296,7 @@ static void cuda_release(usbx_cuda *c) {
   }
   if (c->attn_scratch) cudaFree(c->attn_scratch);
   if (c->attn_ws) cudaFree(c->attn_ws);
+  if (c->fa_meta) cudaFree(c->fa_meta);
   if (c->workspace) cudaFree(c->workspace);
   if (c->lt) cublasLtDestroy(c->lt);
   if (c->blas) cublasDestroy(c->blas);
@@ -353,6 +354,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   if (getenv("USBX_CUDA_ATTN_MASKED_TC")) c->opt_attn_masked_tc = atoi(getenv("USBX_CUDA_ATTN_MASKED_TC"));
   c->opt_attn_masked_gemm = 1;
   if (getenv("USBX_CUDA_ATTN_MASKED_GEMM")) c->opt_attn_masked_gemm = atoi(getenv("USBX_CUDA_ATTN_MASKED_GEMM"));
+  c->opt_attn_masked_flash = 1;
+  if (getenv("USBX_CUDA_ATTN_MASKED_FLASH")) c->opt_attn_masked_flash = atoi(getenv("USBX_CUDA_ATTN_MASKED_FLASH"));
   c->opt_attn_masked_row = 1;
   if (getenv("USBX_CUDA_ATTN_MASKED_ROW")) c->opt_attn_masked_row = atoi(getenv("USBX_CUDA_ATTN_MASKED_ROW"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
@@ -425,7 +428,8 @@ extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int valu
          : !strcmp(name, "f32_mode") ? &c->opt_f32_mode
          : !strcmp(name, "attn_masked_tc") ? &c->opt_attn_masked_tc
          : !strcmp(name, "attn_masked_gemm") ? &c->opt_attn_masked_gemm
-         : !strcmp(name, "attn_masked_row") ? &c->opt_attn_masked_row : NULL;
+         : !strcmp(name, "attn_masked_row") ? &c->opt_attn_masked_row
+         : !strcmp(name, "attn_masked_flash") ? &c->opt_attn_masked_flash : NULL;
   if (!strcmp(name, "gateup_bf16")) {
     int old = be->matmul_mm != NULL;
     be->matmul_mm = value ? c_matmul_mm : NULL;

@@ -67,8 +67,11 @@ typedef struct {
   int opt_f32_mode;         /* matmul_f32 / attention_f32: 0 fp32, 1 TF32, 2 bf16x3 split, 3 bf16x3 at N >= 256 (cuda_extra.h) */
   int opt_attn_masked_tc;   /* attention_masked(_bwd): 1 tiled tensor-core kernels, 0 the scalar ones */
   int opt_attn_masked_gemm; /* attention_masked(_bwd): 1 sample by sample through cuBLAS when segments are given */
+  int opt_attn_masked_flash; /* attention_masked(_bwd): 1 flash kernels (cuda_attn_flash.cu) where they apply */
   int opt_attn_masked_row;  /* cuBLAS path: 1 one block per L x L row in registers (softmax, P/dS), 0 warp per row */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
+  /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
+  void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
   char name[160];
 } usbx_cuda;
 
@@ -115,6 +118,13 @@ bool cu_attn_masked_fwd_gemm(usbx_backend *be, bf16 *out, float *lse, const bf16
                              const usbx_attn_masked_args *a);
 bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a);
+
+/* cuda_attn_flash.cu: attention_masked and its backward as flash attention; false when the head dim
+ * is not a multiple of 8 up to 128 or a pointer is not 16-byte aligned */
+bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                              const usbx_attn_masked_args *a);
+bool cu_attn_masked_bwd_flash(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
+                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a);
 
 /* cuda_train.cu: sets the training ops of the table */
 void cu_install_train_ops(usbx_backend *be);

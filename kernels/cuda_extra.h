@@ -26,6 +26,9 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *                  tensor cores on hi/lo halves, ~1e-5 relative; attention_f32 stays fp32);
  *                  3 = bf16x3 for products of 256 or more columns, fp32 below (where the split's
  *                  extra pass costs more than it saves).  Env USBX_CUDA_F32_MODE.
+ *   "attn_masked_flash" [1] attention_masked(_bwd) as flash attention (cuda_attn_flash.cu: no n x n
+ *                  matrices, bf16 P/dS/dO as FlashAttention-2) for head dims that are a multiple of 8
+ *                  up to 128; 0 falls through to the two options below.  Env USBX_CUDA_ATTN_MASKED_FLASH.
  *   "attn_masked_tc" [1] attention_masked(_bwd) through the tiled tensor-core kernels (else the
  *                  one-warp-per-row scalar kernels).  Env USBX_CUDA_ATTN_MASKED_TC.
  *   "attn_masked_gemm" [1] attention_masked and its backward sample by sample through cuBLAS when the arguments

@@ -275,11 +275,19 @@ static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const flo
 }
 
 /* ---------------------------------------------------------------- activation backward, embed_bwd */
-__global__ void k_silu_mul_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) {
+/* T = float (silu_mul_bwd) or bf16 (silu_mul_bwd_mm, rounded as to_mm rounds) */
+template <typename T>
+__global__ void k_silu_mul_bwd(T *dgate, T *dup, const float *dout, const float *gate, const float *up, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     float g = gate[i], u = up[i], s = 1.0f / (1.0f + expf(-g)), go = dout[i];
-    if (dup) dup[i] = go * g * s;
-    if (dgate) dgate[i] = go * u * s * (1.0f + g * (1.0f - s));
+    float a = go * g * s, b = go * u * s * (1.0f + g * (1.0f - s));
+    if constexpr (sizeof(T) == 2) {
+      if (dup) dup[i] = f2bf(a);
+      if (dgate) dgate[i] = f2bf(b);
+    } else {
+      if (dup) dup[i] = a;
+      if (dgate) dgate[i] = b;
+    }
   }
 }
 __global__ void k_gelu_bwd(float *dx, const float *dy, const float *x, size_t n) {
@@ -299,7 +307,14 @@ static void c_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const flo
                            int T, int F) {
   size_t n = (size_t)T * F;
   if (!n || T < 0 || F < 0 || (!dgate && !dup)) return;
-  k_silu_mul_bwd<<<grid_for(n, 256), 256, 0, S(be)>>>(dgate, dup, dout, gate, up, n);
+  k_silu_mul_bwd<float><<<grid_for(n, 256), 256, 0, S(be)>>>(dgate, dup, dout, gate, up, n);
+  CUDA_LAUNCHED();
+}
+static void c_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T,
+                              int F) {
+  size_t n = (size_t)T * F;
+  if (!n || T < 0 || F < 0 || (!dgate && !dup)) return;
+  k_silu_mul_bwd<bf16><<<grid_for(n, 256), 256, 0, S(be)>>>((bf16 *)dgate, (bf16 *)dup, dout, gate, up, n);
   CUDA_LAUNCHED();
 }
 static void c_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n) {
@@ -507,6 +522,9 @@ static void c_attention_masked(usbx_backend *be, void *out, float *lse, const vo
                                const usbx_attn_masked_args *a) {
   MaskP m = mask_params(a);
   if (m.n == 0) return;
+  if (CU(be)->opt_attn_masked_flash &&
+      cu_attn_masked_fwd_flash(be, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, a))
+    return;
   if (CU(be)->opt_attn_masked_gemm &&
       cu_attn_masked_fwd_gemm(be, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, a))
     return;
@@ -528,6 +546,9 @@ static void c_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
   size_t warps = (size_t)m.n * m.H;
   k_attn_masked_D<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(D, dout, (const bf16 *)out, m);
   CUDA_LAUNCHED();
+  if (c->opt_attn_masked_flash &&
+      cu_attn_masked_bwd_flash(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
+    return;
   if (c->opt_attn_masked_gemm &&
       cu_attn_masked_bwd_gemm(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
     return;
@@ -658,6 +679,7 @@ void cu_install_train_ops(usbx_backend *be) {
   be->layernorm_bwd = c_layernorm_bwd;
   be->qk_norm_rope_bwd = c_qk_norm_rope_bwd;
   be->silu_mul_bwd = c_silu_mul_bwd;
+  be->silu_mul_bwd_mm = c_silu_mul_bwd_mm;
   be->gelu_tanh_bwd = c_gelu_tanh_bwd;
   be->silu_bwd = c_silu_bwd;
   be->embed_bwd = c_embed_bwd;

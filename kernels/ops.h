@@ -48,7 +48,12 @@ typedef struct {
    * backend can work sample by sample */
   int n_seg;
   const int32_t *seg_off, *seg_rows;
+  /* optional (0 when absent): calls with the same nonzero meta_id carry the same n and metadata,
+   * so a backend may keep what it derives from them (the layers of one batch share it);
+   * usbx_attn_meta_id() hands out fresh ones */
+  uint64_t meta_id;
 } usbx_attn_masked_args;
+uint64_t usbx_attn_meta_id(void);
 
 /* Classifier-free guidance, renormalisation and the Euler update of one sampling step
  * (spec 5.6-5.7), on [N, P] velocities (f32).  vu / vi may be NULL when their scale is <= 1.
@@ -156,6 +161,9 @@ struct usbx_backend {
                            const int32_t *pos, int T, int heads, int d, float eps, float theta);
   /* silu(gate)*up: dgate, dup (overwrite) */
   void (*silu_mul_bwd)(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
+  /* the same with dgate, dup written in mm, as the products after it take them (the values
+   * to_mm would make of silu_mul_bwd's; no f32 copy, no conversion pass); no aliasing */
+  void (*silu_mul_bwd_mm)(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T, int F);
   /* dx (overwrite) = dy * f'(x) */
   void (*gelu_tanh_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
   void (*silu_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
@@ -201,8 +209,8 @@ struct usbx_backend {
  * err) when the build has no CUDA or no GPU is visible. */
 usbx_backend *usbx_backend_cpu(void);
 /* The CPU backend with every value the CUDA backend keeps in bf16 rounded to bf16 (weights and
- * other matmul inputs, the KV cache, attention outputs, the flash kernel's probabilities and
- * the weights AdamW writes); everything else fp32.  Shows on any machine which errors bf16
+ * other matmul inputs, the KV cache, attention outputs, the flash kernels' probabilities, the
+ * training attention's dO and dS, and the weights AdamW writes); everything else fp32.  Shows on any machine which errors bf16
  * arithmetic itself causes (kernels/cpu_bf16.c). */
 usbx_backend *usbx_backend_cpu_bf16(void);
 usbx_backend *usbx_backend_cuda(char *err, size_t errlen);

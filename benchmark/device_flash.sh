@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The flash training attention (kernels/cuda_attn_flash.cu) on one GPU: test_ops_cuda, the CUDA
+# fixture check, the training-attention micro-benchmark (flash against the cuBLAS, tiled and
+# scalar paths), then the ~1.5B training step with flash (default) and without
+# (USBX_CUDA_ATTN_MASKED_FLASH=0), each with and without USBX_TRAIN_PROFILE.  NCU=1 adds Nsight
+# Compute's per-kernel times of one flash step.
+set -uo pipefail
+. benchmark/device_env.sh
+device_results /tmp/dfl
+timeout 240 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; tail -n 1 "$R/test_ops_cuda.txt"
+grep -E "attention_masked.*flash|FAIL" "$R/test_ops_cuda.txt" | head -n 60
+bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; cat "$R/fixtures.txt"
+BENCH_ONLY=train BENCH_REPS=10 timeout 200 build/bench/bench_ops_cuda "$R/bench_train_attn.md" > /dev/null 2>&1; echo "bench rc=$?"; cat "$R/bench_train_attn.md"
+usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
+usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
+ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+for v in "1 0" "1 1" "0 0" "0 1"; do
+  set -- $v; fl=$1; prof=$2
+  USBX_CUDA_ATTN_MASKED_FLASH=$fl USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$R/b15_flash${fl}_prof$prof.jsonl" 2> "$R/b15_flash${fl}_prof$prof.err"
+  echo "flash=$fl profile=$prof rc=$?: $(python3 -c "
+import json; r=[json.loads(l) for l in open('$R/b15_flash${fl}_prof$prof.jsonl')][2:]
+print('steps 3-10: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (sum(x['tokens_per_s'] for x in r)/len(r), sum(x['mfu'] for x in r)/len(r), sum(x['tflops'] for x in r)/len(r)), [round(x['loss'],4) for x in r[:3]])")"
+  [ "$prof" = 1 ] && grep profile "$R/b15_flash${fl}_prof$prof.err"
+done
+if [ "${NCU:-0}" = 1 ]; then
+  timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
+  echo "ncu rc=$?"
+  python3 benchmark/ncu_summary.py "$R/ncu.csv" 16 | tee "$R/ncu_summary.txt"
+fi
+date -u

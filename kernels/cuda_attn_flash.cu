@@ -1,0 +1,629 @@
+/* cuda_attn_flash.cu — packed training attention (ops.h usbx_attn_masked_args) as flash
+ * attention: the forward keeps only the log-sum-exp, the backward recomputes the probabilities
+ * tile by tile, and no n x n matrix is ever written.  The default CUDA path for head dims that are
+ * a multiple of 8 up to 128 (option attn_masked_flash; the cuBLAS and tiled paths stay behind it).
+ *
+ * Tiles are 64 tokens of the stored order.  A first pass classifies every (query tile, key tile)
+ * pair by brute force over the per-token visibility rule of ops.h: none visible (skipped: other
+ * samples, keys after a causal block, other noise splits), all visible (no per-element test),
+ * or mixed (the rule evaluated per element from metadata staged in shared memory).
+ *
+ *   forward   one block per (query tile, query head), 4 warps of 16 query rows; active key tiles
+ *             double-buffered through cp.async; S = Q·Kᵀ and O += P·V by mma.sync m16n8k16 bf16
+ *             with fp32 accumulation; online softmax in the log2 domain; lse to [H, n].
+ *   dK, dV    one block per (key tile, query head), 4 warps of 16 keys; the active query tiles
+ *             stream Q and dO through; Pᵀ and dSᵀ are built in registers per half tile of 32
+ *             queries; dV += Pᵀ·dO, dK += dSᵀ·Q.  With GQA each block writes its head's share to
+ *             a workspace and a second pass sums the G heads of a KV head in a fixed order (one
+ *             block per KV head would leave most of the GPU idle: 258 blocks for the 1.59 B model,
+ *             and a key tile shared by two samples has twice the work of the others).
+ *   dQ        one block per (query tile, query head): S and dP = dO·Vᵀ again, dQ += dS·K.
+ * Two backward kernels instead of FlashAttention-2's one with atomic dQ: deterministic, at the
+ * price of recomputing S and dP once more.
+ *
+ * Precision is FlashAttention-2's (upstream trains with it): bf16 q/k/v, dO rounded to bf16, P
+ * rounded to bf16 for P·V and Pᵀ·dO, dS rounded to bf16 for its two products; row sums, lse, D,
+ * and all accumulation in fp32.  The cpu-bf16 backend rounds at the same places
+ * (cpu_attention_masked.c). */
+#include "cuda_mma.cuh"
+#include <limits.h>
+#include <math.h>
+#include <algorithm>
+
+namespace {
+
+constexpr int TB = 64;                 /* tokens per tile, queries and keys */
+constexpr int NW = 4, NT = NW * 32;    /* 4 warps of 16 rows */
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+constexpr uint8_t T_NONE = 0, T_PART = 1, T_FULL = 2;
+constexpr int FULL_BIT = 1 << 30;      /* in the active-tile lists: no per-element test */
+
+struct FP {
+  const bf16 *q, *k, *v, *dob;         /* [n, H, d], [n, Hkv, d], [n, Hkv, d], dO [n, H, d] */
+  bf16 *out;
+  float *lse;                          /* forward output, [H, n] natural log */
+  const float *lse_in, *D;             /* backward inputs, [H, n] */
+  float *dq, *dk, *dv;
+  float *part_k, *part_v;              /* GQA: [n, H, d] per query head, summed into dk / dv */
+  const int4 *meta;                    /* per stored token: {order, sample, split·4 + mode, 1} */
+  const uint8_t *status;               /* [nt][nt]: query tile x key tile */
+  int n, H, Hkv, G, d, nt;
+  float sl2, scale;
+};
+
+/* ops.h's rule; w = 0 marks padding past n (zero-filled by cp.async): never visible as a key */
+__device__ __forceinline__ bool vis(int4 q, int4 k) {
+  const int pq = q.z >> 2, pk = k.z >> 2;
+  return k.w != 0 && q.y == k.y && (k.x <= q.x || (pk == pq && (q.z & 3) != 0)) && !((k.z & 3) == 2 && pk != pq);
+}
+
+__global__ void k_meta(int4 *meta, const int32_t *order, const int32_t *sample, const int32_t *split, const int32_t *mode, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) meta[i] = make_int4(order[i], sample[i], split[i] * 4 + mode[i], 1);
+}
+
+/* status of one (query tile, key tile) pair; padding queries (past n) do not count */
+__global__ void __launch_bounds__(256) k_status(uint8_t *st, const int4 *meta, int n, int nt) {
+  __shared__ int4 mq[TB], mk[TB];
+  const int kt = blockIdx.x, qt = blockIdx.y, tid = threadIdx.x;
+  if (tid < TB) {
+    int t = qt * TB + tid;
+    mq[tid] = t < n ? meta[t] : make_int4(0, 0, 0, 0);
+  } else if (tid < 2 * TB) {
+    int t = kt * TB + tid - TB;
+    mk[tid - TB] = t < n ? meta[t] : make_int4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  bool any = false, all = true;
+  for (int e = tid; e < TB * TB; e += 256) {
+    const int i = e / TB, j = e % TB;
+    if (qt * TB + i >= n) continue;
+    const bool v = vis(mq[i], mk[j]);
+    any |= v;
+    all &= v;
+  }
+  any = __syncthreads_or(any);
+  all = __syncthreads_and(all);
+  if (tid == 0) st[(size_t)qt * nt + kt] = any ? (all ? T_FULL : T_PART) : T_NONE;
+}
+
+/* the non-empty entries of nt statuses st[j·stride] as j | FULL_BIT (all visible), in order;
+ * returns their count (all threads) */
+__device__ int active_tiles(int *list, const uint8_t *st, size_t stride, int nt) {
+  __shared__ int count;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp == 0) {
+    int c = 0;
+    for (int base = 0; base < nt; base += 32) {
+      const int j = base + lane;
+      const uint8_t s = j < nt ? st[(size_t)j * stride] : T_NONE;
+      const unsigned b = __ballot_sync(0xffffffffu, s != T_NONE);
+      if (s != T_NONE) list[c + __popc(b & ((1u << lane) - 1u))] = j | (s == T_FULL ? FULL_BIT : 0);
+      c += __popc(b);
+    }
+    if (lane == 0) count = c;
+  }
+  __syncthreads();
+  return count;
+}
+
+/* TB rows of head hh from src [n, HH, d] (bf16) starting at token t0 into dst [TB][LD]; rows past
+ * n and columns past d are zero */
+template <int DP>
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int HH, int hh, int t0, const FP &p) {
+  constexpr int LD = DP + 8, CH = DP / 8;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < TB * CH; c += NT) {
+    const int r = c / CH, cc = (c % CH) * 8, t = t0 + r;
+    const bool ok = t < p.n && cc < p.d;
+    cp_async16(dst + r * LD + cc, ok ? src + ((size_t)t * HH + hh) * p.d + cc : src, ok);
+  }
+}
+__device__ __forceinline__ void load_meta(int4 *dst, int t0, const FP &p) {
+  for (int r = threadIdx.x; r < TB; r += NT) {
+    const int t = t0 + r;
+    cp_async16(dst + r, t < p.n ? p.meta + t : p.meta, t < p.n);
+  }
+}
+
+template <int DP>
+struct Smem {
+  static constexpr int LD = DP + 8;
+  static constexpr size_t tile = (size_t)TB * LD * sizeof(bf16);
+  static size_t fwd(int nt) { return 4 * tile + 3 * TB * sizeof(int4) + (size_t)nt * sizeof(int); }
+  static size_t bwd(int nt) { return 6 * tile + 3 * TB * sizeof(int4) + 4 * TB * sizeof(float) + (size_t)nt * sizeof(int); }
+};
+
+/* 3 blocks per multiprocessor: the Q tile is staged in K/V buffer 1 (free until the second key
+ * tile) and moved to registers first */
+template <int DP>
+__global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
+  constexpr int LD = DP + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sKV = (bf16 *)smem, *sQ = sKV + 2 * TB * LD;   /* sKV: [2 buffers][K, V][TB][LD] */
+  int4 *sMq = (int4 *)(sKV + 4 * TB * LD), *sMk = sMq + TB;
+  int *list = (int *)(sMk + 2 * TB);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int qt = blockIdx.x, h = blockIdx.y, kvh = h / p.G, q0 = qt * TB;
+  const int n_act = active_tiles(list, p.status + (size_t)qt * p.nt, 1, p.nt);
+
+  load_tile<DP>(sQ, p.q, p.H, h, q0, p);
+  load_meta(sMq, q0, p);
+  auto load_kv = [&](int a, int buf) {
+    const int k0 = (list[a] & (FULL_BIT - 1)) * TB;
+    load_tile<DP>(sKV + 2 * buf * TB * LD, p.k, p.Hkv, kvh, k0, p);
+    load_tile<DP>(sKV + (2 * buf + 1) * TB * LD, p.v, p.Hkv, kvh, k0, p);
+    load_meta(sMk + buf * TB, k0, p);
+    cp_commit();
+  };
+  if (n_act > 0) load_kv(0, 0);
+  else cp_commit();
+
+  const int ra = warp * 16 + (lane >> 2), rb = ra + 8;
+  float o[DP / 8][4];
+#pragma unroll
+  for (int j = 0; j < DP / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+  uint32_t qf[DP / 16][4];
+  cp_wait<0>();
+  __syncthreads();
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; kk++)
+    ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+  const int4 mqa = sMq[ra], mqb = sMq[rb];
+  __syncthreads();   /* buffer 1 is free for the second key tile */
+
+  for (int a = 0; a < n_act; a++) {
+    const int buf = a & 1;
+    if (a + 1 < n_act) { load_kv(a + 1, buf ^ 1); cp_wait<1>(); }
+    else cp_wait<0>();
+    __syncthreads();
+    const bool full = list[a] & FULL_BIT;
+    const bf16 *kb = sKV + 2 * buf * TB * LD, *vb = kb + TB * LD;
+    const int4 *mk = sMk + buf * TB;
+    float s[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+#pragma unroll
+      for (int jp = 0; jp < 4; jp++) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(b0, b1, b2, b3, kb + (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+        mma16816(s[2 * jp], qf[kk], b0, b1);
+        mma16816(s[2 * jp + 1], qf[kk], b2, b3);
+      }
+    }
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        if (!full) {
+          const int4 km = mk[j * 8 + 2 * (lane & 3) + e];
+          if (!vis(mqa, km)) s[j][e] = -INFINITY;
+          if (!vis(mqb, km)) s[j][2 + e] = -INFINITY;
+        }
+        mx_a = fmaxf(mx_a, s[j][e]);
+        mx_b = fmaxf(mx_b, s[j][2 + e]);
+      }
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    /* running maxima of the scaled scores (log2 domain); a row with nothing visible yet keeps
+     * -inf and its probabilities stay 0 */
+    const float mn_a = fmaxf(m_a, mx_a * p.sl2), mn_b = fmaxf(m_b, mx_b * p.sl2);
+    const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+    const float al_a = ex2(m_a - mu_a), al_b = ex2(m_b - mu_b);
+    m_a = mn_a; m_b = mn_b;
+    float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      s[j][0] = ex2(fmaf(s[j][0], p.sl2, -mu_a)); s[j][1] = ex2(fmaf(s[j][1], p.sl2, -mu_a));
+      s[j][2] = ex2(fmaf(s[j][2], p.sl2, -mu_b)); s[j][3] = ex2(fmaf(s[j][3], p.sl2, -mu_b));
+      sum_a += s[j][0] + s[j][1];
+      sum_b += s[j][2] + s[j][3];
+    }
+    l_a = l_a * al_a + sum_a;
+    l_b = l_b * al_b + sum_b;
+#pragma unroll
+    for (int j = 0; j < DP / 8; j++) { o[j][0] *= al_a; o[j][1] *= al_a; o[j][2] *= al_b; o[j][3] *= al_b; }
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      uint32_t af[4];
+      af[0] = pack_bf16_fast(s[2 * kk][0], s[2 * kk][1]);
+      af[1] = pack_bf16_fast(s[2 * kk][2], s[2 * kk][3]);
+      af[2] = pack_bf16_fast(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      af[3] = pack_bf16_fast(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < DP / 16; dp++) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(b0, b1, b2, b3, vb + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * LD + dp * 16 + ((lane >> 4) << 3));
+        mma16816(o[2 * dp], af, b0, b1);
+        mma16816(o[2 * dp + 1], af, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = q0 + (half ? rb : ra);
+    if (t >= p.n) continue;
+    const float l = half ? l_b : l_a, m = half ? m_b : m_a, inv = l > 0.f ? 1.f / l : 0.f;
+    bf16 *orow = p.out + ((size_t)t * p.H + h) * p.d;
+#pragma unroll
+    for (int j = 0; j < DP / 8; j++) {
+      const int col = j * 8 + cb;
+      if (col < p.d) *(uint32_t *)(orow + col) = pack_bf16(o[j][2 * half] * inv, o[j][2 * half + 1] * inv);
+    }
+    if ((lane & 3) == 0) p.lse[(size_t)h * p.n + t] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
+  }
+}
+
+/* lse (as log2) and D of TB queries of head h into smem; padding rows get 0 (their Q and dO rows
+ * are zero, so they add nothing) */
+__device__ __forceinline__ void load_rows_f(float *sL, float *sD, int h, int q0, const FP &p) {
+  for (int r = threadIdx.x; r < TB; r += NT) {
+    const int t = q0 + r;
+    sL[r] = t < p.n ? p.lse_in[(size_t)h * p.n + t] * LOG2E : 0.f;
+    sD[r] = t < p.n ? p.D[(size_t)h * p.n + t] : 0.f;
+  }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(NT) k_fa_bwd_kv(FP p) {
+  constexpr int LD = DP + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sK = (bf16 *)smem, *sV = sK + TB * LD, *sQ = sV + TB * LD, *sO = sQ + 2 * TB * LD;   /* sQ, sO (dO): [2][TB][LD] */
+  int4 *sMk = (int4 *)(sO + 2 * TB * LD), *sMq = sMk + TB;                                /* sMq: [2][TB] */
+  float *sL = (float *)(sMq + 2 * TB), *sD = sL + 2 * TB;                                  /* [2][TB] each */
+  int *list = (int *)(sD + 2 * TB);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int kt = blockIdx.x, h = blockIdx.y, kvh = h / p.G, k0 = kt * TB;
+  const int items = active_tiles(list, p.status + kt, (size_t)p.nt, p.nt);   /* item i: query tile list[i] */
+
+  load_tile<DP>(sK, p.k, p.Hkv, kvh, k0, p);
+  load_tile<DP>(sV, p.v, p.Hkv, kvh, k0, p);
+  load_meta(sMk, k0, p);
+  auto load_item = [&](int i, int buf) {
+    const int q0 = (list[i] & (FULL_BIT - 1)) * TB;
+    load_tile<DP>(sQ + buf * TB * LD, p.q, p.H, h, q0, p);
+    load_tile<DP>(sO + buf * TB * LD, p.dob, p.H, h, q0, p);
+    load_meta(sMq + buf * TB, q0, p);
+    cp_commit();
+    load_rows_f(sL + buf * TB, sD + buf * TB, h, q0, p);
+  };
+  if (items > 0) load_item(0, 0);
+  else cp_commit();
+
+  float dk[DP / 8][4], dv[DP / 8][4];
+#pragma unroll
+  for (int j = 0; j < DP / 8; j++)
+#pragma unroll
+    for (int c = 0; c < 4; c++) dk[j][c] = dv[j][c] = 0.f;
+  const int key_a = warp * 16 + (lane >> 2);   /* this thread's key rows: key_a, key_a + 8 */
+  int4 mka = make_int4(0, 0, 0, 0), mkb = mka;
+
+  for (int i = 0; i < items; i++) {
+    const int buf = i & 1;
+    if (i + 1 < items) { load_item(i + 1, buf ^ 1); cp_wait<1>(); }
+    else cp_wait<0>();
+    __syncthreads();
+    if (i == 0) { mka = sMk[key_a]; mkb = sMk[key_a + 8]; }
+    const bool full = list[i] & FULL_BIT;
+    const bf16 *qb = sQ + buf * TB * LD, *ob = sO + buf * TB * LD;
+    const int4 *mq = sMq + buf * TB;
+    const float *lb = sL + buf * TB, *db = sD + buf * TB;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const int qo = half * 32;
+      /* Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: this warp's 16 keys x 32 queries */
+      float s[4][4], dp[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) s[j][c] = dp[j][c] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; kk++) {
+        uint32_t ka[4], va[4];
+        ldsm_x4(ka[0], ka[1], ka[2], ka[3], sK + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        ldsm_x4(va[0], va[1], va[2], va[3], sV + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int jp = 0; jp < 2; jp++) {
+          const int row = qo + jp * 16 + (lane & 7) + ((lane >> 4) << 3), col = kk * 16 + ((lane >> 3) & 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4(b0, b1, b2, b3, qb + row * LD + col);
+          mma16816(s[2 * jp], ka, b0, b1);
+          mma16816(s[2 * jp + 1], ka, b2, b3);
+          ldsm_x4(b0, b1, b2, b3, ob + row * LD + col);
+          mma16816(dp[2 * jp], va, b0, b1);
+          mma16816(dp[2 * jp + 1], va, b2, b3);
+        }
+      }
+      /* Pᵀ = exp2(S·sl2 − lse2), dSᵀ = Pᵀ ∘ (dPᵀ − D); element c: key row key_a (+8 for c >= 2),
+       * query column qo + j·8 + 2·(lane & 3) + (c & 1) */
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+          const int qi = qo + j * 8 + 2 * (lane & 3) + (c & 1);
+          float pv = ex2(fmaf(s[j][c], p.sl2, -lb[qi]));
+          if (!full && !vis(mq[qi], c < 2 ? mka : mkb)) pv = 0.f;
+          s[j][c] = pv;
+          dp[j][c] = pv * (dp[j][c] - db[qi]);
+        }
+      /* dV += Pᵀ·dO, dK += dSᵀ·Q over these 32 queries */
+#pragma unroll
+      for (int kq = 0; kq < 2; kq++) {
+        uint32_t pa[4], sa[4];
+        pa[0] = pack_bf16_fast(s[2 * kq][0], s[2 * kq][1]);
+        pa[1] = pack_bf16_fast(s[2 * kq][2], s[2 * kq][3]);
+        pa[2] = pack_bf16_fast(s[2 * kq + 1][0], s[2 * kq + 1][1]);
+        pa[3] = pack_bf16_fast(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+        sa[0] = pack_bf16(dp[2 * kq][0], dp[2 * kq][1]);
+        sa[1] = pack_bf16(dp[2 * kq][2], dp[2 * kq][3]);
+        sa[2] = pack_bf16(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
+        sa[3] = pack_bf16(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
+        const int row = qo + kq * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+#pragma unroll
+        for (int dd = 0; dd < DP / 16; dd++) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_t(b0, b1, b2, b3, ob + row * LD + dd * 16 + ((lane >> 4) << 3));
+          mma16816(dv[2 * dd], pa, b0, b1);
+          mma16816(dv[2 * dd + 1], pa, b2, b3);
+          ldsm_x4_t(b0, b1, b2, b3, qb + row * LD + dd * 16 + ((lane >> 4) << 3));
+          mma16816(dk[2 * dd], sa, b0, b1);
+          mma16816(dk[2 * dd + 1], sa, b2, b3);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  /* G = 1: straight into dk / dv (h = kvh); else this head's share into the workspace */
+  float *ok = p.G > 1 ? p.part_k : p.dk, *ov = p.G > 1 ? p.part_v : p.dv;
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = k0 + key_a + half * 8;
+    if (t >= p.n) continue;
+    const size_t row = ((size_t)t * p.H + h) * p.d;
+#pragma unroll
+    for (int j = 0; j < DP / 8; j++) {
+      const int col = j * 8 + cb;
+      if (col >= p.d) continue;
+      if (ok) *(float2 *)(ok + row + col) = make_float2(dk[j][2 * half] * p.scale, dk[j][2 * half + 1] * p.scale);
+      if (ov) *(float2 *)(ov + row + col) = make_float2(dv[j][2 * half], dv[j][2 * half + 1]);
+    }
+  }
+}
+
+/* dk / dv [n, Hkv, d] = the G query heads' shares summed in head order */
+__global__ void k_sum_heads(float *dk, float *dv, const float *part_k, const float *part_v, int n, int Hkv, int G, int d) {
+  const size_t total = (size_t)n * Hkv * d, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const size_t t = e / ((size_t)Hkv * d), r = e - t * Hkv * d, g = r / d, c = r - g * d;
+    const size_t base = (t * Hkv * G + g * G) * d + c;
+    float sk = 0.f, sv = 0.f;
+    for (int j = 0; j < G; j++) { sk += part_k[base + (size_t)j * d]; sv += part_v[base + (size_t)j * d]; }
+    if (dk) dk[e] = sk;
+    if (dv) dv[e] = sv;
+  }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
+  constexpr int LD = DP + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sQ = (bf16 *)smem, *sO = sQ + TB * LD, *sKV = sO + TB * LD;   /* sKV: [2][K, V][TB][LD] */
+  int4 *sMq = (int4 *)(sKV + 4 * TB * LD), *sMk = sMq + TB;           /* sMk: [2][TB] */
+  float *sL = (float *)(sMk + 2 * TB), *sD = sL + TB;
+  int *list = (int *)(sD + TB);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int qt = blockIdx.x, h = blockIdx.y, kvh = h / p.G, q0 = qt * TB;
+  const int n_act = active_tiles(list, p.status + (size_t)qt * p.nt, 1, p.nt);
+
+  load_tile<DP>(sQ, p.q, p.H, h, q0, p);
+  load_tile<DP>(sO, p.dob, p.H, h, q0, p);
+  load_meta(sMq, q0, p);
+  load_rows_f(sL, sD, h, q0, p);
+  auto load_kv = [&](int a, int buf) {
+    const int k0 = (list[a] & (FULL_BIT - 1)) * TB;
+    load_tile<DP>(sKV + 2 * buf * TB * LD, p.k, p.Hkv, kvh, k0, p);
+    load_tile<DP>(sKV + (2 * buf + 1) * TB * LD, p.v, p.Hkv, kvh, k0, p);
+    load_meta(sMk + buf * TB, k0, p);
+    cp_commit();
+  };
+  if (n_act > 0) load_kv(0, 0);
+  else cp_commit();
+
+  const int ra = warp * 16 + (lane >> 2), rb = ra + 8;
+  float dq[DP / 8][4];
+#pragma unroll
+  for (int j = 0; j < DP / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+  uint32_t qf[DP / 16][4];
+  int4 mqa = make_int4(0, 0, 0, 0), mqb = mqa;
+  float l2a = 0.f, l2b = 0.f, Da = 0.f, Db = 0.f;
+
+  for (int a = 0; a < n_act; a++) {
+    const int buf = a & 1;
+    if (a + 1 < n_act) { load_kv(a + 1, buf ^ 1); cp_wait<1>(); }
+    else cp_wait<0>();
+    __syncthreads();
+    if (a == 0) {
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; kk++)
+        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+      mqa = sMq[ra]; mqb = sMq[rb];
+      l2a = sL[ra]; l2b = sL[rb]; Da = sD[ra]; Db = sD[rb];
+    }
+    const bool full = list[a] & FULL_BIT;
+    const bf16 *kb = sKV + 2 * buf * TB * LD, *vb = kb + TB * LD;
+    const int4 *mk = sMk + buf * TB;
+    float s[8][4], dp[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) s[j][c] = dp[j][c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+      uint32_t of[4];
+      ldsm_x4(of[0], of[1], of[2], of[3], sO + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int jp = 0; jp < 4; jp++) {
+        const int off = (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(b0, b1, b2, b3, kb + off);
+        mma16816(s[2 * jp], qf[kk], b0, b1);
+        mma16816(s[2 * jp + 1], qf[kk], b2, b3);
+        ldsm_x4(b0, b1, b2, b3, vb + off);
+        mma16816(dp[2 * jp], of, b0, b1);
+        mma16816(dp[2 * jp + 1], of, b2, b3);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        const bool b = c >= 2;
+        float pv = ex2(fmaf(s[j][c], p.sl2, -(b ? l2b : l2a)));
+        if (!full && !vis(b ? mqb : mqa, mk[j * 8 + 2 * (lane & 3) + (c & 1)])) pv = 0.f;
+        dp[j][c] = pv * (dp[j][c] - (b ? Db : Da));
+      }
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      uint32_t sa[4];
+      sa[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
+      sa[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
+      sa[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+      sa[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+      for (int dd = 0; dd < DP / 16; dd++) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(b0, b1, b2, b3, kb + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * LD + dd * 16 + ((lane >> 4) << 3));
+        mma16816(dq[2 * dd], sa, b0, b1);
+        mma16816(dq[2 * dd + 1], sa, b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = q0 + (half ? rb : ra);
+    if (t >= p.n) continue;
+    float *row = p.dq + ((size_t)t * p.H + h) * p.d;
+#pragma unroll
+    for (int j = 0; j < DP / 8; j++) {
+      const int col = j * 8 + cb;
+      if (col < p.d) *(float2 *)(row + col) = make_float2(dq[j][2 * half] * p.scale, dq[j][2 * half + 1] * p.scale);
+    }
+  }
+}
+
+bool flash_ok(const usbx_attn_masked_args *a, const void *q, const void *k, const void *v, const void *o) {
+  return a->n > 0 && a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0 && a->head_dim % 8 == 0 &&
+         a->head_dim > 0 && a->head_dim <= 128 && (a->n + TB - 1) / TB <= 65535 &&
+         ((((uintptr_t)q) | ((uintptr_t)k) | ((uintptr_t)v) | ((uintptr_t)o)) & 15u) == 0;
+}
+
+/* parameters, and the metadata and tile statuses (kept while meta_id stays the same: the layers
+ * of a batch classify the tiles once); `extra` bytes of the attention workspace for the caller
+ * (in *extra_p) */
+FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **extra_p) {
+  FP p = {};
+  p.n = a->n; p.H = a->n_heads; p.Hkv = a->n_kv_heads; p.G = p.H / p.Hkv; p.d = a->head_dim;
+  p.nt = (p.n + TB - 1) / TB;
+  p.scale = 1.0f / sqrtf((float)p.d);
+  p.sl2 = p.scale * LOG2E;
+  *extra_p = extra ? cu_attn_ws(c, extra) : NULL;
+  const size_t meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255, need = meta_b + (size_t)p.nt * p.nt;
+  if (need > c->fa_meta_bytes) {
+    if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
+    CUDA_CHECK(cudaMalloc(&c->fa_meta, need));
+    c->fa_meta_bytes = need;
+    c->fa_meta_id = 0;
+  }
+  int4 *meta = (int4 *)c->fa_meta;
+  uint8_t *st = (uint8_t *)c->fa_meta + meta_b;
+  if (!a->meta_id || a->meta_id != c->fa_meta_id) {
+    k_meta<<<(p.n + 255) / 256, 256, 0, c->stream>>>(meta, a->order, a->sample, a->split, a->mode, p.n);
+    CUDA_LAUNCHED();
+    k_status<<<dim3(p.nt, p.nt), 256, 0, c->stream>>>(st, meta, p.n, p.nt);
+    CUDA_LAUNCHED();
+    c->fa_meta_id = a->meta_id;
+  }
+  p.meta = meta; p.status = st;
+  return p;
+}
+
+template <typename K>
+void launch(usbx_cuda *c, K kern, dim3 grid, size_t smem, const FP &p) {
+  CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  kern<<<grid, NT, smem, c->stream>>>(p);
+  CUDA_LAUNCHED();
+}
+
+template <int DP>
+void fwd(usbx_cuda *c, const FP &p) {
+  launch(c, k_fa_fwd<DP>, dim3(p.nt, p.H), Smem<DP>::fwd(p.nt), p);
+}
+template <int DP>
+void bwd(usbx_cuda *c, const FP &p) {
+  if (p.dk || p.dv) {
+    launch(c, k_fa_bwd_kv<DP>, dim3(p.nt, p.H), Smem<DP>::bwd(p.nt), p);
+    if (p.G > 1) {
+      const size_t total = (size_t)p.n * p.Hkv * p.d;
+      k_sum_heads<<<(unsigned)std::min<size_t>((total + 255) / 256, 65535u * 8), 256, 0, c->stream>>>(p.dk, p.dv, p.part_k, p.part_v, p.n,
+                                                                                                   p.Hkv, p.G, p.d);
+      CUDA_LAUNCHED();
+    }
+  }
+  if (p.dq) launch(c, k_fa_bwd_q<DP>, dim3(p.nt, p.H), Smem<DP>::bwd(p.nt), p);
+}
+
+}  // namespace
+
+bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                              const usbx_attn_masked_args *a) {
+  if (!flash_ok(a, q, k, v, out)) return false;
+  usbx_cuda *c = CU(be);
+  void *unused;
+  FP p = prepare(c, a, 0, &unused);
+  p.q = q; p.k = k; p.v = v; p.out = out; p.lse = lse;
+  if (p.d <= 32) fwd<32>(c, p);
+  else if (p.d <= 64) fwd<64>(c, p);
+  else fwd<128>(c, p);
+  return true;
+}
+
+bool cu_attn_masked_bwd_flash(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
+                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a) {
+  if (!flash_ok(a, q, k, v, NULL) || ((((uintptr_t)dq) | ((uintptr_t)dk) | ((uintptr_t)dv)) & 7u)) return false;
+  usbx_cuda *c = CU(be);
+  const size_t nq = (size_t)a->n * a->n_heads * a->head_dim;
+  const bool parts = a->n_heads > a->n_kv_heads && (dk || dv);
+  void *ws;   /* dO in bf16, then (GQA) the per-head dK and dV shares */
+  FP p = prepare(c, a, nq * sizeof(bf16) + (parts ? 2 * nq * sizeof(float) + 256 : 0), &ws);
+  bf16 *dob = (bf16 *)ws;
+  cu_convert_to_bf16(c->stream, dob, dout, USBX_F32, nq);
+  p.q = q; p.k = k; p.v = v; p.dob = dob; p.lse_in = lse; p.D = D;
+  p.dq = dq; p.dk = dk; p.dv = dv;
+  if (parts) {
+    p.part_k = (float *)((char *)ws + ((nq * sizeof(bf16) + 255) & ~(size_t)255));
+    p.part_v = p.part_k + nq;
+  }
+  if (p.d <= 32) bwd<32>(c, p);
+  else if (p.d <= 64) bwd<64>(c, p);
+  else bwd<128>(c, p);
+  return true;
+}
