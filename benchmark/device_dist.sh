@@ -4,7 +4,7 @@
 #   B. scaling of a ~1.5B-parameter model at 1, 2 and 4 GPUs (same batch per GPU), peak memory
 #   C. the CUDA fixture check and test_ops_cuda on GPU 0 (nothing regressed)
 #   D. usbx-gen --batch timing at 512x512 on a random 7B-MoT checkpoint (bench_gen --batch)
-# Bundle extracted in the repo root; one tarball of results under $OUT.
+# ONLY_AB=1 stops after B.  Bundle extracted in the repo root; one tarball of results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dd
@@ -58,6 +58,8 @@ for n in (1, 2, 4):
     eff = tps / (n * base) if base else float("nan")
     print(f"gpus {n}: {tps:.0f} tokens/s, mfu {mfu:.3f}, scaling efficiency {eff:.3f}, peak MiB per GPU {peak}")
 PY
+
+[ "${ONLY_AB:-0}" = 1 ] && exit 0
 
 # C. regressions on GPU 0
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; cat "$R/fixtures.txt"

@@ -3,7 +3,7 @@
 # fixture check, the training-attention micro-benchmark (flash against the cuBLAS, tiled and
 # scalar paths), then the ~1.5B training step with flash (default) and without
 # (USBX_CUDA_ATTN_MASKED_FLASH=0), each with and without USBX_TRAIN_PROFILE.  NCU=1 adds Nsight
-# Compute's per-kernel times of one flash step.
+# Compute's per-kernel times of one flash step; TORCH=1 the PyTorch baseline of the same step.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dfl
@@ -22,6 +22,10 @@ import json; r=[json.loads(l) for l in open('$R/b15_flash${fl}_prof$prof.jsonl')
 print('steps 3-10: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (sum(x['tokens_per_s'] for x in r)/len(r), sum(x['mfu'] for x in r)/len(r), sum(x['tflops'] for x in r)/len(r)), [round(x['loss'],4) for x in r[:3]])")"
   [ "$prof" = 1 ] && grep profile "$R/b15_flash${fl}_prof$prof.err"
 done
+if [ "${TORCH:-0}" = 1 ]; then
+  python3 benchmark/torch_train_baseline.py --config benchmark/mfu-1p5b.json --samples 2 --tokens 4096 > "$R/torch_baseline.txt" 2>&1
+  echo "torch rc=$?"; tail -n 3 "$R/torch_baseline.txt"
+fi
 if [ "${NCU:-0}" = 1 ]; then
   timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
   echo "ncu rc=$?"
