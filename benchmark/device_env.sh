@@ -9,6 +9,15 @@ if [ -z "${USBX_NCCL_LIB:-}" ]; then
 fi
 jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up the carried libjq
 
+# train_summary FILE.jsonl: mean tokens/s, MFU and TFLOP/s of usbx-train's records after the first
+# two (warm-up), and the first three losses
+train_summary() {
+  python3 -c "
+import json, sys; r = [json.loads(l) for l in open(sys.argv[1])][2:]
+print('steps 3-%d: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (len(r) + 2, sum(x['tokens_per_s'] for x in r) / len(r), sum(x['mfu'] for x in r) / len(r),
+      sum(x['tflops'] for x in r) / len(r)), [round(x['loss'], 4) for x in r[:3]])" "$1"
+}
+
 # device_results W: results go to W/results ($R), packed into $OUT/results.tar.gz (or
 # /tmp/out) when the script exits; records the date and the cards.
 device_results() {

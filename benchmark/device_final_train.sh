@@ -16,9 +16,7 @@ IFS=, read -ra cfgs <<< "$configs"
 for v in "${cfgs[@]}"; do
   set -- $v; row=$1; prof=$2
   USBX_CUDA_ATTN_MASKED_ROW=$row USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$R/b15_row${row}_prof$prof.jsonl" 2> "$R/b15_row${row}_prof$prof.err"
-  echo "row=$row profile=$prof: $(python3 -c "
-import json; r=[json.loads(l) for l in open('$R/b15_row${row}_prof$prof.jsonl')][2:]
-print('steps 3-10: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (sum(x['tokens_per_s'] for x in r)/len(r), sum(x['mfu'] for x in r)/len(r), sum(x['tflops'] for x in r)/len(r)), [round(x['loss'],4) for x in r[:3]])")"
+  echo "row=$row profile=$prof: $(train_summary "$R/b15_row${row}_prof$prof.jsonl")"
   [ "$prof" = 1 ] && grep profile "$R/b15_row${row}_prof$prof.err"
 done
 [ "${QUICK:-0}" = 1 ] && { date -u; exit 0; }

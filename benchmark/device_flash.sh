@@ -17,9 +17,7 @@ ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --exp
 for v in "1 0" "1 1" "0 0" "0 1"; do
   set -- $v; fl=$1; prof=$2
   USBX_CUDA_ATTN_MASKED_FLASH=$fl USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$R/b15_flash${fl}_prof$prof.jsonl" 2> "$R/b15_flash${fl}_prof$prof.err"
-  echo "flash=$fl profile=$prof rc=$?: $(python3 -c "
-import json; r=[json.loads(l) for l in open('$R/b15_flash${fl}_prof$prof.jsonl')][2:]
-print('steps 3-10: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (sum(x['tokens_per_s'] for x in r)/len(r), sum(x['mfu'] for x in r)/len(r), sum(x['tflops'] for x in r)/len(r)), [round(x['loss'],4) for x in r[:3]])")"
+  echo "flash=$fl profile=$prof rc=$?: $(train_summary "$R/b15_flash${fl}_prof$prof.jsonl")"
   [ "$prof" = 1 ] && grep profile "$R/b15_flash${fl}_prof$prof.err"
 done
 if [ "${TORCH:-0}" = 1 ]; then

@@ -120,8 +120,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
       cp_wait<1>();
       __syncthreads();
 #pragma unroll
-      for (int kk = 0; kk < DP / 16; kk++)
-        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+      for (int kk = 0; kk < DP / 16; kk++) ldsm_a(qf[kk], sQ + warp * 16 * LD + kk * 16, LD, lane);
       __syncthreads();
     }
     for (int t = t_begin; t < t_end; t++) {
@@ -131,8 +130,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
       __syncthreads();
       if (!QA && t == t_begin) {
 #pragma unroll
-        for (int kk = 0; kk < DP / 16; kk++)
-          ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        for (int kk = 0; kk < DP / 16; kk++) ldsm_a(qf[kk], sQ + warp * 16 * LD + kk * 16, LD, lane);
       }
       const int j0 = t * BC;
       if (j0 < wmax) {                  /* some row of this warp sees keys of this tile */
@@ -141,15 +139,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
 #pragma unroll
         for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < DP / 16; kk++) {
-#pragma unroll
-          for (int jp = 0; jp < 4; jp++) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4(b0, b1, b2, b3, kb + (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-            mma16816(s[2 * jp], qf[kk], b0, b1);
-            mma16816(s[2 * jp + 1], qf[kk], b2, b3);
-          }
-        }
+        for (int kk = 0; kk < DP / 16; kk++) mma_nk<8>(s, qf[kk], kb + kk * 16, LD, lane);
         const bool need_mask = j0 + BC > wmin;
         float mx_a = -INFINITY, mx_b = -INFINITY;
         float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
@@ -207,17 +197,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
           uint32_t a[4];
-          a[0] = pack_bf16_fast(s[2 * kk][0], s[2 * kk][1]);
-          a[1] = pack_bf16_fast(s[2 * kk][2], s[2 * kk][3]);
-          a[2] = pack_bf16_fast(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-          a[3] = pack_bf16_fast(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-          for (int dp = 0; dp < DP / 16; dp++) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4_t(b0, b1, b2, b3, vb + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * LD + dp * 16 + ((lane >> 4) << 3));
-            mma16816(o_acc[2 * dp], a, b0, b1);
-            mma16816(o_acc[2 * dp + 1], a, b2, b3);
-          }
+          acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+          mma_kn<DP>(o_acc, a, vb + kk * 16 * LD, LD, lane);
         }
       }
       __syncthreads();

@@ -126,6 +126,17 @@ __device__ __forceinline__ void load_meta(int4 *dst, int t0, const FP &p) {
   }
 }
 
+/* key tile k0 of KV head kvh into K/V buffer buf of sKV ([2][K, V][TB][LD]) and its metadata into
+ * sMk[buf], as one cp.async group */
+template <int DP>
+__device__ __forceinline__ void load_kv_tile(bf16 *sKV, int4 *sMk, int buf, int k0, int kvh, const FP &p) {
+  constexpr int LD = DP + 8;
+  load_tile<DP>(sKV + 2 * buf * TB * LD, p.k, p.Hkv, kvh, k0, p);
+  load_tile<DP>(sKV + (2 * buf + 1) * TB * LD, p.v, p.Hkv, kvh, k0, p);
+  load_meta(sMk + buf * TB, k0, p);
+  cp_commit();
+}
+
 template <int DP>
 struct Smem {
   static constexpr int LD = DP + 8;
@@ -149,13 +160,7 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
 
   load_tile<DP>(sQ, p.q, p.H, h, q0, p);
   load_meta(sMq, q0, p);
-  auto load_kv = [&](int a, int buf) {
-    const int k0 = (list[a] & (FULL_BIT - 1)) * TB;
-    load_tile<DP>(sKV + 2 * buf * TB * LD, p.k, p.Hkv, kvh, k0, p);
-    load_tile<DP>(sKV + (2 * buf + 1) * TB * LD, p.v, p.Hkv, kvh, k0, p);
-    load_meta(sMk + buf * TB, k0, p);
-    cp_commit();
-  };
+  auto load_kv = [&](int a, int buf) { load_kv_tile<DP>(sKV, sMk, buf, (list[a] & (FULL_BIT - 1)) * TB, kvh, p); };
   if (n_act > 0) load_kv(0, 0);
   else cp_commit();
 
@@ -168,8 +173,7 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
   cp_wait<0>();
   __syncthreads();
 #pragma unroll
-  for (int kk = 0; kk < DP / 16; kk++)
-    ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+  for (int kk = 0; kk < DP / 16; kk++) ldsm_a(qf[kk], sQ + warp * 16 * LD + kk * 16, LD, lane);
   const int4 mqa = sMq[ra], mqb = sMq[rb];
   __syncthreads();   /* buffer 1 is free for the second key tile */
 
@@ -185,15 +189,7 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
 #pragma unroll
     for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < DP / 16; kk++) {
-#pragma unroll
-      for (int jp = 0; jp < 4; jp++) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(b0, b1, b2, b3, kb + (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-        mma16816(s[2 * jp], qf[kk], b0, b1);
-        mma16816(s[2 * jp + 1], qf[kk], b2, b3);
-      }
-    }
+    for (int kk = 0; kk < DP / 16; kk++) mma_nk<8>(s, qf[kk], kb + kk * 16, LD, lane);
     float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -233,17 +229,8 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
       uint32_t af[4];
-      af[0] = pack_bf16_fast(s[2 * kk][0], s[2 * kk][1]);
-      af[1] = pack_bf16_fast(s[2 * kk][2], s[2 * kk][3]);
-      af[2] = pack_bf16_fast(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      af[3] = pack_bf16_fast(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < DP / 16; dp++) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_t(b0, b1, b2, b3, vb + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * LD + dp * 16 + ((lane >> 4) << 3));
-        mma16816(o[2 * dp], af, b0, b1);
-        mma16816(o[2 * dp + 1], af, b2, b3);
-      }
+      acc_to_a(af, s[2 * kk], s[2 * kk + 1]);
+      mma_kn<DP>(o, af, vb + kk * 16 * LD, LD, lane);
     }
     __syncthreads();
   }
@@ -334,19 +321,10 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_kv(FP p) {
 #pragma unroll
       for (int kk = 0; kk < DP / 16; kk++) {
         uint32_t ka[4], va[4];
-        ldsm_x4(ka[0], ka[1], ka[2], ka[3], sK + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-        ldsm_x4(va[0], va[1], va[2], va[3], sV + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-        for (int jp = 0; jp < 2; jp++) {
-          const int row = qo + jp * 16 + (lane & 7) + ((lane >> 4) << 3), col = kk * 16 + ((lane >> 3) & 1) * 8;
-          uint32_t b0, b1, b2, b3;
-          ldsm_x4(b0, b1, b2, b3, qb + row * LD + col);
-          mma16816(s[2 * jp], ka, b0, b1);
-          mma16816(s[2 * jp + 1], ka, b2, b3);
-          ldsm_x4(b0, b1, b2, b3, ob + row * LD + col);
-          mma16816(dp[2 * jp], va, b0, b1);
-          mma16816(dp[2 * jp + 1], va, b2, b3);
-        }
+        ldsm_a(ka, sK + warp * 16 * LD + kk * 16, LD, lane);
+        ldsm_a(va, sV + warp * 16 * LD + kk * 16, LD, lane);
+        mma_nk<4>(s, ka, qb + qo * LD + kk * 16, LD, lane);
+        mma_nk<4>(dp, va, ob + qo * LD + kk * 16, LD, lane);
       }
       /* Pᵀ = exp2(S·sl2 − lse2), dSᵀ = Pᵀ ∘ (dPᵀ − D); element c: key row key_a (+8 for c >= 2),
        * query column qo + j·8 + 2·(lane & 3) + (c & 1) */
@@ -364,25 +342,10 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_kv(FP p) {
 #pragma unroll
       for (int kq = 0; kq < 2; kq++) {
         uint32_t pa[4], sa[4];
-        pa[0] = pack_bf16_fast(s[2 * kq][0], s[2 * kq][1]);
-        pa[1] = pack_bf16_fast(s[2 * kq][2], s[2 * kq][3]);
-        pa[2] = pack_bf16_fast(s[2 * kq + 1][0], s[2 * kq + 1][1]);
-        pa[3] = pack_bf16_fast(s[2 * kq + 1][2], s[2 * kq + 1][3]);
-        sa[0] = pack_bf16(dp[2 * kq][0], dp[2 * kq][1]);
-        sa[1] = pack_bf16(dp[2 * kq][2], dp[2 * kq][3]);
-        sa[2] = pack_bf16(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
-        sa[3] = pack_bf16(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
-        const int row = qo + kq * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-#pragma unroll
-        for (int dd = 0; dd < DP / 16; dd++) {
-          uint32_t b0, b1, b2, b3;
-          ldsm_x4_t(b0, b1, b2, b3, ob + row * LD + dd * 16 + ((lane >> 4) << 3));
-          mma16816(dv[2 * dd], pa, b0, b1);
-          mma16816(dv[2 * dd + 1], pa, b2, b3);
-          ldsm_x4_t(b0, b1, b2, b3, qb + row * LD + dd * 16 + ((lane >> 4) << 3));
-          mma16816(dk[2 * dd], sa, b0, b1);
-          mma16816(dk[2 * dd + 1], sa, b2, b3);
-        }
+        acc_to_a(pa, s[2 * kq], s[2 * kq + 1]);
+        acc_to_a(sa, dp[2 * kq], dp[2 * kq + 1]);
+        mma_kn<DP>(dv, pa, ob + (qo + kq * 16) * LD, LD, lane);
+        mma_kn<DP>(dk, sa, qb + (qo + kq * 16) * LD, LD, lane);
       }
     }
     __syncthreads();
@@ -435,13 +398,7 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
   load_tile<DP>(sO, p.dob, p.H, h, q0, p);
   load_meta(sMq, q0, p);
   load_rows_f(sL, sD, h, q0, p);
-  auto load_kv = [&](int a, int buf) {
-    const int k0 = (list[a] & (FULL_BIT - 1)) * TB;
-    load_tile<DP>(sKV + 2 * buf * TB * LD, p.k, p.Hkv, kvh, k0, p);
-    load_tile<DP>(sKV + (2 * buf + 1) * TB * LD, p.v, p.Hkv, kvh, k0, p);
-    load_meta(sMk + buf * TB, k0, p);
-    cp_commit();
-  };
+  auto load_kv = [&](int a, int buf) { load_kv_tile<DP>(sKV, sMk, buf, (list[a] & (FULL_BIT - 1)) * TB, kvh, p); };
   if (n_act > 0) load_kv(0, 0);
   else cp_commit();
 
@@ -460,8 +417,7 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
     __syncthreads();
     if (a == 0) {
 #pragma unroll
-      for (int kk = 0; kk < DP / 16; kk++)
-        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+      for (int kk = 0; kk < DP / 16; kk++) ldsm_a(qf[kk], sQ + warp * 16 * LD + kk * 16, LD, lane);
       mqa = sMq[ra]; mqb = sMq[rb];
       l2a = sL[ra]; l2b = sL[rb]; Da = sD[ra]; Db = sD[rb];
     }
@@ -476,18 +432,9 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
 #pragma unroll
     for (int kk = 0; kk < DP / 16; kk++) {
       uint32_t of[4];
-      ldsm_x4(of[0], of[1], of[2], of[3], sO + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-      for (int jp = 0; jp < 4; jp++) {
-        const int off = (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(b0, b1, b2, b3, kb + off);
-        mma16816(s[2 * jp], qf[kk], b0, b1);
-        mma16816(s[2 * jp + 1], qf[kk], b2, b3);
-        ldsm_x4(b0, b1, b2, b3, vb + off);
-        mma16816(dp[2 * jp], of, b0, b1);
-        mma16816(dp[2 * jp + 1], of, b2, b3);
-      }
+      ldsm_a(of, sO + warp * 16 * LD + kk * 16, LD, lane);
+      mma_nk<8>(s, qf[kk], kb + kk * 16, LD, lane);
+      mma_nk<8>(dp, of, vb + kk * 16, LD, lane);
     }
 #pragma unroll
     for (int j = 0; j < 8; j++)
@@ -501,17 +448,8 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
       uint32_t sa[4];
-      sa[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
-      sa[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
-      sa[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-      sa[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-#pragma unroll
-      for (int dd = 0; dd < DP / 16; dd++) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_t(b0, b1, b2, b3, kb + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * LD + dd * 16 + ((lane >> 4) << 3));
-        mma16816(dq[2 * dd], sa, b0, b1);
-        mma16816(dq[2 * dd + 1], sa, b2, b3);
-      }
+      acc_to_a(sa, dp[2 * kk], dp[2 * kk + 1]);
+      mma_kn<DP>(dq, sa, kb + kk * 16 * LD, LD, lane);
     }
     __syncthreads();
   }
