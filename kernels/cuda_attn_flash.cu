@@ -19,7 +19,7 @@
  *             and a key tile shared by two samples has twice the work of the others).
  *   dQ        one block per (query tile, query head): S and dP = dO·Vᵀ again, dQ += dS·K.
  * Two backward kernels instead of FlashAttention-2's one with atomic dQ: deterministic, at the
- * price of recomputing S and dP once more.
+ * price of recomputing S and dP once more.  Blocks are launched longest first (k_tile_order).
  *
  * Precision is FlashAttention-2's (upstream trains with it): bf16 q/k/v, dO rounded to bf16, P
  * rounded to bf16 for P·V and Pᵀ·dO, dS rounded to bf16 for its two products; row sums, lse, D,
@@ -47,6 +47,7 @@ struct FP {
   float *part_k, *part_v;              /* GQA: [n, H, d] per query head, summed into dk / dv */
   const int4 *meta;                    /* per stored token: {order, sample, split·4 + mode, 1} */
   const uint8_t *status;               /* [nt][nt]: query tile x key tile */
+  const int *q_order, *k_order;        /* query / key tiles by falling count of active partners */
   int n, H, Hkv, G, d, nt;
   float sl2, scale;
 };
@@ -85,6 +86,33 @@ __global__ void __launch_bounds__(256) k_status(uint8_t *st, const int4 *meta, i
   any = __syncthreads_or(any);
   all = __syncthreads_and(all);
   if (tid == 0) st[(size_t)qt * nt + kt] = any ? (all ? T_FULL : T_PART) : T_NONE;
+}
+
+/* Blocks run roughly in launch order, and a tile whose tokens belong to two samples has about twice
+ * the partners of the others: launched last, it would run alone at the end.  So tiles are launched
+ * by falling count of active partners (longest first), every head of a tile together: block b
+ * takes order[b / H] and head b % H.  One block ranks all tiles (count, then index). */
+__global__ void __launch_bounds__(1024) k_tile_order(int *q_order, int *k_order, const uint8_t *st, int nt) {
+  extern __shared__ int cnt[];   /* [2][nt]: query tiles' counts, key tiles' counts */
+  for (int i = threadIdx.x; i < nt; i += blockDim.x) {
+    int cq = 0, ck = 0;
+    for (int j = 0; j < nt; j++) {
+      cq += st[(size_t)i * nt + j] != T_NONE;
+      ck += st[(size_t)j * nt + i] != T_NONE;
+    }
+    cnt[i] = cq;
+    cnt[nt + i] = ck;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < nt; i += blockDim.x) {
+    int rq = 0, rk = 0;
+    for (int j = 0; j < nt; j++) {
+      rq += cnt[j] > cnt[i] || (cnt[j] == cnt[i] && j < i);
+      rk += cnt[nt + j] > cnt[nt + i] || (cnt[nt + j] == cnt[nt + i] && j < i);
+    }
+    q_order[rq] = i;
+    k_order[rk] = i;
+  }
 }
 
 /* the non-empty entries of nt statuses st[j·stride] as j | FULL_BIT (all visible), in order;
@@ -155,7 +183,7 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
   int4 *sMq = (int4 *)(sKV + 4 * TB * LD), *sMk = sMq + TB;
   int *list = (int *)(sMk + 2 * TB);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int qt = blockIdx.x, h = blockIdx.y, kvh = h / p.G, q0 = qt * TB;
+  const int qt = p.q_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, q0 = qt * TB;
   const int n_act = active_tiles(list, p.status + (size_t)qt * p.nt, 1, p.nt);
 
   load_tile<DP>(sQ, p.q, p.H, h, q0, p);
@@ -274,7 +302,7 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_kv(FP p) {
   float *sL = (float *)(sMq + 2 * TB), *sD = sL + 2 * TB;                                  /* [2][TB] each */
   int *list = (int *)(sD + 2 * TB);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int kt = blockIdx.x, h = blockIdx.y, kvh = h / p.G, k0 = kt * TB;
+  const int kt = p.k_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, k0 = kt * TB;
   const int items = active_tiles(list, p.status + kt, (size_t)p.nt, p.nt);   /* item i: query tile list[i] */
 
   load_tile<DP>(sK, p.k, p.Hkv, kvh, k0, p);
@@ -391,7 +419,7 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
   float *sL = (float *)(sMk + 2 * TB), *sD = sL + TB;
   int *list = (int *)(sD + TB);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int qt = blockIdx.x, h = blockIdx.y, kvh = h / p.G, q0 = qt * TB;
+  const int qt = p.q_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, q0 = qt * TB;
   const int n_act = active_tiles(list, p.status + (size_t)qt * p.nt, 1, p.nt);
 
   load_tile<DP>(sQ, p.q, p.H, h, q0, p);
@@ -470,7 +498,7 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
 
 bool flash_ok(const usbx_attn_masked_args *a, const void *q, const void *k, const void *v, const void *o) {
   return a->n > 0 && a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0 && a->head_dim % 8 == 0 &&
-         a->head_dim > 0 && a->head_dim <= 128 && (a->n + TB - 1) / TB <= 65535 &&
+         a->head_dim > 0 && a->head_dim <= 128 && (a->n + TB - 1) / TB <= 16384 &&
          ((((uintptr_t)q) | ((uintptr_t)k) | ((uintptr_t)v) | ((uintptr_t)o)) & 15u) == 0;
 }
 
@@ -484,7 +512,8 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
   p.scale = 1.0f / sqrtf((float)p.d);
   p.sl2 = p.scale * LOG2E;
   *extra_p = extra ? cu_attn_ws(c, extra) : NULL;
-  const size_t meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255, need = meta_b + (size_t)p.nt * p.nt;
+  const size_t meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255, order_b = ((size_t)2 * p.nt * sizeof(int) + 255) & ~(size_t)255;
+  const size_t need = meta_b + order_b + (size_t)p.nt * p.nt;
   if (need > c->fa_meta_bytes) {
     if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
     CUDA_CHECK(cudaMalloc(&c->fa_meta, need));
@@ -492,15 +521,20 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
     c->fa_meta_id = 0;
   }
   int4 *meta = (int4 *)c->fa_meta;
-  uint8_t *st = (uint8_t *)c->fa_meta + meta_b;
+  int *order = (int *)((char *)c->fa_meta + meta_b);
+  uint8_t *st = (uint8_t *)c->fa_meta + meta_b + order_b;
   if (!a->meta_id || a->meta_id != c->fa_meta_id) {
     k_meta<<<(p.n + 255) / 256, 256, 0, c->stream>>>(meta, a->order, a->sample, a->split, a->mode, p.n);
     CUDA_LAUNCHED();
     k_status<<<dim3(p.nt, p.nt), 256, 0, c->stream>>>(st, meta, p.n, p.nt);
     CUDA_LAUNCHED();
+    const size_t smem = (size_t)2 * p.nt * sizeof(int);
+    if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_tile_order, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k_tile_order<<<1, 1024, smem, c->stream>>>(order, order + p.nt, st, p.nt);
+    CUDA_LAUNCHED();
     c->fa_meta_id = a->meta_id;
   }
-  p.meta = meta; p.status = st;
+  p.meta = meta; p.status = st; p.q_order = order; p.k_order = order + p.nt;
   return p;
 }
 
@@ -513,12 +547,12 @@ void launch(usbx_cuda *c, K kern, dim3 grid, size_t smem, const FP &p) {
 
 template <int DP>
 void fwd(usbx_cuda *c, const FP &p) {
-  launch(c, k_fa_fwd<DP>, dim3(p.nt, p.H), Smem<DP>::fwd(p.nt), p);
+  launch(c, k_fa_fwd<DP>, dim3(p.nt * p.H), Smem<DP>::fwd(p.nt), p);
 }
 template <int DP>
 void bwd(usbx_cuda *c, const FP &p) {
   if (p.dk || p.dv) {
-    launch(c, k_fa_bwd_kv<DP>, dim3(p.nt, p.H), Smem<DP>::bwd(p.nt), p);
+    launch(c, k_fa_bwd_kv<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
     if (p.G > 1) {
       const size_t total = (size_t)p.n * p.Hkv * p.d;
       k_sum_heads<<<(unsigned)std::min<size_t>((total + 255) / 256, 65535u * 8), 256, 0, c->stream>>>(p.dk, p.dv, p.part_k, p.part_v, p.n,
@@ -526,7 +560,7 @@ void bwd(usbx_cuda *c, const FP &p) {
       CUDA_LAUNCHED();
     }
   }
-  if (p.dq) launch(c, k_fa_bwd_q<DP>, dim3(p.nt, p.H), Smem<DP>::bwd(p.nt), p);
+  if (p.dq) launch(c, k_fa_bwd_q<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
 }
 
 }  // namespace
