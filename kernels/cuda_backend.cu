@@ -297,6 +297,7 @@ static void cuda_release(usbx_cuda *c) {
   if (c->attn_scratch) cudaFree(c->attn_scratch);
   if (c->attn_ws) cudaFree(c->attn_ws);
   if (c->fa_meta) cudaFree(c->fa_meta);
+  if (c->sumsq_done) cudaFree(c->sumsq_done);
   if (c->workspace) cudaFree(c->workspace);
   if (c->lt) cublasLtDestroy(c->lt);
   if (c->blas) cublasDestroy(c->blas);

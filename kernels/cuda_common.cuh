@@ -72,6 +72,7 @@ typedef struct {
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
+  unsigned *sumsq_done;   /* cuda_train.cu: blocks of the running sumsq_acc that finished (0 between calls) */
   char name[160];
 } usbx_cuda;
 

@@ -614,62 +614,103 @@ static void c_cross_entropy(usbx_backend *be, float *loss, float *dlogits, const
 /* ---------------------------------------------------------------- optimizer */
 /* AdamW with the EMA in the same pass: the updated weight is used while in registers (the EMA as
  * its own kernel read the weights again: 7.3 of 24 ms per 1.5B step) */
-__global__ void k_adamw(float *w, uint16_t *w_mm, const float *g, float *m, float *v, float *ema, size_t n, usbx_adamw_args a,
-                        float step_size, float bc2_sqrt) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float gi = g[i] * a.grad_scale;
-    float wi = w[i] * (1.0f - a.lr * a.weight_decay);
-    float mi = a.beta1 * m[i] + (1.0f - a.beta1) * gi;
-    float vi = a.beta2 * v[i] + (1.0f - a.beta2) * gi * gi;
-    wi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + a.eps);
+struct AdamStep {
+  usbx_adamw_args a;
+  float step_size, bc2_sqrt;
+};
+/* one element: w, m, v updated in place; e (when non-null) the EMA */
+__device__ __forceinline__ void adamw_elem(float &w, float &m, float &v, float *e, float g, const AdamStep &s) {
+  const usbx_adamw_args &a = s.a;
+  g *= a.grad_scale;
+  w *= 1.0f - a.lr * a.weight_decay;
+  m = a.beta1 * m + (1.0f - a.beta1) * g;
+  v = a.beta2 * v + (1.0f - a.beta2) * g * g;
+  w -= s.step_size * m / (sqrtf(v) / s.bc2_sqrt + a.eps);
+  if (e) *e = a.ema_decay * *e + (1.0f - a.ema_decay) * w;
+}
+/* VEC: four elements per thread through 16-byte loads (all pointers aligned), the last n % 4 one
+ * by one; the same arithmetic per element either way */
+template <bool VEC>
+__global__ void k_adamw(float *w, uint16_t *w_mm, const float *g, float *m, float *v, float *ema, size_t n, AdamStep s) {
+  const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+  const size_t n4 = VEC ? n / 4 : 0;
+  for (size_t q = tid; q < n4; q += step) {
+    float4 wq = ((float4 *)w)[q], mq = ((float4 *)m)[q], vq = ((float4 *)v)[q], gq = ((const float4 *)g)[q], eq;
+    if (ema) eq = ((float4 *)ema)[q];
+    float *wv = (float *)&wq, *mv = (float *)&mq, *vv = (float *)&vq, *gv = (float *)&gq, *ev = (float *)&eq;
+#pragma unroll
+    for (int k = 0; k < 4; k++) adamw_elem(wv[k], mv[k], vv[k], ema ? ev + k : nullptr, gv[k], s);
+    ((float4 *)w)[q] = wq; ((float4 *)m)[q] = mq; ((float4 *)v)[q] = vq;
+    if (ema) ((float4 *)ema)[q] = eq;
+    if (w_mm) ((uint2 *)w_mm)[q] = make_uint2(f32_to_bf16_bits(wv[0]) | (uint32_t)f32_to_bf16_bits(wv[1]) << 16,
+                                              f32_to_bf16_bits(wv[2]) | (uint32_t)f32_to_bf16_bits(wv[3]) << 16);
+  }
+  for (size_t i = n4 * 4 + tid; i < n; i += step) {
+    float wi = w[i], mi = m[i], vi = v[i];
+    adamw_elem(wi, mi, vi, ema ? ema + i : nullptr, g[i], s);
     w[i] = wi; m[i] = mi; v[i] = vi;
     if (w_mm) w_mm[i] = f32_to_bf16_bits(wi);
-    if (ema) ema[i] = a.ema_decay * ema[i] + (1.0f - a.ema_decay) * wi;
   }
 }
 static void c_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
                     const usbx_adamw_args *a) {
   if (!n) return;
   float bc1 = 1.0f - powf(a->beta1, (float)a->step), bc2 = 1.0f - powf(a->beta2, (float)a->step);
-  k_adamw<<<grid_for(n, 256), 256, 0, S(be)>>>(w, (uint16_t *)w_mm, g, m, v, ema, n, *a, a->lr / bc1, sqrtf(bc2));
+  AdamStep s = {*a, a->lr / bc1, sqrtf(bc2)};
+  const bool vec = ((((uintptr_t)w) | ((uintptr_t)g) | ((uintptr_t)m) | ((uintptr_t)v) | ((uintptr_t)ema)) & 15u) == 0 &&
+                   ((uintptr_t)w_mm & 7u) == 0;
+  if (vec) k_adamw<true><<<grid_for(n / 4 + 1, 256), 256, 0, S(be)>>>(w, (uint16_t *)w_mm, g, m, v, ema, n, s);
+  else k_adamw<false><<<grid_for(n, 256), 256, 0, S(be)>>>(w, (uint16_t *)w_mm, g, m, v, ema, n, s);
   CUDA_LAUNCHED();
 }
 /* enough blocks and 16-byte loads to keep the memory busy: the norm reads every gradient once */
 #define SUMSQ_BLOCKS 1056
-__global__ void k_sumsq_part(double *part, const float *x, size_t n, bool vec) {
+/* Each block writes its partial sum; the last block to finish (counted in *done, reset to 0 for the
+ * next call) adds them in a fixed order (deterministic) to acc: one launch per tensor, not two (a
+ * second kernel of one block per tensor cost 1.4 ms of a 1.59 B step's 348 tensors). */
+__global__ void k_sumsq(float *acc, double *part, unsigned *done, const float *x, size_t n, bool vec) {
   __shared__ double red[32];
+  __shared__ bool last;
   double s = 0;
   const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
-  size_t done = 0;
+  size_t seen = 0;
   if (vec) {
     const size_t n4 = n / 4;
     for (size_t i = tid; i < n4; i += step) {
       float4 v = ((const float4 *)x)[i];
       s += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     }
-    done = n4 * 4;
+    seen = n4 * 4;
   }
-  for (size_t i = done + tid; i < n; i += step) s += (double)x[i] * x[i];
+  for (size_t i = seen + tid; i < n; i += step) s += (double)x[i] * x[i];
   s = block_sum_t<double>(s, red);
-  if (threadIdx.x == 0) part[blockIdx.x] = s;
-}
-/* one block: strided partial sums then a tree, a fixed order (deterministic); a single thread
- * summing the ~1000 parts took 20 us per tensor */
-__global__ void k_sumsq_final(float *acc, const double *part, int nparts) {
-  __shared__ double red[32];
-  double s = 0;
-  for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
-  s = block_sum_t<double>(s, red);
-  if (threadIdx.x == 0) acc[0] += (float)s;
+  if (threadIdx.x == 0) {
+    part[blockIdx.x] = s;
+    __threadfence();
+    last = atomicAdd(done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  /* strided partial sums then a tree (a single thread summing ~1000 parts took 20 us) */
+  double t = 0;
+  for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) t += ((volatile double *)part)[i];
+  t = block_sum_t<double>(t, red);
+  if (threadIdx.x == 0) {
+    acc[0] += (float)t;
+    *done = 0;
+  }
 }
 static void c_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) {
   usbx_cuda *c = CU(be);
   if (!n) return;
   int nb = (int)std::min<size_t>(SUMSQ_BLOCKS, (n + 255) / 256);
   double *part = (double *)cu_scratch(c, (size_t)nb * sizeof(double));
-  k_sumsq_part<<<nb, 256, 0, c->stream>>>(part, x, n, ((uintptr_t)x & 15u) == 0);
-  CUDA_LAUNCHED();
-  k_sumsq_final<<<1, 256, 0, c->stream>>>(acc, part, nb);
+  if (!c->sumsq_done) {
+    CUDA_CHECK(cudaMalloc(&c->sumsq_done, sizeof(unsigned)));
+    CUDA_CHECK(cudaMemsetAsync(c->sumsq_done, 0, sizeof(unsigned), c->stream));
+  }
+  k_sumsq<<<nb, 256, 0, c->stream>>>(acc, part, c->sumsq_done, x, n, ((uintptr_t)x & 15u) == 0);
   CUDA_LAUNCHED();
 }
 
