@@ -9,6 +9,14 @@ if [ -z "${USBX_NCCL_LIB:-}" ]; then
 fi
 jq() { LD_LIBRARY_PATH= command jq "$@"; }   # the system jq must not pick up the carried libjq
 
+# b15_setup: the ~1.5B timing model (benchmark/mfu-1p5b.json, random weights) in $W/b15, 32
+# rendered 256x256 scenes in $W/big.jsonl, and in ARGS the usbx-train arguments of an 8k-token step
+b15_setup() {
+  usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
+  usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
+  ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+}
+
 # train_summary FILE.jsonl: mean tokens/s, MFU and TFLOP/s of usbx-train's records after the first
 # two (warm-up), and the first three losses
 train_summary() {

@@ -8,9 +8,7 @@ set -uo pipefail
 device_results /tmp/df
 timeout 150 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; tail -n 1 "$R/test_ops_cuda.txt"
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; cat "$R/fixtures.txt"
-usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
-usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
-ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+b15_setup
 configs="1 0,0 0,1 1"; [ "${QUICK:-0}" = 1 ] && configs="1 0,1 1"
 IFS=, read -ra cfgs <<< "$configs"
 for v in "${cfgs[@]}"; do

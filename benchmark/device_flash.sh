@@ -13,9 +13,7 @@ timeout 240 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_
 grep -E "attention_masked.*flash|FAIL" "$R/test_ops_cuda.txt" | head -n 60
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; cat "$R/fixtures.txt"
 [ "${QUICK:-0}" = 1 ] || BENCH_ONLY=train BENCH_REPS=10 timeout 200 build/bench/bench_ops_cuda "$R/bench_train_attn.md" > /dev/null 2>&1; echo "bench rc=$?"; cat "$R/bench_train_attn.md"
-usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
-usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
-ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+b15_setup
 runs="1 0,1 1,0 0,0 1"; [ "${QUICK:-0}" = 1 ] && runs="1 0,1 1"
 IFS=, read -ra cfgs <<< "$runs"
 for v in "${cfgs[@]}"; do

@@ -15,9 +15,7 @@ agg = collections.OrderedDict()
 for k, g, t in seq: agg.setdefault((k, g), []).append(t)
 for (k, g), ts in agg.items(): print("%-28s grid %-16s n=%3d median %.3f ms" % (k, g, len(ts), sorted(ts)[len(ts)//2] / 1e6))
 PY
-usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
-usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
-ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+b15_setup
 timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
 echo "ncu step rc=$?"
 python3 benchmark/ncu_summary.py "$R/ncu.csv" 16 | tee "$R/ncu_summary.txt"

@@ -7,9 +7,7 @@ set -uo pipefail
 device_results /tmp/dn
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "ncu: $NCU"
-usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
-usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
-ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+b15_setup
 USBX_TRAIN_PROFILE=1 timeout 120 usbx-train $ARGS --steps 6 > "$R/plain.jsonl" 2> "$R/plain.err"; tail -n 14 "$R/plain.err"
 timeout 400 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base usbx-train $ARGS --steps 1 > "$R/ncu.csv" 2> "$R/ncu.err"
 echo "ncu rc=$?"; tail -n 3 "$R/ncu.err"

@@ -9,9 +9,7 @@ set -uo pipefail
 device_results /tmp/dr
 NG=$(nvidia-smi -L | wc -l)
 timeout 150 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; grep -E "attention_masked.*(FAIL|warp rows)|failed" "$R/test_ops_cuda.txt" | tail -n 12
-usbx-synth scenes --n 32 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
-usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
-ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
+b15_setup
 for row in 0 1; do
   USBX_CUDA_DEVICE=0 USBX_CUDA_ATTN_MASKED_ROW=$row USBX_TRAIN_PROFILE=1 timeout 120 usbx-train $ARGS --steps 8 > "$R/b15_row$row.jsonl" 2> "$R/b15_row$row.err"
   echo "row=$row: $(python3 -c "
