@@ -139,12 +139,19 @@ __device__ int active_tiles(int *list, const uint8_t *st, size_t stride, int nt)
  * n and columns past d are zero */
 template <int DP>
 __device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, int HH, int hh, int t0, const FP &p) {
-  constexpr int LD = DP + 8, CH = DP / 8;
-#pragma unroll 4
-  for (int c = threadIdx.x; c < TB * CH; c += NT) {
-    const int r = c / CH, cc = (c % CH) * 8, t = t0 + r;
-    const bool ok = t < p.n && cc < p.d;
-    cp_async16(dst + r * LD + cc, ok ? src + ((size_t)t * HH + hh) * p.d + cc : src, ok);
+  /* each thread copies one 16-byte column chunk of every RPI-th row, from a running pointer (no
+   * index arithmetic per chunk, no row test when the tile is whole) */
+  constexpr int LD = DP + 8, CH = DP / 8, RPI = NT / CH;
+  static_assert(NT % CH == 0 && TB % RPI == 0, "tile rows per thread");
+  const int r0 = threadIdx.x / CH, cc = (threadIdx.x % CH) * 8;
+  const bool col_ok = cc < p.d, whole = t0 + TB <= p.n;
+  const size_t step = (size_t)RPI * HH * p.d;
+  const bf16 *g = src + ((size_t)(t0 + r0) * HH + hh) * p.d + cc;
+#pragma unroll
+  for (int i = 0; i < TB / RPI; i++, g += step) {
+    const int r = r0 + i * RPI;
+    const bool ok = col_ok && (whole || t0 + r < p.n);
+    cp_async16(dst + r * LD + cc, ok ? g : src, ok);
   }
 }
 __device__ __forceinline__ void load_meta(int4 *dst, int t0, const FP &p) {
@@ -218,7 +225,8 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
     for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < DP / 16; kk++) mma_nk<8>(s, qf[kk], kb + kk * 16, LD, lane);
-    float mx_a = -INFINITY, mx_b = -INFINITY;
+    /* row maxima and sums in four partial chains each (independent instructions) */
+    float pa[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, pb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < 8; j++) {
 #pragma unroll
@@ -228,10 +236,11 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
           if (!vis(mqa, km)) s[j][e] = -INFINITY;
           if (!vis(mqb, km)) s[j][2 + e] = -INFINITY;
         }
-        mx_a = fmaxf(mx_a, s[j][e]);
-        mx_b = fmaxf(mx_b, s[j][2 + e]);
+        pa[(j & 1) * 2 + e] = fmaxf(pa[(j & 1) * 2 + e], s[j][e]);
+        pb[(j & 1) * 2 + e] = fmaxf(pb[(j & 1) * 2 + e], s[j][2 + e]);
       }
     }
+    float mx_a = fmaxf(fmaxf(pa[0], pa[1]), fmaxf(pa[2], pa[3])), mx_b = fmaxf(fmaxf(pb[0], pb[1]), fmaxf(pb[2], pb[3]));
     mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
     mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
@@ -242,18 +251,21 @@ __global__ void __launch_bounds__(NT, 3) k_fa_fwd(FP p) {
     const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
     const float al_a = ex2(m_a - mu_a), al_b = ex2(m_b - mu_b);
     m_a = mn_a; m_b = mn_b;
-    float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) pa[k] = pb[k] = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       s[j][0] = ex2(fmaf(s[j][0], p.sl2, -mu_a)); s[j][1] = ex2(fmaf(s[j][1], p.sl2, -mu_a));
       s[j][2] = ex2(fmaf(s[j][2], p.sl2, -mu_b)); s[j][3] = ex2(fmaf(s[j][3], p.sl2, -mu_b));
-      sum_a += s[j][0] + s[j][1];
-      sum_b += s[j][2] + s[j][3];
+      pa[(j & 1) * 2] += s[j][0]; pa[(j & 1) * 2 + 1] += s[j][1];
+      pb[(j & 1) * 2] += s[j][2]; pb[(j & 1) * 2 + 1] += s[j][3];
     }
-    l_a = l_a * al_a + sum_a;
-    l_b = l_b * al_b + sum_b;
+    l_a = l_a * al_a + ((pa[0] + pa[1]) + (pa[2] + pa[3]));
+    l_b = l_b * al_b + ((pb[0] + pb[1]) + (pb[2] + pb[3]));
+    if (__any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {   /* a row maximum moved */
 #pragma unroll
-    for (int j = 0; j < DP / 8; j++) { o[j][0] *= al_a; o[j][1] *= al_a; o[j][2] *= al_b; o[j][3] *= al_b; }
+      for (int j = 0; j < DP / 8; j++) { o[j][0] *= al_a; o[j][1] *= al_a; o[j][2] *= al_b; o[j][3] *= al_b; }
+    }
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
       uint32_t af[4];
