@@ -13,13 +13,10 @@ usbx-synth scenes --n 96 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl
 cp .devdata/tokenizer.json "$W/b7/"
 for tok in "${@:-8192}"; do
   [ -f "$R/oom" ] && break   # a larger budget after an out-of-memory run would fail the same way
-  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_7b_$tok.csv" &
-  smi=$!
   date -u
-  timeout 200 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute --steps 10 --warmup 1 \
-    --expected-tokens "$tok" --max-tokens $((tok + tok / 8)) --no-save "$W/pairs.jsonl" > "$R/train_7b_$tok.jsonl" 2> "$R/train_7b_$tok.err"
+  mem_sampled "$R/mem_7b_$tok.csv" timeout 200 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute \
+    --steps 10 --warmup 1 --expected-tokens "$tok" --max-tokens $((tok + tok / 8)) --no-save "$W/pairs.jsonl" > "$R/train_7b_$tok.jsonl" 2> "$R/train_7b_$tok.err"
   rc=$?; echo "tokens/gpu=$tok rc=$rc"; [ $rc = 0 ] || touch "$R/oom"
-  kill $smi 2>/dev/null; wait $smi 2>/dev/null
   tail -n 4 "$R/train_7b_$tok.err"
   python3 - "$R/train_7b_$tok.jsonl" "$R/mem_7b_$tok.csv" <<'PY'
 import sys, json, csv
@@ -40,11 +37,8 @@ rm -rf "$W/b7"
 usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
 for rc in "" --recompute; do
-  nvidia-smi --id=0 --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_15$rc.csv" &
-  smi=$!
-  USBX_CUDA_DEVICE=0 timeout 120 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 --steps 6 $rc \
-    --expected-tokens 8192 --max-tokens 8400 --no-save "$W/big.jsonl" > "$R/train_15$rc.jsonl" 2> "$R/train_15$rc.err"
-  kill $smi 2>/dev/null; wait $smi 2>/dev/null
-  echo "1.5B $rc: peak $(sort -n "$R/mem_15$rc.csv" | tail -1) MiB; $(tail -n 1 "$R/train_15$rc.jsonl")"
+  USBX_CUDA_DEVICE=0 mem_sampled "$R/mem_15$rc.csv" timeout 120 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und \
+    --warmup 1 --steps 6 $rc --expected-tokens 8192 --max-tokens 8400 --no-save "$W/big.jsonl" > "$R/train_15$rc.jsonl" 2> "$R/train_15$rc.err"
+  echo "1.5B $rc: peak $(awk -F', ' '$1 == 0 {print $2}' "$R/mem_15$rc.csv" | sort -n | tail -1) MiB; $(tail -n 1 "$R/train_15$rc.jsonl")"
 done
 date -u

@@ -35,12 +35,9 @@ usbx-synth scenes --n 96 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
 for n in 1 2 4; do
   [ "$n" -le "$NG" ] || continue
-  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_$n.csv" &
-  smi=$!
-  timeout 240 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 --steps 8 \
+  mem_sampled "$R/mem_$n.csv" timeout 240 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 --steps 8 \
     --expected-tokens 8192 --max-tokens 8400 --no-save --gpus $n "$W/big.jsonl" > "$R/scale_$n.jsonl" 2> "$R/scale_$n.err"
   echo "gpus=$n rc=$?"
-  kill $smi 2>/dev/null; wait $smi 2>/dev/null
   tail -n 2 "$R/scale_$n.err"
 done
 python3 - "$R" <<'PY' | tee "$R/scale_summary.txt"

@@ -17,6 +17,17 @@ b15_setup() {
   ARGS="--model $W/b15 --out $W/run --device cuda --no-visual-und --warmup 1 --expected-tokens 8192 --max-tokens 8400 --no-save $W/big.jsonl"
 }
 
+# mem_sampled CSV CMD...: runs CMD while nvidia-smi writes every GPU's memory use (index, MiB)
+# to CSV twice a second; returns CMD's status
+mem_sampled() {
+  local csv=$1 smi rc; shift
+  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$csv" 2> /dev/null &
+  smi=$!
+  "$@"; rc=$?
+  kill $smi 2> /dev/null; wait $smi 2> /dev/null
+  return $rc
+}
+
 # train_summary FILE.jsonl: mean tokens/s, MFU and TFLOP/s of usbx-train's records after the first
 # two (warm-up), and the first three losses
 train_summary() {

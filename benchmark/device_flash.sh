@@ -5,8 +5,10 @@
 # (USBX_CUDA_ATTN_MASKED_FLASH=0), each with and without USBX_TRAIN_PROFILE.  NCU=1 adds Nsight
 # Compute's per-kernel times of one flash step; TORCH=1 the PyTorch baseline of the same step;
 # QUICK=1 skips the micro-benchmark and the runs without flash, and runs the flash step twice to
-# compare the records (losses, grad norms) for equality.
+# compare the records (losses, grad norms) for equality.  AB=VAR TAG=name compare another 0/1
+# option instead (benchmark/device_final_train.sh: USBX_CUDA_ATTN_MASKED_ROW).
 set -uo pipefail
+AB=${AB:-USBX_CUDA_ATTN_MASKED_FLASH} TAG=${TAG:-flash}
 . benchmark/device_env.sh
 device_results /tmp/dfl
 timeout 240 build/tests/test_ops_cuda > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda rc=$?"; tail -n 1 "$R/test_ops_cuda.txt"
@@ -17,13 +19,13 @@ b15_setup
 runs="1 0,1 1,0 0,0 1"; [ "${QUICK:-0}" = 1 ] && runs="1 0,1 1"
 IFS=, read -ra cfgs <<< "$runs"
 for v in "${cfgs[@]}"; do
-  set -- $v; fl=$1; prof=$2
-  USBX_CUDA_ATTN_MASKED_FLASH=$fl USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$R/b15_flash${fl}_prof$prof.jsonl" 2> "$R/b15_flash${fl}_prof$prof.err"
-  echo "flash=$fl profile=$prof rc=$?: $(train_summary "$R/b15_flash${fl}_prof$prof.jsonl")"
-  [ "$prof" = 1 ] && grep profile "$R/b15_flash${fl}_prof$prof.err"
+  set -- $v; on=$1; prof=$2; f=$R/b15_$TAG${on}_prof$prof
+  env "$AB=$on" USBX_TRAIN_PROFILE=$prof timeout 120 usbx-train $ARGS --steps 10 > "$f.jsonl" 2> "$f.err"
+  echo "$TAG=$on profile=$prof rc=$?: $(train_summary "$f.jsonl")"
+  [ "$prof" = 1 ] && grep profile "$f.err"
 done
 if [ "${QUICK:-0}" = 1 ]; then   # profile=1 only adds synchronisations: same arithmetic
-  python3 - "$R/b15_flash1_prof0.jsonl" "$R/b15_flash1_prof1.jsonl" <<'PY'
+  python3 - "$R/b15_${TAG}1_prof0.jsonl" "$R/b15_${TAG}1_prof1.jsonl" <<'PY'
 import json, sys
 a, b = ([{k: r[k] for k in ("step", "loss", "mse", "grad_norm", "tokens")} for r in map(json.loads, open(f))] for f in sys.argv[1:3])
 print("two runs of the same steps: records equal" if a == b else "two runs of the same steps DIFFER", len(a), "steps")

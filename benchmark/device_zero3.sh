@@ -40,12 +40,9 @@ usbx-synth scenes --n 96 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
 for cfg in "1 2" "2 2" "2 3"; do
   set -- $cfg; n=$1; z=$2
-  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$R/mem_${n}_z$z.csv" &
-  smi=$!
-  timeout 200 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 --steps 8 \
-    --expected-tokens 8192 --max-tokens 8400 --no-save --gpus $n --zero $z "$W/big.jsonl" > "$R/b15_${n}_z$z.jsonl" 2> "$R/b15_${n}_z$z.err"
+  mem_sampled "$R/mem_${n}_z$z.csv" timeout 200 usbx-train --model "$W/b15" --out "$W/b15run" --device cuda --no-visual-und --warmup 1 \
+    --steps 8 --expected-tokens 8192 --max-tokens 8400 --no-save --gpus $n --zero $z "$W/big.jsonl" > "$R/b15_${n}_z$z.jsonl" 2> "$R/b15_${n}_z$z.err"
   echo "gpus=$n zero=$z rc=$?"
-  kill $smi 2>/dev/null; wait $smi 2>/dev/null
   tail -n 2 "$R/b15_${n}_z$z.err"
 done
 python3 - "$R" <<'PY' | tee "$R/b15_summary.txt"
