@@ -159,9 +159,7 @@ static void time_train_attn(int n, int ns, int reps, bool by_sample, double *fwd
   double vis = 0;
   for (int q = 0; q < n; q++)
     for (int k = 0; k < n; k++) {
-      bool v = meta[n + q] == meta[n + k] && (meta[k] <= meta[q] || (meta[2 * n + k] == meta[2 * n + q] && meta[3 * n + q] != 0)) &&
-               !(meta[3 * n + k] == 2 && meta[2 * n + k] != meta[2 * n + q]);
-      vis += v;
+      vis += usbx_attn_visible(meta[q], meta[n + q], meta[2 * n + q], meta[3 * n + q], meta[k], meta[n + k], meta[2 * n + k], meta[3 * n + k]);
     }
   *pairs = vis * H;
   int32_t *dm = be->alloc(be, 4 * (size_t)n * sizeof *dm);

@@ -23,9 +23,7 @@
 enum { QB = 128 };
 
 static inline int visible(const usbx_attn_masked_args *a, int q, int k) {
-  return a->sample[q] == a->sample[k]
-      && (a->order[k] <= a->order[q] || (a->split[k] == a->split[q] && a->mode[q] != 0))
-      && !(a->mode[k] == 2 && a->split[k] != a->split[q]);
+  return usbx_attn_visible(a->order[q], a->sample[q], a->split[q], a->mode[q], a->order[k], a->sample[k], a->split[k], a->mode[k]);
 }
 
 /* mask[i*n + k] for queries q0..q0+nb-1; dies when a query sees nothing (invalid metadata:

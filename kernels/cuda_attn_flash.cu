@@ -54,8 +54,7 @@ struct FP {
 
 /* ops.h's rule; w = 0 marks padding past n (zero-filled by cp.async): never visible as a key */
 __device__ __forceinline__ bool vis(int4 q, int4 k) {
-  const int pq = q.z >> 2, pk = k.z >> 2;
-  return k.w != 0 && q.y == k.y && (k.x <= q.x || (pk == pq && (q.z & 3) != 0)) && !((k.z & 3) == 2 && pk != pq);
+  return k.w != 0 && usbx_attn_visible(q.x, q.y, q.z >> 2, q.z & 3, k.x, k.y, k.z >> 2, k.z & 3);
 }
 
 __global__ void k_meta(int4 *meta, const int32_t *order, const int32_t *sample, const int32_t *split, const int32_t *mode, int n) {

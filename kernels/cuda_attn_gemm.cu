@@ -24,9 +24,8 @@ namespace {
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr size_t CHUNK_BYTES = (size_t)1 << 30;   /* L x L matrices of one head chunk, at most */
 
-__device__ __forceinline__ bool vis(int oq, int pq, int mq, int ok, int pk, int mk) {
-  return (ok <= oq || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
-}
+/* within one sample (these kernels work sample by sample) */
+__device__ __forceinline__ bool vis(int oq, int pq, int mq, int ok, int pk, int mk) { return usbx_attn_visible(oq, 0, pq, mq, ok, 0, pk, mk); }
 __device__ __forceinline__ void split(bf16 *hi, bf16 *lo, size_t i, float x) {
   bf16 h = f2bf(x);
   hi[i] = h;

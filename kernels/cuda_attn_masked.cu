@@ -34,9 +34,6 @@ struct MP {
 constexpr int NT = 128;  /* threads per block (4 warps) */
 constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 
-__device__ __forceinline__ bool vis(int oq, int sq, int pq, int mq, int ok, int sk, int pk, int mk) {
-  return sq == sk && (ok <= oq || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
-}
 
 /* rows [t0, t0 + rows) of head hh of src [n, HH, d] (bf16) into dst [rows][ld], zero padded */
 template <int DP>
@@ -128,7 +125,7 @@ __global__ void __launch_bounds__(NT) k_am_fwd(bf16 *out, float *lse, const bf16
 #pragma unroll 8
     for (int i = 0; i < 32; i++) {
       int j = half * 32 + i;
-      if (vis(oq, sq, pq, mq, km[j], km[BK + j], km[2 * BK + j], km[3 * BK + j])) bits |= 1u << i;
+      if (usbx_attn_visible(oq, sq, pq, mq, km[j], km[BK + j], km[2 * BK + j], km[3 * BK + j])) bits |= 1u << i;
     }
     if (!__syncthreads_or(bits != 0)) continue;
     load_bf16<DP>(sK, LDB, k, m.Hkv, g, m, k0, BK);
@@ -244,7 +241,7 @@ __global__ void __launch_bounds__(NT) k_am_bwd_kv(float *dk, float *dv, const fl
 #pragma unroll
     for (int i = 0; i < 16; i++) {
       int j = quarter * 16 + i;
-      if (vis(oq, sq, pq, mq, km[j], km[BK + j], km[2 * BK + j], km[3 * BK + j])) bits |= 1u << i;
+      if (usbx_attn_visible(oq, sq, pq, mq, km[j], km[BK + j], km[2 * BK + j], km[3 * BK + j])) bits |= 1u << i;
     }
     if (!__syncthreads_or(bits != 0)) continue;
     for (int hh = 0; hh < m.G; hh++) {
@@ -377,7 +374,7 @@ __global__ void __launch_bounds__(NT) k_am_bwd_q(float *dq, const float *dout, c
 #pragma unroll 8
     for (int i = 0; i < 32; i++) {
       int j = half * 32 + i;
-      if (vis(oq, sq, pq, mq, km[j], km[BK + j], km[2 * BK + j], km[3 * BK + j])) bits |= 1u << i;
+      if (usbx_attn_visible(oq, sq, pq, mq, km[j], km[BK + j], km[2 * BK + j], km[3 * BK + j])) bits |= 1u << i;
     }
     if (!__syncthreads_or(bits != 0)) continue;
     load_bf16<DP>(sK, LDB, k, m.Hkv, g, m, k0, BK);

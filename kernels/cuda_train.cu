@@ -374,8 +374,7 @@ struct MaskP {
   float scale;
 };
 __device__ __forceinline__ bool visible(const MaskP &m, int oq, int sq, int pq, int mq, int k) {
-  int sk = m.sample[k], pk = m.split[k], mk = m.mode[k];
-  return sq == sk && (m.order[k] <= oq || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
+  return usbx_attn_visible(oq, sq, pq, mq, m.order[k], m.sample[k], m.split[k], m.mode[k]);
 }
 /* forward: one warp per (token q, head h); warps of a block take consecutive tokens of one head
  * so that they stream the same keys.  lse in natural log, [H, n]. */
@@ -478,7 +477,7 @@ __global__ void k_attn_masked_dkv(float *dk, float *dv, const float *dout, const
   }
   for (int qi = 0; qi < m.n; qi++) {
     int sq = m.sample[qi], pq = m.split[qi], mq = m.mode[qi];
-    bool vis = sq == sk && (ok_ <= m.order[qi] || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
+    bool vis = usbx_attn_visible(m.order[qi], sq, pq, mq, ok_, sk, pk, mk);
     if (!vis) continue;
     for (int h = g * m.G; h < (g + 1) * m.G; h++) {
       const bf16 *qr = q + ((size_t)qi * m.H + h) * m.d;
@@ -633,7 +632,8 @@ __device__ __forceinline__ void adamw_elem(float &w, float &m, float &v, float *
 template <bool VEC>
 __global__ void k_adamw(float *w, uint16_t *w_mm, const float *g, float *m, float *v, float *ema, size_t n, AdamStep s) {
   const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
-  const size_t n4 = VEC ? n / 4 : 0;
+  size_t n4 = 0;
+  if constexpr (VEC) n4 = n / 4;
   for (size_t q = tid; q < n4; q += step) {
     float4 wq = ((float4 *)w)[q], mq = ((float4 *)m)[q], vq = ((float4 *)v)[q], gq = ((const float4 *)g)[q], eq;
     if (ema) eq = ((float4 *)ema)[q];

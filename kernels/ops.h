@@ -53,6 +53,16 @@ typedef struct {
    * usbx_attn_meta_id() hands out fresh ones */
   uint64_t meta_id;
 } usbx_attn_masked_args;
+/* The rule above for query (order, sample, split, mode) = (oq, sq, pq, mq) and key (ok, sk, pk, mk):
+ * the one definition every backend and kernel evaluates (host and device code alike). */
+#ifdef __CUDACC__
+#define USBX_HOST_DEVICE __host__ __device__
+#else
+#define USBX_HOST_DEVICE
+#endif
+static inline USBX_HOST_DEVICE bool usbx_attn_visible(int oq, int sq, int pq, int mq, int ok, int sk, int pk, int mk) {
+  return sq == sk && (ok <= oq || (pk == pq && mq != 0)) && !(mk == 2 && pk != pq);
+}
 uint64_t usbx_attn_meta_id(void);
 
 /* Classifier-free guidance, renormalisation and the Euler update of one sampling step
