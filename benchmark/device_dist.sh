@@ -4,7 +4,7 @@
 #   B. scaling of a ~1.5B-parameter model at 1, 2 and 4 GPUs (same batch per GPU), peak memory
 #   C. the CUDA fixture check and test_ops_cuda on GPU 0 (nothing regressed)
 #   D. usbx-gen --batch timing at 512x512 on a random 7B-MoT checkpoint (bench_gen --batch)
-# ONLY_AB=1 stops after B.  Bundle extracted in the repo root; one tarball of results under $OUT.
+# ONLY_AB=1 stops after B; ONLY_B=1 runs B alone.  Bundle extracted in the repo root; one tarball of results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dd
@@ -13,6 +13,7 @@ NG=$(nvidia-smi -L | wc -l)
 echo "NCCL: ${USBX_NCCL_LIB:-not found}" | tee "$R/nccl.txt"
 
 # A. equality
+if [ "${ONLY_B:-0}" != 1 ]; then
 usbx-synth scenes --n 400 --render "$W/img" --size 64 --seed 7 --max-count 4 > "$W/pairs.jsonl"
 usbx-ckpt init --config benchmark/sandbox-small.json --seed 1 "$W/small" > /dev/null && cp .devdata/tokenizer.json "$W/small/"
 TR="usbx-train --model $W/small --device cuda --no-visual-und --lr 5e-4 --warmup 5 --steps 20 --expected-tokens 4096 --max-tokens 4600 --no-save"
@@ -29,6 +30,7 @@ for k in ("loss", "grad_norm"):
 print("first/last loss 1gpu", a[0]["loss"], a[-1]["loss"], "2gpu", b[0]["loss"], b[-1]["loss"])
 print("tokens equal:", all(x["tokens"] == y["tokens"] for x, y in zip(a, b)))
 PY
+fi
 
 # B. scaling (weak: 2 images of 4096 tokens per GPU and step)
 usbx-synth scenes --n 96 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
@@ -56,7 +58,7 @@ for n in (1, 2, 4):
     print(f"gpus {n}: {tps:.0f} tokens/s, mfu {mfu:.3f}, scaling efficiency {eff:.3f}, peak MiB per GPU {peak}")
 PY
 
-[ "${ONLY_AB:-0}" = 1 ] && exit 0
+[ "${ONLY_AB:-0}" = 1 ] || [ "${ONLY_B:-0}" = 1 ] && exit 0
 
 # C. regressions on GPU 0
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; cat "$R/fixtures.txt"

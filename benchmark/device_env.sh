@@ -37,12 +37,12 @@ print('steps 3-%d: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (len(r) + 2, 
       sum(x['tflops'] for x in r) / len(r)), [round(x['loss'], 4) for x in r[:3]])" "$1"
 }
 
-# device_results W: results go to W/results ($R), packed into $OUT/results.tar.gz (or
-# /tmp/out) when the script exits; records the date and the cards.
+# device_results W: results go to W/results ($R), packed into $OUT/NAME.tar.gz (NAME = W's last
+# component; $OUT or /tmp/out) when the script exits; records the date and the cards.
 device_results() {
   W=$1; R=$W/results; FINAL=${OUT:-/tmp/out}
   mkdir -p "$R" "$FINAL"
-  trap 'tar -C "$W" -czf "$FINAL/results.tar.gz" results' EXIT
+  trap 'tar -C "$W" -czf "$FINAL/$(basename "$W").tar.gz" results' EXIT
   date -u | tee "$R/date.txt"
   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
 }
