@@ -519,6 +519,8 @@ static void test_argmax(void) {
 }
 
 /* ---------------------------------------------------------------- attention */
+static const char *attn_tag = "";   /* the kernel variant under test, in the case names */
+static int set_opt(const char *name, int v);
 static void test_attention_case(int n_q, int q_start, int kv_len, int H, int Hkv, int d, bool causal, int max_check) {
   size_t nq = (size_t)n_q * H * d, nk = (size_t)kv_len * Hkv * d;
   float *q = randn(nq, 1.0), *k = randn(nk, 1.0), *v = randn(nk, 1.0);
@@ -565,8 +567,8 @@ static void test_attention_case(int n_q, int q_start, int kv_len, int H, int Hkv
   size_t unwritten = 0;
   for (size_t i = 0; i < nq; i++) unwritten += !isfinite(out[i]);
   char cas[112];
-  snprintf(cas, sizeof cas, "n_q=%d q_start=%d kv=%d H=%d/%d d=%d %s%s", n_q, q_start, kv_len, H, Hkv, d,
-           causal ? "causal" : "block", step > 1 ? " (rows sampled)" : "");
+  snprintf(cas, sizeof cas, "n_q=%d q_start=%d kv=%d H=%d/%d d=%d %s%s%s", n_q, q_start, kv_len, H, Hkv, d,
+           causal ? "causal" : "block", step > 1 ? " (rows sampled)" : "", attn_tag);
   CHECKF(unwritten == 0, "attention %s: %zu elements not written", cas, unwritten);
   report("attention", cas, unwritten ? INFINITY : relerr(got, ref, m), 1e-2);
   float *oc = xmalloc(nq * sizeof *oc);
@@ -595,6 +597,26 @@ static void test_attention(void) {
   test_attention_case(5, 1, 6, 2, 2, 136, false, 5);             /* d > 128: fallback */
   test_attention_case(300, 0, 300, 1, 1, 512, false, 60);        /* VAE mid-block: 1 head of 512 channels */
   test_attention_case(20, 3, 23, 2, 1, 264, true, 20);
+  /* the Hopper (wgmma) kernel, with 2 and 3 warpgroups per block, forced (on other GPUs the
+   * launcher falls back to the mma.sync kernels, which these cases then test again) */
+  static const char *tags[] = {" [wgmma, 2 warpgroups]", " [wgmma, 3 warpgroups]"};
+  for (int w = 0; w < 2; w++) {
+    int old = set_opt("attn_variant", 6 + w);
+    if (old < 0) break;
+    attn_tag = tags[w];
+    test_attention_case(7, 0, 7, 28, 4, 128, false, 64);
+    test_attention_case(300, 0, 300, 28, 4, 128, true, 300);
+    test_attention_case(300, 30, 330, 28, 4, 128, false, 300);
+    test_attention_case(300, 30, 330, 28, 4, 128, true, 300);
+    test_attention_case(1000, 29, 1029, 28, 4, 128, false, 40);
+    test_attention_case(1026, 1100, 2126, 28, 4, 128, false, 40);
+    test_attention_case(4098, 30, 4128, 28, 4, 128, false, 12);   /* 1024x1024 image block */
+    test_attention_case(200, 57, 300, 4, 4, 128, true, 200);      /* one query head per KV head */
+    test_attention_case(129, 0, 129, 2, 1, 128, false, 129);
+    test_attention_case(2, 4000, 4002, 28, 4, 128, true, 2);
+    set_opt("attn_variant", old);
+    attn_tag = "";
+  }
 }
 
 /* ---------------------------------------------------------------- add_row, silu */
