@@ -286,12 +286,13 @@ int main(int argc, char **argv) {
   };
   static const char *vname[] = {"v0: 4 warps, Q own smem", "v1: 4 warps, Q staged", "v2: 8 warps, Q staged",
                                  "v3: v1 + fewer instructions", "v4: v2 + fewer instructions",
-                                 "v5: auto (default)", "v6: wgmma, 2 warpgroups", "v7: wgmma, 3 warpgroups"};
+                                 "v5: auto (default)", "v6: wgmma, 2 warpgroups", "v7: wgmma, 3 warpgroups",
+                                 "v8: wgmma, TMA producer warp"};
   int vdef = usbx_cuda_set_option(be, "attn_variant", 1);
   usbx_cuda_set_option(be, "attn_variant", vdef);
   for (size_t i = 0; i < sizeof ac / sizeof ac[0] && (int)i < ncases; i++) {
     bool dec = ac[i].n_q <= 16;
-    for (int k = 0; k < (dec ? 2 : 8); k++) {      /* decode: split auto / off; prefill: variants */
+    for (int k = 0; k < (dec ? 2 : 9); k++) {      /* decode: split auto / off; prefill: variants */
       if (!dec && only_variant >= 0 && k != only_variant) continue;
       if (dec) usbx_cuda_set_option(be, "attn_split", k == 0);
       else usbx_cuda_set_option(be, "attn_variant", k);

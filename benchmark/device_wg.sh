@@ -12,7 +12,7 @@ BENCH_ONLY=attn BENCH_ATTN_CASES=4 timeout 200 build/bench/bench_ops_cuda > "$R/
 cat "$R/bench_attn.md"
 [ "${GEN:-1}" = 1 ] || exit 0
 usbx-ckpt init --config benchmark/shape-7b-mot-4layers.json --seed 1 "$W/b7l" > /dev/null && cp .devdata/tokenizer.json "$W/b7l/"
-for v in 5 6 7; do
+for v in ${VARIANTS:-5 6 7 8}; do
   for sz in 1024x1024 512x512; do
     USBX_CUDA_ATTN_VARIANT=$v timeout 150 build/bench/bench_gen --model "$W/b7l" --device cuda --size $sz --reps 3 --think-tokens 0 > "$R/gen4_${sz}_v$v.json"
     echo "variant $v $sz: $(jq -c '{s_per_image, peak_alloc_gib}' "$R/gen4_${sz}_v$v.json")"

@@ -16,6 +16,7 @@
 #include "cuda_common.cuh"
 #include "cuda_mma.cuh"
 #include "cuda_wgmma.cuh"
+#include <cuda.h>
 #include <math.h>
 #include <algorithm>
 
@@ -242,13 +243,134 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
   }
 }
 
-/* Hopper variant (sm_90a, head dim 128): the same row packing and online softmax, with the two
+/* Hopper variants (sm_90a, head dim 128): the same row packing and online softmax, with the two
  * products as warpgroup MMAs (wgmma m64n128k16) straight from 128-byte-swizzled shared memory
- * tiles (cuda_wgmma.cuh).  A block is NWG warpgroups of 64 rows each; key tiles of 128 are
- * double-buffered through cp.async.  Per tile and warpgroup: S = Q·Kᵀ (8 wgmma, A and B from
- * shared memory), the softmax on the accumulators, then O += P·V (8 wgmma, P from registers,
- * V transposed by the hardware).  No split keys: the launcher uses it for blocks of many rows. */
+ * tiles (cuda_wgmma.cuh).  A block is NWG warpgroups of 64 rows each; key tiles of 128.  Per tile
+ * and warpgroup (wg_tile): S = Q·Kᵀ (8 wgmma, A and B from shared memory), the softmax on the
+ * accumulators, then O += P·V (8 wgmma, P from registers, V transposed by the hardware).
+ *   k_flash_wg: every thread loads the next tile through cp.async (double-buffered) and a
+ *     block-wide barrier per tile keeps the warpgroups in step.
+ *   k_flash_tma: one producer warp feeds two stages through TMA (tensor maps of K and V) and
+ *     mbarriers; the consumer warpgroups wait only for their data, so they drift apart and one's
+ *     softmax overlaps another's products.
+ * No split keys: the launcher uses them for blocks of many rows. */
 #define WG_BK 128
+
+struct WgRows {                 /* a thread's two rows (fragment rows g and g+8) */
+  int lim_a, lim_b, wmin;       /* visible keys of each; the warp's smallest */
+  float m_a, m_b, l_a, l_b;     /* running maxima (log2 domain) and sums */
+};
+
+#if USBX_WGMMA_DEVICE
+/* one key tile j0.. for this warpgroup: dq, dk, dv the descriptors of its Q rows (BR-row tile) and
+ * of the tile's K and V */
+template <int BR>
+static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgRows &w, uint64_t dq, uint64_t dk, uint64_t dv, int j0,
+                                               float sc, int lane) {
+  float s[64];
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++)   /* k slice kk of d: half kk/4 of a tile, 32 bytes per slice */
+    wgmma_ss(s, dq + (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4),
+             dk + (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4), kk > 0);
+  wg_commit();
+  wg_wait0();
+  const bool need_mask = j0 + WG_BK > w.wmin;
+  float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      float xa = s[4 * j + e], xb = s[4 * j + 2 + e];
+      if (need_mask) {
+        int key = j0 + j * 8 + 2 * (lane & 3) + e;
+        if (key >= w.lim_a) xa = -INFINITY;
+        if (key >= w.lim_b) xb = -INFINITY;
+        s[4 * j + e] = xa; s[4 * j + 2 + e] = xb;
+      }
+      ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], xa);
+      mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], xb);
+    }
+  }
+  float mx_a = fmaxf(fmaxf(ma[0], ma[1]), fmaxf(ma[2], ma[3])), mx_b = fmaxf(fmaxf(mb[0], mb[1]), fmaxf(mb[2], mb[3]));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+  const float mn_a = fmaxf(w.m_a, mx_a * sc), mn_b = fmaxf(w.m_b, mx_b * sc);
+  const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+  const float al_a = ex2(w.m_a - mu_a), al_b = ex2(w.m_b - mu_b);
+  w.m_a = mn_a; w.m_b = mn_b;
+  float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
+  uint32_t pa[8][4];
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+    s[4 * j] = ex2(fmaf(s[4 * j], sc, -mu_a)); s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -mu_a));
+    s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -mu_b)); s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -mu_b));
+    sa[(j & 1) * 2] += s[4 * j]; sa[(j & 1) * 2 + 1] += s[4 * j + 1];
+    sb[(j & 1) * 2] += s[4 * j + 2]; sb[(j & 1) * 2 + 1] += s[4 * j + 3];
+    if (j & 1) acc_to_a(pa[j >> 1], &s[4 * (j - 1)], &s[4 * j]);
+  }
+  w.l_a = w.l_a * al_a + ((sa[0] + sa[1]) + (sa[2] + sa[3]));
+  w.l_b = w.l_b * al_b + ((sb[0] + sb[1]) + (sb[2] + sb[3]));
+  if (__any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) { o_acc[4 * j] *= al_a; o_acc[4 * j + 1] *= al_a; o_acc[4 * j + 2] *= al_b; o_acc[4 * j + 3] *= al_b; }
+  }
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15: 16 rows of 128 bytes into each half */
+    wgmma_rs_t(o_acc, pa[kk], dv + (uint64_t)((kk * 16 * 128) >> 4));
+  wg_commit();
+  wg_wait0();
+}
+
+/* rows ra and ra + 8 of this thread: limits, and the warp's smallest (masking is needed from there) */
+static __device__ __forceinline__ WgRows wg_rows(const AttnP &p, int ra, int rb) {
+  WgRows w;
+  w.lim_a = row_lim(p, ra); w.lim_b = row_lim(p, rb);
+  int wmin = min(ra < p.R ? w.lim_a : 1 << 30, rb < p.R ? w.lim_b : 1 << 30);
+  for (int o = 1; o < 32; o <<= 1) wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
+  w.wmin = wmin;
+  w.m_a = w.m_b = -INFINITY; w.l_a = w.l_b = 0.f;
+  return w;
+}
+
+/* the Q tile (BR packed rows of KV head kvh) into swizzled shared memory by the block's threads */
+template <int BR>
+static __device__ __forceinline__ void wg_load_q(const AttnP &p, unsigned char *sQ, int r0, int kvh, int tid, int nt) {
+  for (int c = tid; c < BR * 16; c += nt) {
+    int rr = c >> 4, ch = c & 15, r = r0 + rr;
+    bool ok = r < p.R;
+    const bf16 *src = p.q;
+    if (ok) { int i = r / p.G, h = kvh * p.G + r % p.G; src = p.q + ((size_t)i * p.H + h) * 128 + ch * 8; }
+    cp_async16(sQ + swz_off(rr, ch, BR), src, ok);
+  }
+  cp_commit();
+}
+
+static __device__ __forceinline__ void wg_store(const AttnP &p, const float (&o_acc)[64], WgRows w, int ra, int rb, int kvh, int lane) {
+  float l_a = w.l_a, l_b = w.l_b;
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int r = half ? rb : ra;
+    if (r >= p.R) continue;
+    const float inv = half ? inv_b : inv_a;
+    const int i = r / p.G, h = kvh * p.G + r % p.G;
+    bf16 *orow = p.out + ((size_t)i * p.H + h) * 128;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+      *(uint32_t *)(orow + j * 8 + cb) = pack_bf16(o_acc[4 * j + 2 * half] * inv, o_acc[4 * j + 2 * half + 1] * inv);
+  }
+}
+#endif
+
 template <int NWG>
 __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
 #if USBX_WGMMA_DEVICE
@@ -264,26 +386,14 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
   const int kv_end = row_lim(p, min(r0 + BR, p.R) - 1);
   const int n_tiles = (kv_end + WG_BK - 1) / WG_BK;
   /* the limits grow with the row: a warpgroup's widest row is its last */
-  const int wg_last = min(r0 + wg * 64 + 63, p.R - 1);
-  const int wg_max = r0 + wg * 64 < p.R ? row_lim(p, wg_last) : 0;
+  const int wg_max = r0 + wg * 64 < p.R ? row_lim(p, min(r0 + wg * 64 + 63, p.R - 1)) : 0;
   const int ra = r0 + warp * 16 + (lane >> 2), rb = ra + 8;
-  const int lim_a = row_lim(p, ra), lim_b = row_lim(p, rb);
-  int wmin = min(ra < p.R ? lim_a : 1 << 30, rb < p.R ? lim_b : 1 << 30);
-  for (int o = 1; o < 32; o <<= 1) wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
-
+  WgRows w = wg_rows(p, ra, rb);
   float o_acc[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
 
-  for (int c = tid; c < BR * 16; c += NT) {
-    int rr = c >> 4, ch = c & 15, r = r0 + rr;
-    bool ok = r < p.R;
-    const bf16 *src = p.q;
-    if (ok) { int i = r / p.G, h = kvh * p.G + r % p.G; src = p.q + ((size_t)i * p.H + h) * 128 + ch * 8; }
-    cp_async16(sQ + swz_off(rr, ch, BR), src, ok);
-  }
-  cp_commit();
+  wg_load_q<BR>(p, sQ, r0, kvh, tid, NT);
   /* this thread's chunk of every RPI-th key row: the swizzled position depends on row % 8 only */
   const int ch = tid & 15, row0 = tid >> 4;
   const uint32_t soff = swz_off(row0, ch, WG_BK);
@@ -307,9 +417,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
   /* K-major Q and K: 8-row groups 1024 bytes apart (the leading offset is unused); V, read
    * MN-major: the same, and its two 64-column halves WG_BK rows of 128 bytes apart */
   const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024);
-  const uint64_t dkv = wg_desc(sKV, 16, 1024);
-  const uint64_t dv0 = wg_desc(sKV, WG_BK * 128, 1024);
-  const float sc = p.scale_log2;
+  const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
 
   for (int t = 0; t < n_tiles; t++) {
     const int buf = t & 1;
@@ -317,91 +425,76 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
     else cp_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    const int j0 = t * WG_BK;
-    if (j0 < wg_max) {
-      float s[64];
-      const uint32_t kt = (2 * buf * TILE) >> 4, vt = ((2 * buf + 1) * TILE) >> 4;
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 8; kk++) {
-        /* k slice kk of d: half kk/4 of the tile (BR or 128 rows of 128 bytes), 32 bytes per slice */
-        const uint64_t a = dq + (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4);
-        const uint64_t b = dkv + kt + (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4);
-        wgmma_ss(s, a, b, kk > 0);
-      }
-      wg_commit();
-      wg_wait0();
-      const bool need_mask = j0 + WG_BK > wmin;
-      float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-#pragma unroll
-      for (int j = 0; j < 16; j++) {
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-          float xa = s[4 * j + e], xb = s[4 * j + 2 + e];
-          if (need_mask) {
-            int key = j0 + j * 8 + 2 * (lane & 3) + e;
-            if (key >= lim_a) xa = -INFINITY;
-            if (key >= lim_b) xb = -INFINITY;
-            s[4 * j + e] = xa; s[4 * j + 2 + e] = xb;
-          }
-          ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], xa);
-          mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], xb);
-        }
-      }
-      float mx_a = fmaxf(fmaxf(ma[0], ma[1]), fmaxf(ma[2], ma[3])), mx_b = fmaxf(fmaxf(mb[0], mb[1]), fmaxf(mb[2], mb[3]));
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-      const float mn_a = fmaxf(m_a, mx_a * sc), mn_b = fmaxf(m_b, mx_b * sc);
-      const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
-      const float al_a = ex2(m_a - mu_a), al_b = ex2(m_b - mu_b);
-      m_a = mn_a; m_b = mn_b;
-      float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
-      uint32_t pa[8][4];
-#pragma unroll
-      for (int j = 0; j < 16; j++) {
-        s[4 * j] = ex2(fmaf(s[4 * j], sc, -mu_a)); s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -mu_a));
-        s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -mu_b)); s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -mu_b));
-        sa[(j & 1) * 2] += s[4 * j]; sa[(j & 1) * 2 + 1] += s[4 * j + 1];
-        sb[(j & 1) * 2] += s[4 * j + 2]; sb[(j & 1) * 2 + 1] += s[4 * j + 3];
-        if (j & 1) acc_to_a(pa[j >> 1], &s[4 * (j - 1)], &s[4 * j]);
-      }
-      l_a = l_a * al_a + ((sa[0] + sa[1]) + (sa[2] + sa[3]));
-      l_b = l_b * al_b + ((sb[0] + sb[1]) + (sb[2] + sb[3]));
-      if (__any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {
-#pragma unroll
-        for (int j = 0; j < 16; j++) { o_acc[4 * j] *= al_a; o_acc[4 * j + 1] *= al_a; o_acc[4 * j + 2] *= al_b; o_acc[4 * j + 3] *= al_b; }
-      }
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15: 16 rows of 128 bytes into each half */
-        wgmma_rs_t(o_acc, pa[kk], dv0 + vt + (uint64_t)((kk * 16 * 128) >> 4));
-      wg_commit();
-      wg_wait0();
-    }
+    if (t * WG_BK < wg_max)
+      wg_tile<BR>(o_acc, w, dq, dk + ((2 * buf * TILE) >> 4), dv + (((2 * buf + 1) * TILE) >> 4), t * WG_BK, p.scale_log2, lane);
     __syncthreads();
   }
-
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-  const int cb = 2 * (lane & 3);
-#pragma unroll
-  for (int half = 0; half < 2; half++) {
-    const int r = half ? rb : ra;
-    if (r >= p.R) continue;
-    const float inv = half ? inv_b : inv_a;
-    const int i = r / p.G, h = kvh * p.G + r % p.G;
-    bf16 *orow = p.out + ((size_t)i * p.H + h) * 128;
-#pragma unroll
-    for (int j = 0; j < 16; j++)
-      *(uint32_t *)(orow + j * 8 + cb) = pack_bf16(o_acc[4 * j + 2 * half] * inv, o_acc[4 * j + 2 * half + 1] * inv);
-  }
+  wg_store(p, o_acc, w, ra, rb, kvh, lane);
 #else
   __trap();   /* launched only on sm_90 devices, which run the sm_90a image */
+#endif
+}
+
+/* 2 consumer warpgroups (warps 0-7) and a producer warp (warp 8); K and V through TMA boxes of 64
+ * columns x 128 keys (128-byte swizzle: the layout the descriptors expect), 2 stages */
+__global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_constant__ CUtensorMap tm_k,
+                                                      const __grid_constant__ CUtensorMap tm_v) {
+#if USBX_WGMMA_DEVICE
+  constexpr int NWG = 2, BR = 64 * NWG;
+  constexpr uint32_t TILE = WG_BK * 256, HALF = TILE / 2;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *sQ = base, *sKV = base + BR * 256;   /* [2 stages][K, V] */
+  uint64_t *full = (uint64_t *)(sKV + 4 * TILE), *empty = full + 2;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  const int kvh = blockIdx.y, r0 = blockIdx.x * BR;
+  const int kv_end = row_lim(p, min(r0 + BR, p.R) - 1);
+  const int n_tiles = (kv_end + WG_BK - 1) / WG_BK;
+
+  wg_load_q<BR>(p, sQ, r0, kvh, tid, blockDim.x);
+  if (tid == 0) {
+    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 4 * NWG); }
+    mbar_init_fence();
+  }
+  cp_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+
+  if (warp == 4 * NWG) {        /* producer: one thread issues the copies */
+    if (lane == 0)
+      for (int t = 0; t < n_tiles; t++) {
+        const int st = t & 1;
+        if (t >= 2) mbar_wait(&empty[st], ((t >> 1) - 1) & 1);
+        mbar_expect_tx(&full[st], 2 * TILE);
+        unsigned char *sk = sKV + 2 * st * TILE, *sv = sk + TILE;
+        const int col = kvh * 128, row = t * WG_BK;
+        tma_load_2d(sk, &tm_k, &full[st], col, row);
+        tma_load_2d(sk + HALF, &tm_k, &full[st], col + 64, row);
+        tma_load_2d(sv, &tm_v, &full[st], col, row);
+        tma_load_2d(sv + HALF, &tm_v, &full[st], col + 64, row);
+      }
+    return;
+  }
+  const int wg_max = r0 + wg * 64 < p.R ? row_lim(p, min(r0 + wg * 64 + 63, p.R - 1)) : 0;
+  const int ra = r0 + warp * 16 + (lane >> 2), rb = ra + 8;
+  WgRows w = wg_rows(p, ra, rb);
+  float o_acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
+  const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024);
+  const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
+  for (int t = 0; t < n_tiles; t++) {
+    const int st = t & 1;
+    mbar_wait(&full[st], (t >> 1) & 1);
+    if (t * WG_BK < wg_max)
+      wg_tile<BR>(o_acc, w, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), t * WG_BK, p.scale_log2, lane);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[st]);   /* this warp's reads of the stage are complete */
+  }
+  wg_store(p, o_acc, w, ra, rb, kvh, lane);
+#else
+  __trap();
 #endif
 }
 
@@ -418,6 +511,53 @@ static void launch_flash_wg(usbx_cuda *c, AttnP &p) {
   dim3 grid((p.R + BR - 1) / BR, p.Hkv, 1);
   k_flash_wg<NWG><<<grid, NWG * 128, smem, c->stream>>>(p);
   CUDA_LAUNCHED();
+}
+
+/* cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda) */
+typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *,
+                                   const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static tmap_encode_fn tmap_encoder(void) {
+  static tmap_encode_fn fn;
+  static bool tried;
+  if (!tried) {
+    tried = true;
+    void *f = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = (tmap_encode_fn)f;
+    else
+      (void)cudaGetLastError();
+  }
+  return fn;
+}
+/* a [rows, Hkv·128] bf16 cache as TMA boxes of 64 columns x 128 rows, 128-byte swizzle; rows past
+ * kv_len read as zeros */
+static bool kv_tmap(CUtensorMap *m, const void *base, int kv_len, int Hkv) {
+  tmap_encode_fn enc = tmap_encoder();
+  if (!enc) return false;
+  cuuint64_t dims[2] = {(cuuint64_t)Hkv * 128, (cuuint64_t)kv_len}, strides[1] = {(cuuint64_t)Hkv * 128 * 2};
+  cuuint32_t box[2] = {64, WG_BK}, estr[2] = {1, 1};
+  return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+/* false when the tensor maps cannot be made (no driver entry point): the caller falls back */
+static bool launch_flash_tma(usbx_cuda *c, AttnP &p) {
+  CUtensorMap tk, tv;
+  if (!kv_tmap(&tk, p.k, p.kv_len, p.Hkv) || !kv_tmap(&tv, p.v, p.kv_len, p.Hkv)) return false;
+  constexpr int BR = 128;
+  const size_t smem = 1024 + (size_t)BR * 256 + 4 * (size_t)WG_BK * 256 + 64;
+  static bool attr_set[64];
+  if (c->device < 64 && !attr_set[c->device]) {
+    CUDA_CHECK(cudaFuncSetAttribute(k_flash_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set[c->device] = true;
+  }
+  p.n_split = 1;
+  dim3 grid((p.R + BR - 1) / BR, p.Hkv, 1);
+  k_flash_tma<<<grid, 288, smem, c->stream>>>(p, tk, tv);
+  CUDA_LAUNCHED();
+  return true;
 }
 
 /* Merge the n_split partial results of each (kvh, row): one warp per row. */
@@ -519,23 +659,31 @@ static void launch_flash(usbx_cuda *c, AttnP &p) {
 
 /* variants (option "attn_variant"): 0 = 4 warps, Q own smem; 1 = 4 warps, Q staged;
  * 2 = 8 warps, Q staged; 3 = variant 1 + OPT; 4 = variant 2 + OPT; 6, 7 = wgmma with 2 or 3
- * warpgroups (sm_90, head dim 128; elsewhere 5); 5 (default) = auto: on sm_90 with head dim
- * 128, 7 when its 192-row blocks fill three waves, else 6 when its 128-row blocks fill one
- * (H100, 2026-11-26 21:20 UTC: 4098-token image block v3 277, v6 368, v7 382 TFLOP/s; 1026-token
- * block v4 175, v6 240, v7 183; 1000-token causal prefill v3 124, v6 145); otherwise 3, except
- * for a bidirectional block of >= 1024 rows that gives 3 fewer than two full waves (3 blocks of
- * 4 warps per SM), where 4 leaves less of the last wave idle (4098-token block v3 276 vs v4 242
- * TFLOP/s; 1026-token block v3 161 vs v4 173).  Fewer rows (decoding, short prefills) keep the
- * mma.sync kernels, which split the keys of a short grid. */
+ * warpgroups; 8 = wgmma fed by TMA and a producer warp (6-8: sm_90 and head dim 128 only, else
+ * 5); 5 (default) = auto.  Auto on sm_90 with head dim 128, unless the mma.sync launcher would
+ * split the keys of a short grid (decoding): 8, or where tensor maps cannot be made, 7 when its
+ * 192-row blocks fill three waves, 6 when its 128-row blocks fill one.  H100, 2026-11-26 21:40 UTC,
+ * TFLOP/s: 4098-token image block v3 278, v7 387, v8 509; 1026-token block v4 175, v6 240, v8 309;
+ * 1000-token causal prefill v3 124, v6 145, v8 179; 300 tokens after a 4128-token prefix v3 171,
+ * v8 248.  Otherwise 3, except for a bidirectional block of >= 1024 rows that gives 3 fewer than
+ * two full waves (3 blocks of 4 warps per SM), where 4 leaves less of the last wave idle
+ * (4098-token block v3 276 vs v4 242; 1026-token block v3 161 vs v4 173). */
 template <int DP>
 static void launch_variant(usbx_cuda *c, AttnP &p) {
   int v = c->opt_attn_variant;
   const bool wg_ok = DP == 128 && p.d == 128 && c->prop.major == 9;
   const long sms = c->prop.multiProcessorCount;
-  if ((v == 6 || v == 7) && !wg_ok) v = 5;
+  if ((v == 6 || v == 7 || v == 8) && !wg_ok) v = 5;
+  if (v == 8 && launch_flash_tma(c, p)) return;
+  if (v == 8) v = 5;
   if (v == 5 && wg_ok) {
-    if ((long)((p.R + 191) / 192) * p.Hkv >= 3 * sms) v = 7;
-    else if ((long)((p.R + 127) / 128) * p.Hkv >= sms) v = 6;
+    const int max_tiles = (std::min(p.kv_len, p.q_start + p.n_q) + BC - 1) / BC;
+    const bool would_split = c->opt_attn_split && (long)((p.R + 63) / 64) * p.Hkv < sms && max_tiles > 1;
+    if (!would_split) {
+      if (launch_flash_tma(c, p)) return;
+      if ((long)((p.R + 191) / 192) * p.Hkv >= 3 * sms) v = 7;
+      else if ((long)((p.R + 127) / 128) * p.Hkv >= sms) v = 6;
+    }
   }
   if (v == 5) {
     long blocks3 = (long)((p.R + 63) / 64) * p.Hkv;

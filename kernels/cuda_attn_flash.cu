@@ -539,7 +539,9 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
     CUDA_LAUNCHED();
     k_status<<<dim3(p.nt, p.nt), 256, 0, c->stream>>>(st, meta, p.n, p.nt);
     CUDA_LAUNCHED();
-    const size_t smem = (size_t)2 * p.nt * sizeof(int);
+    /* 16 bytes more than the counts: ptxas loads the remainder loop's counts as one 12-byte
+     * access, which compute-sanitizer (memcheck) flagged as a read past the end at nt = 1 */
+    const size_t smem = (size_t)2 * p.nt * sizeof(int) + 16;
     if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_tile_order, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     k_tile_order<<<1, 1024, smem, c->stream>>>(order, order + p.nt, st, p.nt);
     CUDA_LAUNCHED();

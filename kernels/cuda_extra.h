@@ -20,9 +20,10 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *                  1 = 4 warps, Q staged in a K/V buffer (less shared memory, more blocks per SM);
  *                  2 = 8 warps (128 query rows per block), Q staged; 3 = 1 with fewer instructions
  *                  per key tile; 4 = 2 with fewer instructions; 6, 7 = warpgroup MMA (wgmma, sm_90
- *                  and head dim 128 only) with 2 or 3 warpgroups per block; 5 = auto (on sm_90 with
- *                  head dim 128, 7 or 6 when the grid fills the GPU; else 3, or 4 for image blocks
- *                  too small to fill two waves of 3).  Env USBX_CUDA_ATTN_VARIANT.
+ *                  and head dim 128 only) with 2 or 3 warpgroups per block, all threads loading;
+ *                  8 = wgmma fed by TMA from a producer warp; 5 = auto (on sm_90 with head dim 128,
+ *                  8 unless decoding splits the keys; else 3, or 4 for image blocks too small to
+ *                  fill two waves of 3).  Env USBX_CUDA_ATTN_VARIANT.
  *   "f32_mode"   [3] matmul_f32 / attention_f32 arithmetic: 0 = fp32 (cuBLAS SIMT); 1 = TF32
  *                  tensor cores (both ops; ~3e-4 relative); 2 = bf16x3 split for matmul_f32 (bf16
  *                  tensor cores on hi/lo halves, ~1e-5 relative; attention_f32 stays fp32);

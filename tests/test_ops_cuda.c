@@ -597,10 +597,11 @@ static void test_attention(void) {
   test_attention_case(5, 1, 6, 2, 2, 136, false, 5);             /* d > 128: fallback */
   test_attention_case(300, 0, 300, 1, 1, 512, false, 60);        /* VAE mid-block: 1 head of 512 channels */
   test_attention_case(20, 3, 23, 2, 1, 264, true, 20);
-  /* the Hopper (wgmma) kernel, with 2 and 3 warpgroups per block, forced (on other GPUs the
-   * launcher falls back to the mma.sync kernels, which these cases then test again) */
-  static const char *tags[] = {" [wgmma, 2 warpgroups]", " [wgmma, 3 warpgroups]"};
-  for (int w = 0; w < 2; w++) {
+  /* the Hopper (wgmma) kernels, forced: 2 and 3 warpgroups per block, and TMA with a producer
+   * warp (on other GPUs the launcher falls back to the mma.sync kernels, which these cases then
+   * test again) */
+  static const char *tags[] = {" [wgmma, 2 warpgroups]", " [wgmma, 3 warpgroups]", " [wgmma, TMA producer]"};
+  for (int w = 0; w < 3; w++) {
     int old = set_opt("attn_variant", 6 + w);
     if (old < 0) break;
     attn_tag = tags[w];
