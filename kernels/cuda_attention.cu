@@ -38,6 +38,12 @@ __device__ __forceinline__ int row_lim(const AttnP &p, int r) {
   return min(lim, p.kv_len);
 }
 
+/* a fragment row's value summed over the quad of threads that hold the row */
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 /* QA: the Q tile is staged in K/V buffer 1 (free until the second key tile), which saves
  * BR·LD·2 bytes of shared memory per block.
  * OPT: fewer instructions per key tile — K/V load addresses from per-thread bases (no division
@@ -208,10 +214,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
   }
 
   /* epilogue */
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  l_a = quad_sum(l_a); l_b = quad_sum(l_b);
   const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
   const int cb = 2 * (lane & 3);
 #pragma unroll
@@ -350,11 +353,7 @@ static __device__ __forceinline__ void wg_load_q(const AttnP &p, unsigned char *
 }
 
 static __device__ __forceinline__ void wg_store(const AttnP &p, const float (&o_acc)[64], WgRows w, int ra, int rb, int kvh, int lane) {
-  float l_a = w.l_a, l_b = w.l_b;
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const float l_a = quad_sum(w.l_a), l_b = quad_sum(w.l_b);
   const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
   const int cb = 2 * (lane & 3);
 #pragma unroll
