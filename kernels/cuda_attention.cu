@@ -523,8 +523,12 @@ static tmap_encode_fn tmap_encoder(void) {
     tried = true;
     void *f = NULL;
     cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
-        q == cudaDriverEntryPointSuccess)
+#if CUDART_VERSION >= 12050   /* the unversioned lookup is deprecated from 12.5 on */
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+    cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+    if (e == cudaSuccess && q == cudaDriverEntryPointSuccess)
       fn = (tmap_encode_fn)f;
     else
       (void)cudaGetLastError();
