@@ -12,7 +12,9 @@
  * key tiles of each block are split over gridDim.z blocks (flash-decoding); each writes a
  * normalised partial O and its log-sum-exp, and a second kernel merges them.
  * Head dims that are not a multiple of 8, or above 128 (up to 512: the autoencoder's single-head
- * attention over 512 channels), take a simple one-warp-per-(query, head) kernel. */
+ * attention over 512 channels), take a simple one-warp-per-(query, head) kernel.
+ * On sm_90 with head dim 128, grids that need no key split run the Hopper kernels below
+ * (warpgroup MMAs, K and V through TMA from a producer warp: k_flash_tma). */
 #include "cuda_common.cuh"
 #include "cuda_mma.cuh"
 #include "cuda_wgmma.cuh"
