@@ -610,39 +610,49 @@ void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mar
   int nr = 0;
   if (U > 0) runs[nr++] = (run){0, U, 0};
   if (G > 0) runs[nr++] = (run){U, G, 1};
+  /* The marker rows (a few matrix-vector products over the und expert's weights, bound by memory
+   * bandwidth) run on lane 1 beside the latents' products (bound by the tensor cores); the two
+   * meet at the attention.  USBX_GEN_LANES=0: one lane. */
+  const char *ev = getenv("USBX_GEN_LANES");
+  bool lanes = nr == 2 && be->set_lane && !(ev && strcmp(ev, "0") == 0);
+#define LANE_OF(e) do { if (lanes) usbx_lane(be, (e) == 0 ? 1 : 0); } while (0)
+  if (lanes) usbx_lane_wait(be, 1, 0);   /* the inputs (m->x, positions) were written on lane 0 */
   for (int l = 0; l < cf->layers; l++) {
     for (int r = 0; r < nr; r++) {
-      const expert_w *w = &m->layers[l].e[runs[r].e];
-      int r0 = runs[r].r0, n = runs[r].n;
+      int e = runs[r].e, r0 = runs[r].r0, n = runs[r].n;
+      const expert_w *w = &m->layers[l].e[e];
+      LANE_OF(e);
       char *h = (char *)m->h_mm + (size_t)r0 * D * mm;
       be->rmsnorm(be, h, true, m->x + (size_t)r0 * D, w->in_norm, n, D, cf->eps);
       be->matmul(be, m->q + (size_t)r0 * Hd, h, w->q_w, w->q_b, n, Hd, D, false);
       be->matmul(be, m->k + (size_t)r0 * KVd, h, w->k_w, w->k_b, n, KVd, D, false);
       be->matmul(be, m->v + (size_t)r0 * KVd, h, w->v_w, w->v_b, n, KVd, D, false);
+      /* q, k and v of this expert's rows of each branch, next to that branch's cache */
+      int nb_rows = e ? n_lat : n_mark, dst = e ? n_mark : 0;
+      for (int b = 0; b < nb; b++) {
+        usbx_ctx *c = cs[b];
+        int src = r0 + b * nb_rows;
+        char *kc = (char *)c->k[l] + (size_t)(c->len + dst) * KVd * mm, *vc = (char *)c->v[l] + (size_t)(c->len + dst) * KVd * mm;
+        be->qk_norm_rope(be, (char *)m->q_mm + (size_t)(b * T + dst) * Hd * mm, Hd, m->q + (size_t)src * Hd, w->q_norm, m->d_pos + src, nb_rows, H, d, cf->eps, cf->theta);
+        be->qk_norm_rope(be, kc, KVd, m->k + (size_t)src * KVd, w->k_norm, m->d_pos + src, nb_rows, Hkv, d, cf->eps, cf->theta);
+        be->to_mm(be, vc, KVd, m->v + (size_t)src * KVd, nb_rows, KVd);
+      }
     }
+    LANE_OF(1);
+    if (lanes) usbx_lane_wait(be, 0, 1);
     for (int b = 0; b < nb; b++) {
       usbx_ctx *c = cs[b];
-      for (int part = 0; part < 2; part++) {
-        const expert_w *w = &m->layers[l].e[part];
-        int n = part ? n_lat : n_mark, src = part ? U + b * n_lat : b * n_mark, dst = part ? n_mark : 0;
-        if (!n) continue;
-        char *kc = (char *)c->k[l] + (size_t)(c->len + dst) * KVd * mm, *vc = (char *)c->v[l] + (size_t)(c->len + dst) * KVd * mm;
-        be->qk_norm_rope(be, (char *)m->q_mm + (size_t)(b * T + dst) * Hd * mm, Hd, m->q + (size_t)src * Hd, w->q_norm, m->d_pos + src, n, H, d, cf->eps, cf->theta);
-        be->qk_norm_rope(be, kc, KVd, m->k + (size_t)src * KVd, w->k_norm, m->d_pos + src, n, Hkv, d, cf->eps, cf->theta);
-        be->to_mm(be, vc, KVd, m->v + (size_t)src * KVd, n, KVd);
-      }
       usbx_attn_args aa = {.n_q = T, .q_start = c->len, .kv_len = c->len + T, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .causal = false};
       be->attention(be, (char *)m->o_mm + (size_t)b * T * Hd * mm, (char *)m->q_mm + (size_t)b * T * Hd * mm, c->k[l], c->v[l], &aa);
     }
-    for (int b = 0; b < nb; b++)
-      for (int part = 0; part < 2; part++) {
-        const expert_w *w = &m->layers[l].e[part];
-        int n = part ? n_lat : n_mark, dst = part ? U + b * n_lat : b * n_mark, src = b * T + (part ? n_mark : 0);
-        if (n) be->matmul(be, m->x + (size_t)dst * D, (char *)m->o_mm + (size_t)src * Hd * mm, w->o_w, NULL, n, D, Hd, true);
-      }
+    if (lanes) usbx_lane_wait(be, 1, 0);
     for (int r = 0; r < nr; r++) {
-      const expert_w *w = &m->layers[l].e[runs[r].e];
-      int r0 = runs[r].r0, n = runs[r].n;
+      int e = runs[r].e, r0 = runs[r].r0, n = runs[r].n;
+      const expert_w *w = &m->layers[l].e[e];
+      LANE_OF(e);
+      int nb_rows = e ? n_lat : n_mark, src0 = e ? n_mark : 0;
+      for (int b = 0; b < nb; b++)
+        be->matmul(be, m->x + (size_t)(r0 + b * nb_rows) * D, (char *)m->o_mm + (size_t)(b * T + src0) * Hd * mm, w->o_w, NULL, nb_rows, D, Hd, true);
       float *x = m->x + (size_t)r0 * D;
       char *h = (char *)m->h_mm + (size_t)r0 * D * mm, *act = (char *)m->act_mm + (size_t)r0 * F * mm;
       be->rmsnorm(be, h, true, x, w->post_norm, n, D, cf->eps);
@@ -650,8 +660,12 @@ void usbx_bagel_forward_branches(usbx_bagel *m, usbx_ctx **cs, int nb, int n_mar
       be->matmul(be, x, act, w->down, NULL, n, D, F, true);
     }
   }
-  for (int r = 0; r < nr; r++)
+  for (int r = 0; r < nr; r++) {
+    LANE_OF(runs[r].e);
     be->rmsnorm(be, m->x + (size_t)runs[r].r0 * D, false, m->x + (size_t)runs[r].r0 * D, m->norm[runs[r].e], runs[r].n, D, cf->eps);
+  }
+#undef LANE_OF
+  if (lanes) { usbx_lane(be, 0); usbx_lane_wait(be, 0, 1); }
 }
 
 /* lm_head over the first T rows of m->x (already final-normed), into m->logits (device f32). */

@@ -43,7 +43,6 @@ struct usbx_dist {
   int *peers;          /* rank 0: socket of each rank (index 0 unused); others: peers[0] = rank 0 */
   nccl_api nccl;
   nccl_comm comm;
-  void *stream;
   double *d_host;      /* NCCL: device staging for allreduce_host */
   int d_host_cap;
 };
@@ -224,7 +223,6 @@ usbx_dist *usbx_dist_open(usbx_backend *be, const usbx_dist_env *e, char *err, s
     /* multicast (NVLS) can take a shared host's GPUs down: keep it off unless the user decided */
     setenv("NCCL_NVLS_ENABLE", getenv("NCCL_NVLS_ENABLE") ? getenv("NCCL_NVLS_ENABLE") : "0", 1);
     if (nccl_load(&d->nccl, err, errlen)) { usbx_dist_close(d); return NULL; }
-    d->stream = usbx_cuda_stream(be);
 #endif
   }
   if (tcp_connect_all(d, e, err, errlen)) { usbx_dist_close(d); return NULL; }
@@ -249,21 +247,31 @@ void usbx_dist_close(usbx_dist *d) {
   free(d);
 }
 
+/* NCCL runs on the backend's current lane (ops.h set_lane) */
+static void *cur_stream(usbx_dist *d) {
+#ifdef USBX_HAVE_CUDA
+  return usbx_cuda_stream(d->be);
+#else
+  (void)d;
+  return NULL;
+#endif
+}
+
 void usbx_dist_allreduce(usbx_dist *d, float *buf, size_t n) {
   if (!d || d->world == 1 || !n) return;
-  if (d->comm) nccl_check(d, d->nccl.all_reduce(buf, buf, n, NCCL_FLOAT32, NCCL_SUM, d->comm, d->stream), "ncclAllReduce");
+  if (d->comm) nccl_check(d, d->nccl.all_reduce(buf, buf, n, NCCL_FLOAT32, NCCL_SUM, d->comm, cur_stream(d)), "ncclAllReduce");
   else tcp_allreduce(d, buf, n, false);
 }
 
 void usbx_dist_reduce(usbx_dist *d, float *buf, size_t n, int root) {
   if (!d || d->world == 1 || !n) return;
-  if (d->comm) nccl_check(d, d->nccl.reduce(buf, buf, n, NCCL_FLOAT32, NCCL_SUM, root, d->comm, d->stream), "ncclReduce");
+  if (d->comm) nccl_check(d, d->nccl.reduce(buf, buf, n, NCCL_FLOAT32, NCCL_SUM, root, d->comm, cur_stream(d)), "ncclReduce");
   else tcp_allreduce(d, buf, n, false);
 }
 
 void usbx_dist_broadcast(usbx_dist *d, void *buf, size_t bytes, int root) {
   if (!d || d->world == 1 || !bytes) return;
-  if (d->comm) nccl_check(d, d->nccl.broadcast(buf, buf, bytes, NCCL_UINT8, root, d->comm, d->stream), "ncclBroadcast");
+  if (d->comm) nccl_check(d, d->nccl.broadcast(buf, buf, bytes, NCCL_UINT8, root, d->comm, cur_stream(d)), "ncclBroadcast");
   else tcp_broadcast(d, buf, bytes, root);
 }
 
@@ -279,7 +287,7 @@ void usbx_dist_allreduce_host(usbx_dist *d, double *v, int n) {
     d->d_host_cap = n;
   }
   d->be->upload(d->be, d->d_host, v, sizeof(double) * (size_t)n);
-  nccl_check(d, d->nccl.all_reduce(d->d_host, d->d_host, (size_t)n, NCCL_FLOAT64, NCCL_SUM, d->comm, d->stream), "ncclAllReduce");
+  nccl_check(d, d->nccl.all_reduce(d->d_host, d->d_host, (size_t)n, NCCL_FLOAT64, NCCL_SUM, d->comm, cur_stream(d)), "ncclAllReduce");
   d->be->download(d->be, v, d->d_host, sizeof(double) * (size_t)n);
 }
 

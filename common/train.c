@@ -58,7 +58,8 @@ struct usbx_trainer {
   usbx_wlist wl;
   pool pool;              /* step buffers, kept between steps */
   bool recompute;         /* keep only each decoder layer's input; recompute the layer in the backward */
-  float *layer_ws;        /* shared gradient buffer of the decoder layers (usbx_trainer_share_layer_grads) */
+  float *layer_ws;        /* shared gradient buffers of the decoder layers (usbx_trainer_share_layer_grads) */
+  size_t layer_ws_n;      /* floats in all of them */
   void (*layer_done)(void *ctx, int layer);
   void *layer_ctx;
   void (*gather)(void *ctx, int layer);   /* ZeRO-3 (usbx_trainer_gather_layers) */
@@ -118,7 +119,8 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
 
 void usbx_trainer_set_recompute(usbx_trainer *t, bool on) { t->recompute = on; }
 
-void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ctx, int layer), void *ctx) {
+void usbx_trainer_share_layer_grads(usbx_trainer *t, int nbuf, void (*layer_done)(void *ctx, int layer), void *ctx) {
+  if (nbuf < 1) usbx_die("usbx_trainer_share_layer_grads: %d buffers", nbuf);
   int L = t->m->cfg.layers;
   size_t *used = xcalloc((size_t)L, sizeof(size_t)), total = 0;
   /* offsets within a layer follow the enumeration order, the same for every layer */
@@ -132,15 +134,16 @@ void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ct
   for (int l = 0; l < L; l++)
     if (used[l] != total) usbx_die("usbx_trainer_share_layer_grads: layer %d has %zu trained values, layer 0 %zu", l, used[l], used[0]);
   if (total) {
-    t->layer_ws = t->be->alloc(t->be, sizeof(float) * total);
-    t->be->memset0(t->be, t->layer_ws, sizeof(float) * total);
+    t->layer_ws_n = total * (size_t)nbuf;
+    t->layer_ws = t->be->alloc(t->be, sizeof(float) * t->layer_ws_n);
+    t->be->memset0(t->be, t->layer_ws, sizeof(float) * t->layer_ws_n);
     memset(used, 0, sizeof(size_t) * (size_t)L);
     for (int i = 0; i < t->wl.n; i++) {
       gslot *g = slot_of(t, *t->wl.v[i].dst);
       int l = g ? usbx_bagel_layer_of(g->name) : -1;
       if (l < 0 || l >= L) continue;
       t->be->free(t->be, g->g);
-      g->g = t->layer_ws + used[l];
+      g->g = t->layer_ws + (size_t)(l % nbuf) * total + used[l];
       used[l] += (size_t)g->n;
     }
   }
@@ -371,13 +374,11 @@ typedef struct {
 } llm_saved;
 
 void usbx_trainer_zero_grads(usbx_trainer *t) {
-  size_t shared = 0;
   for (int i = 0; i < t->cap; i++) {
-    if (!t->slots[i].w) continue;
-    if (t->layer_ws && usbx_bagel_layer_of(t->slots[i].name) >= 0) { if (usbx_bagel_layer_of(t->slots[i].name) == 0) shared += (size_t)t->slots[i].n; continue; }
+    if (!t->slots[i].w || (t->layer_ws && usbx_bagel_layer_of(t->slots[i].name) >= 0)) continue;
     t->be->memset0(t->be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
   }
-  if (shared) t->be->memset0(t->be, t->layer_ws, sizeof(float) * shared);
+  if (t->layer_ws) t->be->memset0(t->be, t->layer_ws, sizeof(float) * t->layer_ws_n);
 }
 
 /* ---------------------------------------------------------------- decoder layer forward */

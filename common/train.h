@@ -59,11 +59,12 @@ void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float c
  * backward (activation checkpointing: memory of one layer's activations instead of all of them,
  * for about a third more compute; the results are identical). */
 void usbx_trainer_set_recompute(usbx_trainer *t, bool on);
-/* The decoder layers' gradients share one buffer of one layer's size (call before asking for
- * gradient pointers): after the backward of layer l, layer_done(ctx, l) must take the layer's
- * gradients (usbx_trainer_grad pointers of its tensors, which point into the shared buffer) and
- * leave them zero.  Data parallel training reduces them to their owners there (ZeRO-2). */
-void usbx_trainer_share_layer_grads(usbx_trainer *t, void (*layer_done)(void *ctx, int layer), void *ctx);
+/* The decoder layers' gradients share nbuf buffers of one layer's size, layer l using buffer
+ * l % nbuf (call before asking for gradient pointers): after the backward of layer l,
+ * layer_done(ctx, l) must take the layer's gradients (usbx_trainer_grad pointers of its tensors,
+ * which point into the shared buffer) and leave them zero.  Data parallel training reduces them
+ * to their owners there (ZeRO-2); with 2 buffers it may do that beside the next layer's backward. */
+void usbx_trainer_share_layer_grads(usbx_trainer *t, int nbuf, void (*layer_done)(void *ctx, int layer), void *ctx);
 /* ZeRO-3: the decoder layers' weights are not resident; before the trainer reads layer l's
  * weights (forward, recomputation, backward) it calls gather(ctx, l), which must make the model's
  * layer l pointers valid.  Needs share_layer_grads first.  usbx_trainer_weights_moved: the model's

@@ -79,6 +79,7 @@ typedef struct {
   float *full;        /* device scratch of the largest tensor (gathering ranges for a checkpoint) */
   char *slot;         /* ZeRO-3: one decoder layer's weights, gathered */
   int resident;       /* the layer in slot, -1 for none */
+  bool overlap;       /* ZeRO-2 on a GPU: layer gradients reduced on lane 1 beside the backward */
 } state;
 
 /* rank r's range of the trained parameters: [r*T/W, (r+1)*T/W) rounded to 256 elements */
@@ -309,6 +310,14 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
 static void layer_grads_done(void *ctx, int l) {
   state *S = ctx;
   usbx_backend *be = S->be;
+  if (S->overlap) {
+    /* layer l-1's backward writes the buffer of layer l+1, whose reductions went to lane 1 one
+     * layer ago: it waits for them; this layer's go to lane 1 after its backward.  Every
+     * collective stays on lane 1 until the step joins it, so all ranks run them in one order. */
+    usbx_lane_wait(be, 0, 1);
+    usbx_lane_wait(be, 1, 0);
+    usbx_lane(be, 1);
+  }
   usbx_dist_group_begin(S->dist);
   for (int i = 0; i < S->np; i++)
     if (S->p[i].trained && S->p[i].layer == l) reduce_ranges(S, &S->p[i]);
@@ -319,6 +328,7 @@ static void layer_grads_done(void *ctx, int l) {
     if (p->len) be->add(be, p->gs, p->g + p->off, p->len);
     be->memset0(be, p->g, sizeof(float) * p->n);
   }
+  usbx_lane(be, 0);
 }
 
 /* the summed gradient of this rank's range of p (after the step's reductions) */
@@ -337,7 +347,7 @@ static double lr_at(const usbx_train_opts *o, long k, long total) {
 static void gather_layer(void *ctx, int l) {
   state *S = ctx;
   if (S->resident == l) return;
-  usbx_dist_group_begin(S->dist);
+  usbx_dist_group_begin(S->dist);   /* (no lane 1 work with ZeRO-3: the collectives stay in order) */
   for (int i = 0; i < S->np; i++)
     if (S->p[i].sharded && S->p[i].layer == l) gather_ranges(S, &S->p[i], S->slot + S->p[i].slot_off, S->p[i].wr, w_elem(S, &S->p[i]));
   usbx_dist_group_end(S->dist);
@@ -460,7 +470,12 @@ int usbx_train_run(const usbx_train_opts *o) {
   S.tr = usbx_trainer_new(m, frozen);
   usbx_trainer_set_recompute(S.tr, o->recompute);
   bool zero2 = env.world > 1 && o->zero >= 2;
-  if (zero2) usbx_trainer_share_layer_grads(S.tr, layer_grads_done, &S);
+  /* ZeRO-2 on a GPU: two layer buffers, so a layer's reductions run beside the next layer's
+   * backward (USBX_TRAIN_OVERLAP=0: in line).  ZeRO-3 keys gradients by the one gathered slot,
+   * so it keeps one buffer and reduces in line. */
+  const char *ov = getenv("USBX_TRAIN_OVERLAP");
+  S.overlap = zero2 && o->zero == 2 && be->set_lane && !(ov && strcmp(ov, "0") == 0);
+  if (zero2) usbx_trainer_share_layer_grads(S.tr, S.overlap ? 2 : 1, layer_grads_done, &S);
   usbx_bagel_enumerate(cf, parts, m, &S.wl);
   S.p = xcalloc((size_t)S.wl.n, sizeof *S.p);
   S.np = S.wl.n;
@@ -608,6 +623,7 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_train_out out = {0};
       bs[j].ce_den = ce_den; bs[j].mse_den = mse_den;
       usbx_trainer_add_grads(S.tr, &bs[j], (float)o->ce_weight, (float)o->mse_weight, &out);
+      usbx_lane_wait(be, 0, 1);   /* the last layers' reductions (overlap) */
       part[0] += out.ce; part[1] += out.mse;
     }
     for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&bs[j]);

@@ -45,7 +45,48 @@ static void c_copy(usbx_backend *be, void *dst, const void *src, size_t bytes) {
 static void c_memset0(usbx_backend *be, void *p, size_t bytes) {
   if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, CU(be)->stream));
 }
-static void c_sync(usbx_backend *be) { CUDA_CHECK(cudaStreamSynchronize(CU(be)->stream)); }
+static void c_sync(usbx_backend *be) {
+  usbx_cuda *c = CU(be);
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  if (c->lanes[1].stream) CUDA_CHECK(cudaStreamSynchronize(c->lane ? c->lanes[0].stream : c->lanes[1].stream));
+}
+
+/* lane 1: a stream of the highest priority (its short kernels go first when SMs free up), its own
+ * cuBLAS workspace and scratch (ops on both lanes may run at once) */
+static void lane1_make(usbx_cuda *c) {
+  if (c->lanes[1].stream) return;
+  int lo = 0, hi = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+  CUDA_CHECK(cudaStreamCreateWithPriority(&c->lanes[1].stream, cudaStreamNonBlocking, hi));
+  CUDA_CHECK(cudaMalloc(&c->lanes[1].workspace, WORKSPACE_BYTES));
+  for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&c->lane_ev[i], cudaEventDisableTiming));
+}
+/* makes lane's stream, workspace and scratch the current ones (the fields ops use) */
+static void lane_swap(usbx_cuda *c, int lane) {
+  c->lanes[c->lane].scratch = c->attn_scratch; c->lanes[c->lane].scratch_bytes = c->attn_scratch_bytes;
+  c->lane = lane;
+  c->stream = c->lanes[lane].stream;
+  c->workspace = c->lanes[lane].workspace;
+  c->attn_scratch = c->lanes[lane].scratch; c->attn_scratch_bytes = c->lanes[lane].scratch_bytes;
+}
+static void c_set_lane(usbx_backend *be, int lane) {
+  usbx_cuda *c = CU(be);
+  if (lane != 0 && lane != 1) usbx_die("cuda: lane %d (0 or 1)", lane);
+  if (lane == c->lane) return;
+  lane1_make(c);
+  lane_swap(c, lane);
+  CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+  CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->workspace, c->workspace_bytes));
+}
+static void c_lane_wait(usbx_backend *be, int waiter, int signaler) {
+  usbx_cuda *c = CU(be);
+  if (waiter == signaler) return;
+  if ((waiter != 0 && waiter != 1) || (signaler != 0 && signaler != 1)) usbx_die("cuda: lane_wait(%d, %d)", waiter, signaler);
+  if (signaler == 1 && !c->lanes[1].stream) return;   /* nothing was ever enqueued there */
+  lane1_make(c);
+  CUDA_CHECK(cudaEventRecord(c->lane_ev[signaler], c->lanes[signaler].stream));
+  CUDA_CHECK(cudaStreamWaitEvent(c->lanes[waiter].stream, c->lane_ev[signaler], 0));
+}
 static size_t c_mem_available(usbx_backend *be) {
   (void)be;
   size_t fr = 0, tot = 0;
@@ -288,6 +329,14 @@ static void c_matmul_f32(usbx_backend *be, float *y, const float *x, const float
 /* ------------------------------------------------------------------ construction */
 static void cuda_release(usbx_cuda *c) {
   if (!c) return;
+  if (c->lane) lane_swap(c, 0);   /* lane 0's resources are freed below */
+  if (c->lanes[1].stream) {
+    cudaStreamSynchronize(c->lanes[1].stream);
+    cudaStreamDestroy(c->lanes[1].stream);
+    cudaFree(c->lanes[1].workspace);
+    if (c->lanes[1].scratch) cudaFree(c->lanes[1].scratch);
+    for (int i = 0; i < 2; i++) cudaEventDestroy(c->lane_ev[i]);
+  }
   for (int i = 0; i < c->n_plans; i++) plan_destroy(&c->plans[i]);
   for (int b = 0; b < 2; b++) {
     if (c->pinned[b]) cudaFreeHost(c->pinned[b]);
@@ -336,6 +385,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   INIT_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream creation");
   INIT_TRY(cudaMalloc(&c->workspace, WORKSPACE_BYTES), "workspace allocation");
   c->workspace_bytes = WORKSPACE_BYTES;
+  c->lanes[0].stream = c->stream;
+  c->lanes[0].workspace = c->workspace;
 #undef INIT_TRY
   cublasStatus_t s = cublasCreate(&c->blas);
   if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(c->blas, c->stream);
@@ -374,6 +425,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   be->copy = c_copy;
   be->memset0 = c_memset0;
   be->sync = c_sync;
+  be->set_lane = c_set_lane;
+  be->lane_wait = c_lane_wait;
   be->mem_available = c_mem_available;
   be->upload_convert = c_upload_convert;
   be->matmul = c_matmul;

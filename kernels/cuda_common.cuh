@@ -53,14 +53,19 @@ typedef struct {
 typedef struct {
   int device;
   cudaDeviceProp prop;
-  cudaStream_t stream;
+  cudaStream_t stream;      /* the current lane's (ops.h set_lane); the fields below it marked "lane" too */
   cublasHandle_t blas;
   cublasLtHandle_t lt;
-  void *workspace; size_t workspace_bytes;
+  void *workspace; size_t workspace_bytes;   /* lane */
   /* upload_convert: two pinned host chunks and two raw device chunks, events guard reuse */
   void *pinned[2]; void *raw[2]; cudaEvent_t staged[2]; size_t stage_bytes;
   /* scratch for attention split-K partials, GroupNorm and CFG sums (grown on demand) */
-  void *attn_scratch; size_t attn_scratch_bytes;
+  void *attn_scratch; size_t attn_scratch_bytes;   /* lane */
+  /* lanes: each keeps its own stream, cuBLAS workspace and scratch; the current one's are in the
+   * fields above.  Lane 1 is made when first used. */
+  int lane;
+  struct { cudaStream_t stream; void *workspace; void *scratch; size_t scratch_bytes; } lanes[2];
+  cudaEvent_t lane_ev[2];   /* recorded on lane i for a wait of the other */
   usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
   /* options (cuda_extra.h) */
   int opt_gemv, opt_lt, opt_attn_split, opt_attn_variant;

@@ -105,7 +105,14 @@ struct usbx_backend {
   void (*download)(usbx_backend *be, void *dst, const void *src, size_t bytes);
   void (*copy)(usbx_backend *be, void *dst, const void *src, size_t bytes);   /* device to device */
   void (*memset0)(usbx_backend *be, void *p, size_t bytes);
-  void (*sync)(usbx_backend *be);
+  void (*sync)(usbx_backend *be);       /* waits for the work of every lane */
+  /* Two lanes of work that the GPU runs side by side (CUDA: two streams, lane 1 of the higher
+   * priority).  Ops go to the lane set last (0 at start).  lane_wait(be, a, b): what is enqueued
+   * on lane a from now on starts after everything enqueued on lane b so far.  Download waits for
+   * its own lane only.  NULL on the CPU backends, which run every op in order: use usbx_lane and
+   * usbx_lane_wait, which do nothing there. */
+  void (*set_lane)(usbx_backend *be, int lane);
+  void (*lane_wait)(usbx_backend *be, int waiter, int signaler);
   /* device memory free for new allocations now; SIZE_MAX when unknown (CPU) */
   size_t (*mem_available)(usbx_backend *be);
   /* upload n host values of dtype src_dt into an mm (to_mm) or f32 buffer, converting */
@@ -214,6 +221,9 @@ struct usbx_backend {
   void (*destroy)(usbx_backend *be);   /* frees handles/streams; NULL for the static CPU table */
   void *impl;                 /* backend private state */
 };
+
+static inline void usbx_lane(usbx_backend *be, int lane) { if (be->set_lane) be->set_lane(be, lane); }
+static inline void usbx_lane_wait(usbx_backend *be, int waiter, int signaler) { if (be->lane_wait) be->lane_wait(be, waiter, signaler); }
 
 /* Backends. usbx_backend_cpu never fails; usbx_backend_cuda returns NULL (with a reason in
  * err) when the build has no CUDA or no GPU is visible. */

@@ -217,6 +217,69 @@ static void test_matmul(void) {
   test_matmul_case(64, 3584, 18944, false, true);
 }
 
+/* ---------------------------------------------------------------- lanes */
+/* lane 1 runs a chain of products (y = reps · x·Wᵀ) while lane 0 runs a product of its own (each
+ * lane has its own cuBLAS workspace); after lane_wait(0, 1) lane 0 copies y, which must be
+ * complete.  The same copy without the wait shows whether the lanes really overlap (printed only:
+ * a race may or may not be seen). */
+static void lanes_chain(void *dx, void *dw, float *dy, int M, int N, int K, int reps) {
+  usbx_lane(be, 1);
+  for (int r = 0; r < reps; r++) be->matmul(be, dy, dx, dw, NULL, M, N, K, r > 0);
+}
+static void test_lanes(void) {
+  if (!be->set_lane) { report("lanes", "backend without lanes", 0.0, 0.0); return; }
+  int M = 1024, N = 4096, K = 4096, reps = 8, M2 = 300, N2 = 1000, K2 = 520;
+  float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)N * K, 1.0 / sqrt(K));
+  float *x2 = randn((size_t)M2 * K2, 1.0), *w2 = randn((size_t)N2 * K2, 1.0 / sqrt(K2));
+  round_mm(x, (size_t)M * K); round_mm(w, (size_t)N * K); round_mm(x2, (size_t)M2 * K2); round_mm(w2, (size_t)N2 * K2);
+  void *dx = dev_mm(x, (size_t)M * K), *dw = dev_mm(w, (size_t)N * K), *dx2 = dev_mm(x2, (size_t)M2 * K2), *dw2 = dev_mm(w2, (size_t)N2 * K2);
+  size_t ny = (size_t)M * N;
+  float *dy = be->alloc(be, ny * sizeof(float)), *dz = be->alloc(be, ny * sizeof(float));
+  float *dy2 = be->alloc(be, (size_t)M2 * N2 * sizeof(float));
+  poison(dy, ny * sizeof(float)); poison(dz, ny * sizeof(float)); poison(dy2, (size_t)M2 * N2 * sizeof(float));
+  lanes_chain(dx, dw, dy, M, N, K, reps);
+  usbx_lane(be, 0);
+  be->matmul(be, dy2, dx2, dw2, NULL, M2, N2, K2, false);
+  usbx_lane_wait(be, 0, 1);
+  be->copy(be, dz, dy, ny * sizeof(float));
+  float *z = get_f32(dz, ny), *y2 = get_f32(dy2, (size_t)M2 * N2);
+  /* rows 0-7 and the last row of z against reps · x·Wᵀ */
+  int rows[9] = {0, 1, 2, 3, 4, 5, 6, 7, M - 1};
+  double *ref = xmalloc(9 * (size_t)N * sizeof *ref);
+  float *zr = xmalloc(9 * (size_t)N * sizeof *zr);
+  for (int i = 0; i < 9; i++)
+    for (int n = 0; n < N; n++) {
+      double s = 0;
+      for (int k = 0; k < K; k++) s += (double)x[(size_t)rows[i] * K + k] * w[(size_t)n * K + k];
+      ref[(size_t)i * N + n] = reps * s;
+      zr[(size_t)i * N + n] = z[(size_t)rows[i] * N + n];
+    }
+  report("lanes", "lane 1 chain of 8 products, read on lane 0 after lane_wait", relerr(zr, ref, 9 * (size_t)N), 1e-4);
+  double *ref2 = xmalloc((size_t)M2 * N2 * sizeof *ref2);
+  for (int m = 0; m < M2; m++)
+    for (int n = 0; n < N2; n++) {
+      double s = 0;
+      for (int k = 0; k < K2; k++) s += (double)x2[(size_t)m * K2 + k] * w2[(size_t)n * K2 + k];
+      ref2[(size_t)m * N2 + n] = s;
+    }
+  report("lanes", "lane 0 product beside the chain", relerr(y2, ref2, (size_t)M2 * N2), 1e-4);
+  /* the same without the wait: how much of y lane 0 saw unfinished */
+  be->sync(be);
+  poison(dy, ny * sizeof(float)); poison(dz, ny * sizeof(float));
+  lanes_chain(dx, dw, dy, M, N, K, reps);
+  usbx_lane(be, 0);
+  be->copy(be, dz, dy, ny * sizeof(float));
+  be->sync(be);
+  float *z0 = get_f32(dz, ny);
+  size_t unfinished = 0;
+  for (size_t i = 0; i < ny; i++) unfinished += !(z0[i] == z[i]);
+  printf("%-30s without lane_wait the copy saw %zu of %zu values unfinished (shows the lanes overlap)\n", "lanes", unfinished, ny);
+  free(z0);
+  free(x); free(w); free(x2); free(w2); free(z); free(y2); free(ref); free(zr); free(ref2);
+  be->free(be, dx); be->free(be, dw); be->free(be, dx2); be->free(be, dw2);
+  be->free(be, dy); be->free(be, dz); be->free(be, dy2);
+}
+
 /* ---------------------------------------------------------------- embed */
 static void test_embed(void) {
   int Vs[] = {1000, 50}, Ds[] = {3584, 7}, Ts[] = {1, 7, 300};
@@ -1262,6 +1325,7 @@ int main(int argc, char **argv) {
   RUN(test_memory());
   RUN(test_upload_convert());
   RUN(test_matmul());
+  RUN(test_lanes());
   RUN(test_gate_up());
   RUN(test_embed());
   RUN(test_norm(false));
