@@ -343,18 +343,21 @@ int main(int argc, char **argv) {
   out("| n | samples | kernels | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
   int tn[][2] = {{2048, 1}, {8192, 2}, {8204, 2}, {8192, 4}, {16384, 4}};   /* 8204: samples of 4102 tokens, as the trainer packs them */
   for (int i = 0; i < 5; i++)
-    for (int kind = 3; kind >= 0; kind--) {   /* 3 flash, 2 by sample through cuBLAS, 1 tiled, 0 scalar */
-      if (getenv("BENCH_TRAIN_KIND") && atoi(getenv("BENCH_TRAIN_KIND")) != kind) continue;
+    for (int kind = 4; kind >= 0; kind--) {   /* 4 flash (Hopper forward on sm_90), 3 flash with the mma.sync forward,
+                                                 2 by sample through cuBLAS, 1 tiled, 0 scalar; BENCH_TRAIN_KIND=34: those */
+      if (getenv("BENCH_TRAIN_KIND") && !strchr(getenv("BENCH_TRAIN_KIND"), '0' + kind)) continue;
       if (!kind && (tn[i][0] > 8192 || tn[i][0] % 1024)) continue;    /* the scalar kernels take seconds there */
-      int old = usbx_cuda_set_option(be, "attn_masked_tc", kind > 0), old_fl = usbx_cuda_set_option(be, "attn_masked_flash", kind == 3);
+      int old = usbx_cuda_set_option(be, "attn_masked_tc", kind > 0), old_fl = usbx_cuda_set_option(be, "attn_masked_flash", kind >= 3);
+      int old_wg = usbx_cuda_set_option(be, "attn_masked_wg", kind == 4);
       double f, b, pairs;
       time_train_attn(tn[i][0], tn[i][1], kind ? (reps > 10 ? 10 : reps) : 2, kind == 2, &f, &b, &pairs);
       usbx_cuda_set_option(be, "attn_masked_tc", old);
       usbx_cuda_set_option(be, "attn_masked_flash", old_fl);
+      usbx_cuda_set_option(be, "attn_masked_wg", old_wg);
       /* visible pairs: fwd 4·d flops each (QK, PV), bwd 10·d (QK, dO·V, dV, dK, dQ; hi/lo terms and the
        * flash dQ kernel's second QK and dO·V not counted) */
       out("| %d | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", tn[i][0], tn[i][1],
-          kind == 3 ? "flash" : kind == 2 ? "by sample (cuBLAS)" : kind ? "tiled tensor cores" : "scalar (warp per row)",
+          kind == 4 ? "flash" : kind == 3 ? "flash, mma.sync forward" : kind == 2 ? "by sample (cuBLAS)" : kind ? "tiled tensor cores" : "scalar (warp per row)",
           f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
     }
   }

@@ -40,12 +40,6 @@ __device__ __forceinline__ int row_lim(const AttnP &p, int r) {
   return min(lim, p.kv_len);
 }
 
-/* a fragment row's value summed over the quad of threads that hold the row */
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
 /* QA: the Q tile is staged in K/V buffer 1 (free until the second key tile), which saves
  * BR·LD·2 bytes of shared memory per block.
  * OPT: fewer instructions per key tile — K/V load addresses from per-thread bases (no division
@@ -259,76 +253,24 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
  *     mbarriers; the consumer warpgroups wait only for their data, so they drift apart and one's
  *     softmax overlaps another's products.
  * No split keys: the launcher uses them for blocks of many rows. */
-#define WG_BK 128
-
 struct WgRows {                 /* a thread's two rows (fragment rows g and g+8) */
   int lim_a, lim_b, wmin;       /* visible keys of each; the warp's smallest */
-  float m_a, m_b, l_a, l_b;     /* running maxima (log2 domain) and sums */
+  WgSoftmax sm;
 };
 
 #if USBX_WGMMA_DEVICE
-/* one key tile j0.. for this warpgroup: dq, dk, dv the descriptors of its Q rows (BR-row tile) and
- * of the tile's K and V */
-template <int BR>
-static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgRows &w, uint64_t dq, uint64_t dk, uint64_t dv, int j0,
-                                               float sc, int lane) {
-  float s[64];
-  wg_fence();
-#pragma unroll
-  for (int kk = 0; kk < 8; kk++)   /* k slice kk of d: half kk/4 of a tile, 32 bytes per slice */
-    wgmma_ss(s, dq + (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4),
-             dk + (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4), kk > 0);
-  wg_commit();
-  wg_wait0();
-  const bool need_mask = j0 + WG_BK > w.wmin;
-  float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-#pragma unroll
-  for (int j = 0; j < 16; j++) {
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-      float xa = s[4 * j + e], xb = s[4 * j + 2 + e];
-      if (need_mask) {
-        int key = j0 + j * 8 + 2 * (lane & 3) + e;
-        if (key >= w.lim_a) xa = -INFINITY;
-        if (key >= w.lim_b) xb = -INFINITY;
-        s[4 * j + e] = xa; s[4 * j + 2 + e] = xb;
-      }
-      ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], xa);
-      mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], xb);
-    }
+/* keys from each row's limit on are hidden (a prefix per query row) */
+struct PrefixMask {
+  int j0, lim_a, lim_b;
+  bool on;                      /* some row of the warp ends inside this tile */
+  __device__ __forceinline__ bool active() const { return on; }
+  __device__ __forceinline__ void apply(int col, float &xa, float &xb) const {
+    const int key = j0 + col;
+    if (key >= lim_a) xa = -INFINITY;
+    if (key >= lim_b) xb = -INFINITY;
   }
-  float mx_a = fmaxf(fmaxf(ma[0], ma[1]), fmaxf(ma[2], ma[3])), mx_b = fmaxf(fmaxf(mb[0], mb[1]), fmaxf(mb[2], mb[3]));
-  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-  const float mn_a = fmaxf(w.m_a, mx_a * sc), mn_b = fmaxf(w.m_b, mx_b * sc);
-  const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
-  const float al_a = ex2(w.m_a - mu_a), al_b = ex2(w.m_b - mu_b);
-  w.m_a = mn_a; w.m_b = mn_b;
-  float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
-  uint32_t pa[8][4];
-#pragma unroll
-  for (int j = 0; j < 16; j++) {
-    s[4 * j] = ex2(fmaf(s[4 * j], sc, -mu_a)); s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -mu_a));
-    s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -mu_b)); s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -mu_b));
-    sa[(j & 1) * 2] += s[4 * j]; sa[(j & 1) * 2 + 1] += s[4 * j + 1];
-    sb[(j & 1) * 2] += s[4 * j + 2]; sb[(j & 1) * 2 + 1] += s[4 * j + 3];
-    if (j & 1) acc_to_a(pa[j >> 1], &s[4 * (j - 1)], &s[4 * j]);
-  }
-  w.l_a = w.l_a * al_a + ((sa[0] + sa[1]) + (sa[2] + sa[3]));
-  w.l_b = w.l_b * al_b + ((sb[0] + sb[1]) + (sb[2] + sb[3]));
-  if (__any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {
-#pragma unroll
-    for (int j = 0; j < 16; j++) { o_acc[4 * j] *= al_a; o_acc[4 * j + 1] *= al_a; o_acc[4 * j + 2] *= al_b; o_acc[4 * j + 3] *= al_b; }
-  }
-  wg_fence();
-#pragma unroll
-  for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15: 16 rows of 128 bytes into each half */
-    wgmma_rs_t(o_acc, pa[kk], dv + (uint64_t)((kk * 16 * 128) >> 4));
-  wg_commit();
-  wg_wait0();
-}
+};
+static __device__ __forceinline__ PrefixMask prefix_mask(const WgRows &w, int j0) { return {j0, w.lim_a, w.lim_b, j0 + WG_BK > w.wmin}; }
 
 /* rows ra and ra + 8 of this thread: limits, and the warp's smallest (masking is needed from there) */
 static __device__ __forceinline__ WgRows wg_rows(const AttnP &p, int ra, int rb) {
@@ -337,7 +279,7 @@ static __device__ __forceinline__ WgRows wg_rows(const AttnP &p, int ra, int rb)
   int wmin = min(ra < p.R ? w.lim_a : 1 << 30, rb < p.R ? w.lim_b : 1 << 30);
   for (int o = 1; o < 32; o <<= 1) wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
   w.wmin = wmin;
-  w.m_a = w.m_b = -INFINITY; w.l_a = w.l_b = 0.f;
+  w.sm = wg_softmax_init();
   return w;
 }
 
@@ -355,7 +297,7 @@ static __device__ __forceinline__ void wg_load_q(const AttnP &p, unsigned char *
 }
 
 static __device__ __forceinline__ void wg_store(const AttnP &p, const float (&o_acc)[64], WgRows w, int ra, int rb, int kvh, int lane) {
-  const float l_a = quad_sum(w.l_a), l_b = quad_sum(w.l_b);
+  const float l_a = quad_sum(w.sm.l_a), l_b = quad_sum(w.sm.l_b);
   const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
   const int cb = 2 * (lane & 3);
 #pragma unroll
@@ -427,7 +369,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
     fence_proxy_async();
     __syncthreads();
     if (t * WG_BK < wg_max)
-      wg_tile<BR>(o_acc, w, dq, dk + ((2 * buf * TILE) >> 4), dv + (((2 * buf + 1) * TILE) >> 4), t * WG_BK, p.scale_log2, lane);
+      wg_tile<BR>(o_acc, w.sm, dq, dk + ((2 * buf * TILE) >> 4), dv + (((2 * buf + 1) * TILE) >> 4), p.scale_log2, lane, prefix_mask(w, t * WG_BK));
     __syncthreads();
   }
   wg_store(p, o_acc, w, ra, rb, kvh, lane);
@@ -489,7 +431,7 @@ __global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_cons
     const int st = t & 1;
     mbar_wait(&full[st], (t >> 1) & 1);
     if (t * WG_BK < wg_max)
-      wg_tile<BR>(o_acc, w, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), t * WG_BK, p.scale_log2, lane);
+      wg_tile<BR>(o_acc, w.sm, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), p.scale_log2, lane, prefix_mask(w, t * WG_BK));
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[st]);   /* this warp's reads of the stage are complete */
   }
@@ -514,39 +456,6 @@ static void launch_flash_wg(usbx_cuda *c, AttnP &p) {
   CUDA_LAUNCHED();
 }
 
-/* cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda) */
-typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *,
-                                   const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-static tmap_encode_fn tmap_encoder(void) {
-  static tmap_encode_fn fn;
-  static bool tried;
-  if (!tried) {
-    tried = true;
-    void *f = NULL;
-    cudaDriverEntryPointQueryResult q;
-#if CUDART_VERSION >= 12050   /* the unversioned lookup is deprecated from 12.5 on */
-    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
-#else
-    cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
-#endif
-    if (e == cudaSuccess && q == cudaDriverEntryPointSuccess)
-      fn = (tmap_encode_fn)f;
-    else
-      (void)cudaGetLastError();
-  }
-  return fn;
-}
-/* a [rows, Hkv·128] bf16 cache as TMA boxes of 64 columns x 128 rows, 128-byte swizzle; rows past
- * kv_len read as zeros */
-static bool kv_tmap(CUtensorMap *m, const void *base, int kv_len, int Hkv) {
-  tmap_encode_fn enc = tmap_encoder();
-  if (!enc) return false;
-  cuuint64_t dims[2] = {(cuuint64_t)Hkv * 128, (cuuint64_t)kv_len}, strides[1] = {(cuuint64_t)Hkv * 128 * 2};
-  cuuint32_t box[2] = {64, WG_BK}, estr[2] = {1, 1};
-  return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
 /* false when the tensor maps cannot be made (no driver entry point): the caller falls back */
 static bool launch_flash_tma(usbx_cuda *c, AttnP &p) {
   CUtensorMap tk, tv;

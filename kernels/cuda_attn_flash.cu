@@ -26,6 +26,7 @@
  * and all accumulation in fp32.  The cpu-bf16 backend rounds at the same places
  * (cpu_attention_masked.c). */
 #include "cuda_mma.cuh"
+#include "cuda_wgmma.cuh"
 #include <limits.h>
 #include <math.h>
 #include <algorithm>
@@ -507,6 +508,151 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
   }
 }
 
+/* ---------------------------------------------------------------- Hopper forward (sm_90a, d = 128)
+ * One block per (128 queries, query head): two consumer warpgroups, one 64-query tile each, and a
+ * producer warp that brings K and V of the block's active 128-key tiles into two stages through
+ * TMA, as cuda_attention.cu's k_flash_tma; the per-tile work is wg_tile (cuda_wgmma.cuh).  A key
+ * tile is active for the block when one of its two 64-key halves is for one of the two query
+ * tiles; per warpgroup it is then skipped (both halves empty), taken whole (both full) or masked
+ * per element from the metadata (read through the cache: mixed tiles are few). */
+constexpr int WQ = 128;                /* queries per block */
+#if USBX_WGMMA_DEVICE
+constexpr int WG_IDX = (1 << 28) - 1;  /* list entry: key tile | mode of warpgroup w << (28 + 2w) */
+
+/* the block's active 128-key tiles for query tiles qt0 and qt0 + 1 (warp 0 builds the list); each
+ * warpgroup's mode: 0 skip, 1 whole, 2 masked.  Returns the count (all threads). */
+__device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
+  __shared__ int count;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nk = (nt + 1) / 2;
+  if (warp == 0) {
+    int c = 0;
+    for (int base = 0; base < nk; base += 32) {
+      const int t = base + lane;
+      int e = t;
+      for (int w = 0; w < 2 && t < nk; w++) {
+        const int qt = qt0 + w;
+        if (qt >= nt) continue;
+        const uint8_t s0 = st[(size_t)qt * nt + 2 * t], s1 = 2 * t + 1 < nt ? st[(size_t)qt * nt + 2 * t + 1] : T_NONE;
+        const int mode = s0 == T_NONE && s1 == T_NONE ? 0 : s0 == T_FULL && s1 == T_FULL ? 1 : 2;
+        e |= mode << (28 + 2 * w);
+      }
+      const bool act = t < nk && (e >> 28) != 0;
+      const unsigned b = __ballot_sync(0xffffffffu, act);
+      if (act) list[c + __popc(b & ((1u << lane) - 1u))] = e;
+      c += __popc(b);
+    }
+    if (lane == 0) count = c;
+  }
+  __syncthreads();
+  return count;
+}
+
+/* ops.h's rule per element of a key tile starting at k0 (keys past n are padding) */
+struct MetaMask {
+  const int4 *meta;
+  int n, k0;
+  int4 qa, qb;
+  bool on;
+  __device__ __forceinline__ bool active() const { return on; }
+  __device__ __forceinline__ void apply(int col, float &xa, float &xb) const {
+    const int key = k0 + col;
+    const int4 km = key < n ? __ldg(meta + key) : make_int4(0, 0, 0, 0);
+    if (!vis(qa, km)) xa = -INFINITY;
+    if (!vis(qb, km)) xb = -INFINITY;
+  }
+};
+#endif
+
+__global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
+                                                       const __grid_constant__ CUtensorMap tm_v) {
+#if USBX_WGMMA_DEVICE
+  constexpr uint32_t TILE = WG_BK * 256, HALF = TILE / 2;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *sQ = base, *sKV = base + WQ * 256;   /* [2 stages][K, V] */
+  uint64_t *full = (uint64_t *)(sKV + 4 * TILE), *empty = full + 2;
+  int *list = (int *)(empty + 2);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  const int qb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
+  for (int c = tid; c < WQ * 16; c += blockDim.x) {   /* the Q tile, swizzled; rows past n zero */
+    const int rr = c >> 4, ch = c & 15, t = q0 + rr;
+    const bool ok = t < p.n;
+    cp_async16(sQ + swz_off(rr, ch, WQ), ok ? p.q + ((size_t)t * p.H + h) * 128 + ch * 8 : p.q, ok);
+  }
+  cp_commit();
+  if (tid == 0) {
+    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 8); }
+    mbar_init_fence();
+  }
+  const int n_act = wg_active_tiles(list, p.status, 2 * qb, p.nt);
+  cp_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+
+  if (warp == 8) {              /* producer: one thread issues the copies */
+    if (lane == 0)
+      for (int a = 0; a < n_act; a++) {
+        const int st = a & 1;
+        if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
+        mbar_expect_tx(&full[st], 2 * TILE);
+        unsigned char *sk = sKV + 2 * st * TILE, *sv = sk + TILE;
+        const int col = kvh * 128, row = (list[a] & WG_IDX) * WG_BK;
+        tma_load_2d(sk, &tm_k, &full[st], col, row);
+        tma_load_2d(sk + HALF, &tm_k, &full[st], col + 64, row);
+        tma_load_2d(sv, &tm_v, &full[st], col, row);
+        tma_load_2d(sv + HALF, &tm_v, &full[st], col + 64, row);
+      }
+    return;
+  }
+  const int ra = warp * 16 + (lane >> 2), rb = ra + 8, ta = q0 + ra, tb = q0 + rb;
+  const int4 mqa = ta < p.n ? p.meta[ta] : make_int4(0, 0, 0, 0), mqb = tb < p.n ? p.meta[tb] : make_int4(0, 0, 0, 0);
+  WgSoftmax sm = wg_softmax_init();
+  float o_acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
+  const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024);
+  const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
+  for (int a = 0; a < n_act; a++) {
+    const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
+    mbar_wait(&full[st], (a >> 1) & 1);
+    if (mode)
+      wg_tile<WQ>(o_acc, sm, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), p.sl2, lane,
+                  MetaMask{p.meta, p.n, (e & WG_IDX) * WG_BK, mqa, mqb, mode == 2});
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[st]);   /* this warp's reads of the stage are complete */
+  }
+  const float l_a = quad_sum(sm.l_a), l_b = quad_sum(sm.l_b);
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = half ? tb : ta;
+    if (t >= p.n) continue;
+    const float l = half ? l_b : l_a, m = half ? sm.m_b : sm.m_a, inv = l > 0.f ? 1.f / l : 0.f;
+    bf16 *orow = p.out + ((size_t)t * p.H + h) * 128;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+      *(uint32_t *)(orow + j * 8 + cb) = pack_bf16(o_acc[4 * j + 2 * half] * inv, o_acc[4 * j + 2 * half + 1] * inv);
+    if ((lane & 3) == 0) p.lse[(size_t)h * p.n + t] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
+  }
+#else
+  __trap();   /* launched only on sm_90 devices, which run the sm_90a image */
+#endif
+}
+
+/* false when it does not apply (not an sm_90 device, head dim not 128, option off) or the tensor
+ * maps cannot be made: the caller runs the mma.sync forward */
+bool fwd_tma(usbx_cuda *c, const FP &p) {
+  if (p.d != 128 || !c->opt_attn_masked_wg || c->prop.major != 9 || c->prop.minor != 0) return false;
+  CUtensorMap tk, tv;
+  if (!kv_tmap(&tk, p.k, p.n, p.Hkv) || !kv_tmap(&tv, p.v, p.n, p.Hkv)) return false;
+  const size_t smem = 1024 + (size_t)WQ * 256 + 4 * (size_t)WG_BK * 256 + 32 + (size_t)(p.nt + 1) / 2 * sizeof(int);
+  CUDA_CHECK(cudaFuncSetAttribute(k_fa_fwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  k_fa_fwd_tma<<<(unsigned)((p.n + WQ - 1) / WQ * p.H), 288, smem, c->stream>>>(p, tk, tv);
+  CUDA_LAUNCHED();
+  return true;
+}
+
 bool flash_ok(const usbx_attn_masked_args *a, const void *q, const void *k, const void *v, const void *o) {
   return a->n > 0 && a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0 && a->head_dim % 8 == 0 &&
          a->head_dim > 0 && a->head_dim <= 128 && (a->n + TB - 1) / TB <= 16384 &&
@@ -587,7 +733,7 @@ bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf1
   p.q = q; p.k = k; p.v = v; p.out = out; p.lse = lse;
   if (p.d <= 32) fwd<32>(c, p);
   else if (p.d <= 64) fwd<64>(c, p);
-  else fwd<128>(c, p);
+  else if (!fwd_tma(c, p)) fwd<128>(c, p);
   return true;
 }
 

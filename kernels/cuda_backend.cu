@@ -410,6 +410,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   if (getenv("USBX_CUDA_ATTN_MASKED_FLASH")) c->opt_attn_masked_flash = atoi(getenv("USBX_CUDA_ATTN_MASKED_FLASH"));
   c->opt_attn_masked_row = 1;
   if (getenv("USBX_CUDA_ATTN_MASKED_ROW")) c->opt_attn_masked_row = atoi(getenv("USBX_CUDA_ATTN_MASKED_ROW"));
+  c->opt_attn_masked_wg = 1;
+  if (getenv("USBX_CUDA_ATTN_MASKED_WG")) c->opt_attn_masked_wg = atoi(getenv("USBX_CUDA_ATTN_MASKED_WG"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
            c->prop.major, c->prop.minor);
 
@@ -483,6 +485,7 @@ extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int valu
          : !strcmp(name, "attn_masked_tc") ? &c->opt_attn_masked_tc
          : !strcmp(name, "attn_masked_gemm") ? &c->opt_attn_masked_gemm
          : !strcmp(name, "attn_masked_row") ? &c->opt_attn_masked_row
+         : !strcmp(name, "attn_masked_wg") ? &c->opt_attn_masked_wg
          : !strcmp(name, "attn_masked_flash") ? &c->opt_attn_masked_flash : NULL;
   if (!strcmp(name, "gateup_bf16")) {
     int old = be->matmul_mm != NULL;

@@ -43,6 +43,11 @@ static __device__ __forceinline__ float ex2(float x) {   /* 2^x, flush-to-zero; 
 }
 
 
+/* a fragment row's value summed over the quad of threads that hold the row */
+static __device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
 /* Fragments of one warp's m16n8k16 products from row-major bf16 tiles in shared memory (row
  * stride ld elements; s points at the tile's first row and k column):
  *   ldsm_a   A (16 rows x 16 k) from a [row][k] tile;

@@ -13,6 +13,8 @@
 #ifndef USBX_CUDA_WGMMA_CUH
 #define USBX_CUDA_WGMMA_CUH
 #include "cuda_common.cuh"
+#include "cuda_mma.cuh"
+#include <cuda.h>
 
 /* the wgmma code is compiled only into the sm_90a image; launches check the device first */
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -96,4 +98,112 @@ static __device__ __forceinline__ void wgmma_rs_t(float (&d)[64], const uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 #endif
+
+/* ---------------------------------------------------------------- flash attention tiles */
+#define WG_BK 128               /* keys per tile */
+/* a thread's softmax state of its two rows (fragment rows g and g+8): running maxima of the
+ * scaled scores (log2 domain) and sums */
+struct WgSoftmax { float m_a, m_b, l_a, l_b; };
+static __host__ __device__ __forceinline__ WgSoftmax wg_softmax_init() { return {-INFINITY, -INFINITY, 0.f, 0.f}; }
+
+#if USBX_WGMMA_DEVICE
+/* one key tile of WG_BK keys for this warpgroup, online softmax: dq, dk, dv the descriptors of its
+ * Q rows (BR-row tile) and of the tile's K and V; sc the softmax scale times log2(e); mask hides
+ * keys: mask.active() says whether it applies to this tile, mask.apply(col, xa, xb) -INF's the
+ * scores of the thread's two rows at tile column col */
+template <int BR, typename Mask>
+static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgSoftmax &w, uint64_t dq, uint64_t dk, uint64_t dv,
+                                               float sc, int lane, const Mask &mask) {
+  float s[64];
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++)   /* k slice kk of d: half kk/4 of a tile, 32 bytes per slice */
+    wgmma_ss(s, dq + (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4),
+             dk + (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4), kk > 0);
+  wg_commit();
+  wg_wait0();
+  const bool need_mask = mask.active();
+  float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      float xa = s[4 * j + e], xb = s[4 * j + 2 + e];
+      if (need_mask) {
+        mask.apply(j * 8 + 2 * (lane & 3) + e, xa, xb);
+        s[4 * j + e] = xa; s[4 * j + 2 + e] = xb;
+      }
+      ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], xa);
+      mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], xb);
+    }
+  }
+  float mx_a = fmaxf(fmaxf(ma[0], ma[1]), fmaxf(ma[2], ma[3])), mx_b = fmaxf(fmaxf(mb[0], mb[1]), fmaxf(mb[2], mb[3]));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+  const float mn_a = fmaxf(w.m_a, mx_a * sc), mn_b = fmaxf(w.m_b, mx_b * sc);
+  const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+  const float al_a = ex2(w.m_a - mu_a), al_b = ex2(w.m_b - mu_b);
+  w.m_a = mn_a; w.m_b = mn_b;
+  float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
+  uint32_t pa[8][4];
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+    s[4 * j] = ex2(fmaf(s[4 * j], sc, -mu_a)); s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -mu_a));
+    s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sc, -mu_b)); s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sc, -mu_b));
+    sa[(j & 1) * 2] += s[4 * j]; sa[(j & 1) * 2 + 1] += s[4 * j + 1];
+    sb[(j & 1) * 2] += s[4 * j + 2]; sb[(j & 1) * 2 + 1] += s[4 * j + 3];
+    if (j & 1) acc_to_a(pa[j >> 1], &s[4 * (j - 1)], &s[4 * j]);
+  }
+  w.l_a = w.l_a * al_a + ((sa[0] + sa[1]) + (sa[2] + sa[3]));
+  w.l_b = w.l_b * al_b + ((sb[0] + sb[1]) + (sb[2] + sb[3]));
+  if (__any_sync(0xffffffffu, al_a != 1.f || al_b != 1.f)) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) { o_acc[4 * j] *= al_a; o_acc[4 * j + 1] *= al_a; o_acc[4 * j + 2] *= al_b; o_acc[4 * j + 3] *= al_b; }
+  }
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15: 16 rows of 128 bytes into each half */
+    wgmma_rs_t(o_acc, pa[kk], dv + (uint64_t)((kk * 16 * 128) >> 4));
+  wg_commit();
+  wg_wait0();
+}
+
+#endif
+
+/* cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda) */
+typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *,
+                                   const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static tmap_encode_fn tmap_encoder(void) {
+  static tmap_encode_fn fn;
+  static bool tried;
+  if (!tried) {
+    tried = true;
+    void *f = NULL;
+    cudaDriverEntryPointQueryResult q;
+#if CUDART_VERSION >= 12050   /* the unversioned lookup is deprecated from 12.5 on */
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+    cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+    if (e == cudaSuccess && q == cudaDriverEntryPointSuccess)
+      fn = (tmap_encode_fn)f;
+    else
+      (void)cudaGetLastError();
+  }
+  return fn;
+}
+/* a [rows, Hkv·128] bf16 matrix (a K or V cache) as TMA boxes of 64 columns x WG_BK rows, 128-byte
+ * swizzle (the layout of the tiles above); rows past `rows` read as zeros.  False when the driver
+ * entry point is missing */
+static bool kv_tmap(CUtensorMap *m, const void *base, int rows, int Hkv) {
+  tmap_encode_fn enc = tmap_encoder();
+  if (!enc) return false;
+  cuuint64_t dims[2] = {(cuuint64_t)Hkv * 128, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)Hkv * 128 * 2};
+  cuuint32_t box[2] = {64, WG_BK}, estr[2] = {1, 1};
+  return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
 #endif

@@ -1132,13 +1132,16 @@ static void test_attention_masked(void) {
    * through cuBLAS (cuda_attn_gemm.cu) */
   /* row: -1 default, 0 the warp-per-row element-wise kernels of the cuBLAS path */
   /* flash: 1 the flash kernels (default; bf16 P, dS and dO as FlashAttention-2, so the backward
-   * is held to 1e-2 instead of 1e-3), 0 the paths behind them */
+   * is held to 1e-2 instead of 1e-3; on sm_90 at head dim 128 the forward runs as warpgroup MMAs),
+   * 2 the same with the mma.sync forward, 0 the paths behind them */
   struct { int n, H, Hkv, d, tc; bool sorted, seg; int row, flash; } cs[] = {
       {100, 4, 2, 64, -1, false, false, -1, 1}, {150, 28, 4, 128, -1, false, false, -1, 1}, {80, 16, 16, 72, -1, false, false, -1, 1},
       {700, 28, 4, 128, -1, false, false, -1, 1}, {333, 8, 8, 64, -1, false, false, -1, 1}, {129, 4, 1, 128, -1, false, false, -1, 1},
       {900, 28, 4, 128, -1, true, false, -1, 1}, {200, 4, 2, 16, -1, false, false, -1, 1}, {64, 2, 1, 32, -1, true, true, -1, 1},
       {4100, 12, 2, 128, -1, true, true, -1, 1},  /* the 1.59 B trainer's shape: whole tiles skipped and unmasked */
       {37, 2, 1, 20, -1, false, false, -1, 1},    /* head dim 20: flash does not apply, the tiled kernels run */
+      {150, 28, 4, 128, -1, false, false, -1, 2}, {700, 28, 4, 128, -1, false, false, -1, 2}, {129, 4, 1, 128, -1, false, false, -1, 2},
+      {900, 28, 4, 128, -1, true, false, -1, 2}, {4100, 12, 2, 128, -1, true, true, -1, 2},
       {100, 4, 2, 64, -1, false, false, -1, 0}, {150, 28, 4, 128, -1, false, false, -1, 0}, {80, 16, 16, 72, -1, false, false, -1, 0},
       {37, 2, 1, 20, -1, false, false, -1, 0}, {700, 28, 4, 128, -1, false, false, -1, 0}, {333, 8, 8, 64, -1, false, false, -1, 0},
       {129, 4, 1, 128, -1, false, false, -1, 0},
@@ -1153,7 +1156,7 @@ static void test_attention_masked(void) {
     int old_tc = cs[ci].tc >= 0 ? set_opt("attn_masked_tc", cs[ci].tc) : -1;
     if (cs[ci].tc >= 0 && old_tc < 0) continue;
     int old_row = cs[ci].row >= 0 ? set_opt("attn_masked_row", cs[ci].row) : -1;
-    int old_flash = set_opt("attn_masked_flash", cs[ci].flash);
+    int old_flash = set_opt("attn_masked_flash", cs[ci].flash != 0), old_wg = set_opt("attn_masked_wg", cs[ci].flash != 2);
     const bool flash = cs[ci].flash && d % 8 == 0;
     const double btol = flash ? 1e-2 : 1e-3;
     size_t nq = (size_t)n * H * d, nk = (size_t)n * Hkv * d;
@@ -1184,8 +1187,9 @@ static void test_attention_masked(void) {
     float *out = get_mm(dout, nq), *lse = get_f32(dlse, (size_t)H * n);
     float *cout = xmalloc(nq * sizeof *cout), *clse = xmalloc((size_t)H * n * sizeof *clse);
     cpu->attention_masked(cpu, cout, clse, q, k, v, &ca);
-    char cas[80];
-    snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d%s%s%s%s", n, H, Hkv, d, flash ? " flash" : "", cs[ci].sorted ? " packed order" : "",
+    char cas[112];
+    snprintf(cas, sizeof cas, "n=%d H=%d/%d d=%d%s%s%s%s", n, H, Hkv, d, flash ? (cs[ci].flash == 2 ? " flash mma.sync fwd" : " flash") : "",
+             cs[ci].sorted ? " packed order" : "",
              cs[ci].tc == 0 ? " scalar kernels" : "", cs[ci].seg ? (cs[ci].row == 0 ? " by sample (cuBLAS, warp rows)" : " by sample (cuBLAS)") : "");
     report("attention_masked out vs cpu", cas, relerr_f(out, cout, nq), 1e-2);
     report("attention_masked lse vs cpu", cas, relerr_f(lse, clse, (size_t)H * n), 1e-5);
@@ -1209,6 +1213,7 @@ static void test_attention_masked(void) {
       free(r2q); free(r2k); free(r2v);
     }
     set_opt("attn_masked_flash", old_flash);
+    set_opt("attn_masked_wg", old_wg);
     if (old_tc >= 0) set_opt("attn_masked_tc", old_tc);
     if (old_row >= 0) set_opt("attn_masked_row", old_row);
     free(seg_rows);
