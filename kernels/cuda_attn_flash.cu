@@ -20,6 +20,8 @@
  *   dQ        one block per (query tile, query head): S and dP = dO·Vᵀ again, dQ += dS·K.
  * Two backward kernels instead of FlashAttention-2's one with atomic dQ: deterministic, at the
  * price of recomputing S and dP once more.  Blocks are launched longest first (k_tile_order).
+ * On sm_90 at head dim 128 the forward and dQ run as warpgroup MMAs fed by TMA instead
+ * (k_fa_fwd_tma, k_fa_bwd_q_tma below; option attn_masked_wg), in blocks of 128 queries.
  *
  * Precision is FlashAttention-2's (upstream trains with it): bf16 q/k/v, dO rounded to bf16, P
  * rounded to bf16 for P·V and Pᵀ·dO, dS rounded to bf16 for its two products; row sums, lse, D,
@@ -554,13 +556,68 @@ struct MetaMask {
   int4 qa, qb;
   bool on;
   __device__ __forceinline__ bool active() const { return on; }
-  __device__ __forceinline__ void apply(int col, float &xa, float &xb) const {
+  __device__ __forceinline__ void visible(int col, bool &va, bool &vb) const {
     const int key = k0 + col;
     const int4 km = key < n ? __ldg(meta + key) : make_int4(0, 0, 0, 0);
-    if (!vis(qa, km)) xa = -INFINITY;
-    if (!vis(qb, km)) xb = -INFINITY;
+    va = vis(qa, km);
+    vb = vis(qb, km);
+  }
+  __device__ __forceinline__ void apply(int col, float &xa, float &xb) const {
+    bool va, vb;
+    visible(col, va, vb);
+    if (!va) xa = -INFINITY;
+    if (!vb) xb = -INFINITY;
   }
 };
+
+/* dQ of one key tile of WG_BK keys for this warpgroup's 64 query rows: S = Q·Kᵀ and dP = dO·Vᵀ
+ * (16 wgmma from shared memory), P = 2^(S·sl2 − L) in fp32 (0 where hidden), dS = P∘(dP − D)
+ * rounded to bf16, dQ += dS·K (8 wgmma, dS from registers, K read MN-major).  dq, ddo: the
+ * descriptors of this warpgroup's Q and dO rows (tiles of BR rows); dk, dv: K and V K-major;
+ * dkt: K MN-major. */
+template <int BR>
+static __device__ __forceinline__ void wg_tile_dq(float (&dq_acc)[64], uint64_t dq, uint64_t ddo, uint64_t dk, uint64_t dv,
+                                                  uint64_t dkt, float sl2, float l2a, float l2b, float Da, float Db, int lane,
+                                                  const MetaMask &mask) {
+  float s[64], dp[64];
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++) {
+    const uint64_t oa = (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4), ob = (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4);
+    wgmma_ss(s, dq + oa, dk + ob, kk > 0);
+  }
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++) {
+    const uint64_t oa = (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4), ob = (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4);
+    wgmma_ss(dp, ddo + oa, dv + ob, kk > 0);
+  }
+  wg_commit();
+  wg_wait0();
+  const bool need_mask = mask.active();
+  uint32_t pa[8][4];
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      float pa_ = ex2(fmaf(s[4 * j + e], sl2, -l2a)), pb_ = ex2(fmaf(s[4 * j + 2 + e], sl2, -l2b));
+      if (need_mask) {
+        bool va, vb;
+        mask.visible(j * 8 + 2 * (lane & 3) + e, va, vb);
+        if (!va) pa_ = 0.f;
+        if (!vb) pb_ = 0.f;
+      }
+      dp[4 * j + e] = pa_ * (dp[4 * j + e] - Da);
+      dp[4 * j + 2 + e] = pb_ * (dp[4 * j + 2 + e] - Db);
+    }
+    if (j & 1) acc_to_a(pa[j >> 1], &dp[4 * (j - 1)], &dp[4 * j]);
+  }
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15 */
+    wgmma_rs_t(dq_acc, pa[kk], dkt + (uint64_t)((kk * 16 * 128) >> 4));
+  wg_commit();
+  wg_wait0();
+}
 #endif
 
 __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
@@ -640,13 +697,112 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
 #endif
 }
 
-/* false when it does not apply (not an sm_90 device, head dim not 128, option off) or the tensor
- * maps cannot be made: the caller runs the mma.sync forward */
-bool fwd_tma(usbx_cuda *c, const FP &p) {
-  if (p.d != 128 || !c->opt_attn_masked_wg || c->prop.major != 9 || c->prop.minor != 0) return false;
+/* dQ on Hopper: k_fa_bwd_q's work in k_fa_fwd_tma's layout (Q and dO tiles of 128 queries, two
+ * consumer warpgroups, K and V of the active key tiles through TMA from a producer warp).  S, dP
+ * and dQ take 192 accumulator registers per thread: the producer is a whole warpgroup that gives
+ * its registers to the consumers (setmaxnreg: 24 against 240), as FlashAttention-3 does. */
+__global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
+                                                         const __grid_constant__ CUtensorMap tm_v) {
+#if USBX_WGMMA_DEVICE
+  constexpr uint32_t TILE = WG_BK * 256, HALF = TILE / 2;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *sQ = base, *sO = base + WQ * 256, *sKV = sO + WQ * 256;   /* [2 stages][K, V] */
+  uint64_t *full = (uint64_t *)(sKV + 4 * TILE), *empty = full + 2;
+  int *list = (int *)(empty + 2);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  const int qb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
+  for (int c = tid; c < WQ * 16; c += blockDim.x) {   /* Q and dO tiles, swizzled; rows past n zero */
+    const int rr = c >> 4, ch = c & 15, t = q0 + rr;
+    const bool ok = t < p.n;
+    const size_t off = ok ? ((size_t)t * p.H + h) * 128 + ch * 8 : 0;
+    cp_async16(sQ + swz_off(rr, ch, WQ), p.q + off, ok);
+    cp_async16(sO + swz_off(rr, ch, WQ), p.dob + off, ok);
+  }
+  cp_commit();
+  if (tid == 0) {
+    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 8); }
+    mbar_init_fence();
+  }
+  const int n_act = wg_active_tiles(list, p.status, 2 * qb, p.nt);
+  cp_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+
+  if (warp >= 8) {              /* producer warpgroup: one thread issues the copies */
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+    if (warp == 8 && lane == 0)
+      for (int a = 0; a < n_act; a++) {
+        const int st = a & 1;
+        if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
+        mbar_expect_tx(&full[st], 2 * TILE);
+        unsigned char *sk = sKV + 2 * st * TILE, *sv = sk + TILE;
+        const int col = kvh * 128, row = (list[a] & WG_IDX) * WG_BK;
+        tma_load_2d(sk, &tm_k, &full[st], col, row);
+        tma_load_2d(sk + HALF, &tm_k, &full[st], col + 64, row);
+        tma_load_2d(sv, &tm_v, &full[st], col, row);
+        tma_load_2d(sv + HALF, &tm_v, &full[st], col + 64, row);
+      }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");   /* the consumers get the producer's registers */
+  const int ra = warp * 16 + (lane >> 2), rb = ra + 8, ta = q0 + ra, tb = q0 + rb;
+  const bool oka = ta < p.n, okb = tb < p.n;
+  const int4 mqa = oka ? p.meta[ta] : make_int4(0, 0, 0, 0), mqb = okb ? p.meta[tb] : make_int4(0, 0, 0, 0);
+  /* padding rows: Q and dO are zero, so with L = D = 0 they add nothing */
+  const float l2a = oka ? p.lse_in[(size_t)h * p.n + ta] * LOG2E : 0.f, l2b = okb ? p.lse_in[(size_t)h * p.n + tb] * LOG2E : 0.f;
+  const float Da = oka ? p.D[(size_t)h * p.n + ta] : 0.f, Db = okb ? p.D[(size_t)h * p.n + tb] : 0.f;
+  float dq_acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) dq_acc[i] = 0.f;
+  const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024), ddo = wg_desc(sO + wg * 64 * 128, 16, 1024);
+  const uint64_t dk = wg_desc(sKV, 16, 1024), dkt = wg_desc(sKV, WG_BK * 128, 1024);
+  for (int a = 0; a < n_act; a++) {
+    const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
+    mbar_wait(&full[st], (a >> 1) & 1);
+    if (mode)
+      wg_tile_dq<WQ>(dq_acc, dq, ddo, dk + ((2 * st * TILE) >> 4), dk + (((2 * st + 1) * TILE) >> 4), dkt + ((2 * st * TILE) >> 4),
+                     p.sl2, l2a, l2b, Da, Db, lane, MetaMask{p.meta, p.n, (e & WG_IDX) * WG_BK, mqa, mqb, mode == 2});
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[st]);
+  }
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = half ? tb : ta;
+    if (t >= p.n) continue;
+    float *row = p.dq + ((size_t)t * p.H + h) * 128;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+      *(float2 *)(row + j * 8 + cb) = make_float2(dq_acc[4 * j + 2 * half] * p.scale, dq_acc[4 * j + 2 * half + 1] * p.scale);
+  }
+#else
+  __trap();
+#endif
+}
+
+/* the Hopper kernels apply: an sm_90 device, head dim 128, the option on, and shared memory for
+ * the tile list; the tensor maps of K and V into tk, tv (false when they cannot be made) */
+bool tma_ready(usbx_cuda *c, const FP &p, size_t smem, CUtensorMap *tk, CUtensorMap *tv) {
+  if (p.d != 128 || !c->opt_attn_masked_wg || c->prop.major != 9 || c->prop.minor != 0 || smem > c->prop.sharedMemPerBlockOptin) return false;
+  return kv_tmap(tk, p.k, p.n, p.Hkv) && kv_tmap(tv, p.v, p.n, p.Hkv);
+}
+bool bwd_q_tma(usbx_cuda *c, const FP &p) {
+  const size_t smem = 1024 + 2 * (size_t)WQ * 256 + 4 * (size_t)WG_BK * 256 + 32 + (size_t)(p.nt + 1) / 2 * sizeof(int);
   CUtensorMap tk, tv;
-  if (!kv_tmap(&tk, p.k, p.n, p.Hkv) || !kv_tmap(&tv, p.v, p.n, p.Hkv)) return false;
+  if (!tma_ready(c, p, smem, &tk, &tv)) return false;
+  CUDA_CHECK(cudaFuncSetAttribute(k_fa_bwd_q_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  k_fa_bwd_q_tma<<<(unsigned)((p.n + WQ - 1) / WQ * p.H), 384, smem, c->stream>>>(p, tk, tv);
+  CUDA_LAUNCHED();
+  return true;
+}
+
+/* false when they do not apply (tma_ready): the caller runs the mma.sync kernels */
+bool fwd_tma(usbx_cuda *c, const FP &p) {
   const size_t smem = 1024 + (size_t)WQ * 256 + 4 * (size_t)WG_BK * 256 + 32 + (size_t)(p.nt + 1) / 2 * sizeof(int);
+  CUtensorMap tk, tv;
+  if (!tma_ready(c, p, smem, &tk, &tv)) return false;
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_fwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   k_fa_fwd_tma<<<(unsigned)((p.n + WQ - 1) / WQ * p.H), 288, smem, c->stream>>>(p, tk, tv);
   CUDA_LAUNCHED();
@@ -719,7 +875,7 @@ void bwd(usbx_cuda *c, const FP &p) {
       CUDA_LAUNCHED();
     }
   }
-  if (p.dq) launch(c, k_fa_bwd_q<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
+  if (p.dq && !(DP == 128 && bwd_q_tma(c, p))) launch(c, k_fa_bwd_q<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
 }
 
 }  // namespace

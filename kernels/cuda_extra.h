@@ -32,8 +32,9 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *   "attn_masked_flash" [1] attention_masked(_bwd) as flash attention (cuda_attn_flash.cu: no n x n
  *                  matrices, bf16 P/dS/dO as FlashAttention-2) for head dims that are a multiple of 8
  *                  up to 128; 0 falls through to the two options below.  Env USBX_CUDA_ATTN_MASKED_FLASH.
- *   "attn_masked_wg" [1] in the flash path on sm_90 at head dim 128, the forward as warpgroup MMAs
- *                  fed by TMA (k_fa_fwd_tma); 0 the mma.sync forward.  Env USBX_CUDA_ATTN_MASKED_WG.
+ *   "attn_masked_wg" [1] in the flash path on sm_90 at head dim 128, the forward and dQ as warpgroup
+ *                  MMAs fed by TMA (k_fa_fwd_tma, k_fa_bwd_q_tma); 0 the mma.sync kernels.
+ *                  Env USBX_CUDA_ATTN_MASKED_WG.
  *   "attn_masked_tc" [1] attention_masked(_bwd) through the tiled tensor-core kernels (else the
  *                  one-warp-per-row scalar kernels).  Env USBX_CUDA_ATTN_MASKED_TC.
  *   "attn_masked_gemm" [1] attention_masked and its backward sample by sample through cuBLAS when the arguments
