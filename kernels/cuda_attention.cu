@@ -319,7 +319,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
 #if USBX_WGMMA_DEVICE
   constexpr int BR = 64 * NWG, NT = NWG * 128, RPI = NT / 16;   /* RPI: key rows per load pass */
   static_assert(RPI % 8 == 0, "a thread's rows must share their swizzle (row % 8)");
-  constexpr uint32_t TILE = WG_BK * 256;          /* bytes of one K or V tile */
+  constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *sQ = base, *sKV = base + BR * 256; /* [2 buffers][K, V] */
@@ -384,11 +384,11 @@ __global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_cons
                                                       const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
   constexpr int NWG = 2, BR = 64 * NWG;
-  constexpr uint32_t TILE = WG_BK * 256, HALF = TILE / 2;
+  constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *sQ = base, *sKV = base + BR * 256;   /* [2 stages][K, V] */
-  uint64_t *full = (uint64_t *)(sKV + 4 * TILE), *empty = full + 2;
+  const WgKV kv = {sKV, (uint64_t *)(sKV + 4 * TILE), (uint64_t *)(sKV + 4 * TILE) + 2};
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int kvh = blockIdx.y, r0 = blockIdx.x * BR;
@@ -396,27 +396,13 @@ __global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_cons
   const int n_tiles = (kv_end + WG_BK - 1) / WG_BK;
 
   wg_load_q<BR>(p, sQ, r0, kvh, tid, blockDim.x);
-  if (tid == 0) {
-    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 4 * NWG); }
-    mbar_init_fence();
-  }
+  if (tid == 0) wg_kv_init(kv, 4 * NWG);
   cp_wait<0>();
   fence_proxy_async();
   __syncthreads();
 
   if (warp == 4 * NWG) {        /* producer: one thread issues the copies */
-    if (lane == 0)
-      for (int t = 0; t < n_tiles; t++) {
-        const int st = t & 1;
-        if (t >= 2) mbar_wait(&empty[st], ((t >> 1) - 1) & 1);
-        mbar_expect_tx(&full[st], 2 * TILE);
-        unsigned char *sk = sKV + 2 * st * TILE, *sv = sk + TILE;
-        const int col = kvh * 128, row = t * WG_BK;
-        tma_load_2d(sk, &tm_k, &full[st], col, row);
-        tma_load_2d(sk + HALF, &tm_k, &full[st], col + 64, row);
-        tma_load_2d(sv, &tm_v, &full[st], col, row);
-        tma_load_2d(sv + HALF, &tm_v, &full[st], col + 64, row);
-      }
+    if (lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_tiles, [](int t) { return t * WG_BK; });
     return;
   }
   const int wg_max = r0 + wg * 64 < p.R ? row_lim(p, min(r0 + wg * 64 + 63, p.R - 1)) : 0;
@@ -429,11 +415,10 @@ __global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_cons
   const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
   for (int t = 0; t < n_tiles; t++) {
     const int st = t & 1;
-    mbar_wait(&full[st], (t >> 1) & 1);
+    wg_kv_acquire(kv, t);
     if (t * WG_BK < wg_max)
       wg_tile<BR>(o_acc, w.sm, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), p.scale_log2, lane, prefix_mask(w, t * WG_BK));
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[st]);   /* this warp's reads of the stage are complete */
+    wg_kv_release(kv, t, lane);
   }
   wg_store(p, o_acc, w, ra, rb, kvh, lane);
 #else

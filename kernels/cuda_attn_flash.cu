@@ -623,12 +623,12 @@ static __device__ __forceinline__ void wg_tile_dq(float (&dq_acc)[64], uint64_t 
 __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
                                                        const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
-  constexpr uint32_t TILE = WG_BK * 256, HALF = TILE / 2;
+  constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *sQ = base, *sKV = base + WQ * 256;   /* [2 stages][K, V] */
-  uint64_t *full = (uint64_t *)(sKV + 4 * TILE), *empty = full + 2;
-  int *list = (int *)(empty + 2);
+  const WgKV kv = {sKV, (uint64_t *)(sKV + 4 * TILE), (uint64_t *)(sKV + 4 * TILE) + 2};
+  int *list = (int *)(kv.empty + 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int qb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
@@ -638,28 +638,14 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
     cp_async16(sQ + swz_off(rr, ch, WQ), ok ? p.q + ((size_t)t * p.H + h) * 128 + ch * 8 : p.q, ok);
   }
   cp_commit();
-  if (tid == 0) {
-    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 8); }
-    mbar_init_fence();
-  }
+  if (tid == 0) wg_kv_init(kv, 8);
   const int n_act = wg_active_tiles(list, p.status, 2 * qb, p.nt);
   cp_wait<0>();
   fence_proxy_async();
   __syncthreads();
 
   if (warp == 8) {              /* producer: one thread issues the copies */
-    if (lane == 0)
-      for (int a = 0; a < n_act; a++) {
-        const int st = a & 1;
-        if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
-        mbar_expect_tx(&full[st], 2 * TILE);
-        unsigned char *sk = sKV + 2 * st * TILE, *sv = sk + TILE;
-        const int col = kvh * 128, row = (list[a] & WG_IDX) * WG_BK;
-        tma_load_2d(sk, &tm_k, &full[st], col, row);
-        tma_load_2d(sk + HALF, &tm_k, &full[st], col + 64, row);
-        tma_load_2d(sv, &tm_v, &full[st], col, row);
-        tma_load_2d(sv + HALF, &tm_v, &full[st], col + 64, row);
-      }
+    if (lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, [&](int a) { return (list[a] & WG_IDX) * WG_BK; });
     return;
   }
   const int ra = warp * 16 + (lane >> 2), rb = ra + 8, ta = q0 + ra, tb = q0 + rb;
@@ -672,12 +658,11 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
   const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
   for (int a = 0; a < n_act; a++) {
     const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
-    mbar_wait(&full[st], (a >> 1) & 1);
+    wg_kv_acquire(kv, a);
     if (mode)
       wg_tile<WQ>(o_acc, sm, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), p.sl2, lane,
                   MetaMask{p.meta, p.n, (e & WG_IDX) * WG_BK, mqa, mqb, mode == 2});
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[st]);   /* this warp's reads of the stage are complete */
+    wg_kv_release(kv, a, lane);
   }
   const float l_a = quad_sum(sm.l_a), l_b = quad_sum(sm.l_b);
   const int cb = 2 * (lane & 3);
@@ -704,12 +689,12 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
 __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
                                                          const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
-  constexpr uint32_t TILE = WG_BK * 256, HALF = TILE / 2;
+  constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *sQ = base, *sO = base + WQ * 256, *sKV = sO + WQ * 256;   /* [2 stages][K, V] */
-  uint64_t *full = (uint64_t *)(sKV + 4 * TILE), *empty = full + 2;
-  int *list = (int *)(empty + 2);
+  const WgKV kv = {sKV, (uint64_t *)(sKV + 4 * TILE), (uint64_t *)(sKV + 4 * TILE) + 2};
+  int *list = (int *)(kv.empty + 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int qb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
@@ -721,10 +706,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
     cp_async16(sO + swz_off(rr, ch, WQ), p.dob + off, ok);
   }
   cp_commit();
-  if (tid == 0) {
-    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 1); mbar_init(&empty[i], 8); }
-    mbar_init_fence();
-  }
+  if (tid == 0) wg_kv_init(kv, 8);
   const int n_act = wg_active_tiles(list, p.status, 2 * qb, p.nt);
   cp_wait<0>();
   fence_proxy_async();
@@ -732,18 +714,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
 
   if (warp >= 8) {              /* producer warpgroup: one thread issues the copies */
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
-    if (warp == 8 && lane == 0)
-      for (int a = 0; a < n_act; a++) {
-        const int st = a & 1;
-        if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
-        mbar_expect_tx(&full[st], 2 * TILE);
-        unsigned char *sk = sKV + 2 * st * TILE, *sv = sk + TILE;
-        const int col = kvh * 128, row = (list[a] & WG_IDX) * WG_BK;
-        tma_load_2d(sk, &tm_k, &full[st], col, row);
-        tma_load_2d(sk + HALF, &tm_k, &full[st], col + 64, row);
-        tma_load_2d(sv, &tm_v, &full[st], col, row);
-        tma_load_2d(sv + HALF, &tm_v, &full[st], col + 64, row);
-      }
+    if (warp == 8 && lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, [&](int a) { return (list[a] & WG_IDX) * WG_BK; });
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");   /* the consumers get the producer's registers */
@@ -760,12 +731,11 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
   const uint64_t dk = wg_desc(sKV, 16, 1024), dkt = wg_desc(sKV, WG_BK * 128, 1024);
   for (int a = 0; a < n_act; a++) {
     const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
-    mbar_wait(&full[st], (a >> 1) & 1);
+    wg_kv_acquire(kv, a);
     if (mode)
       wg_tile_dq<WQ>(dq_acc, dq, ddo, dk + ((2 * st * TILE) >> 4), dk + (((2 * st + 1) * TILE) >> 4), dkt + ((2 * st * TILE) >> 4),
                      p.sl2, l2a, l2b, Da, Db, lane, MetaMask{p.meta, p.n, (e & WG_IDX) * WG_BK, mqa, mqb, mode == 2});
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[st]);
+    wg_kv_release(kv, a, lane);
   }
   const int cb = 2 * (lane & 3);
 #pragma unroll

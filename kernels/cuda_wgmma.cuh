@@ -107,6 +107,40 @@ struct WgSoftmax { float m_a, m_b, l_a, l_b; };
 static __host__ __device__ __forceinline__ WgSoftmax wg_softmax_init() { return {-INFINITY, -INFINITY, 0.f, 0.f}; }
 
 #if USBX_WGMMA_DEVICE
+/* The two-stage K/V pipeline of the TMA kernels (k_flash_tma, k_fa_fwd_tma, k_fa_bwd_q_tma): stage
+ * st holds a K and a V tile of WG_BK rows (two 64-column halves each) at sKV + 2·st·WG_KV_TILE;
+ * full[st] counts the bytes of its copies, empty[st] the consumer warps done reading it. */
+#define WG_KV_TILE (WG_BK * 256)           /* bytes of one K or V tile */
+struct WgKV { unsigned char *sKV; uint64_t *full, *empty; };
+/* one thread, before the block's barrier */
+static __device__ __forceinline__ void wg_kv_init(const WgKV &s, unsigned consumer_warps) {
+  for (int i = 0; i < 2; i++) { mbar_init(&s.full[i], 1); mbar_init(&s.empty[i], consumer_warps); }
+  mbar_init_fence();
+}
+/* the producer thread: n tiles, tile a from row row_of(a) of the maps' column col (a KV head) */
+template <typename RowOf>
+static __device__ __forceinline__ void wg_kv_produce(const WgKV &s, const CUtensorMap *tm_k, const CUtensorMap *tm_v, int col, int n,
+                                                     RowOf row_of) {
+  constexpr uint32_t HALF = WG_KV_TILE / 2;
+  for (int a = 0; a < n; a++) {
+    const int st = a & 1;
+    if (a >= 2) mbar_wait(&s.empty[st], ((a >> 1) - 1) & 1);
+    mbar_expect_tx(&s.full[st], 2 * WG_KV_TILE);
+    unsigned char *sk = s.sKV + 2 * st * WG_KV_TILE, *sv = sk + WG_KV_TILE;
+    const int row = row_of(a);
+    tma_load_2d(sk, tm_k, &s.full[st], col, row);
+    tma_load_2d(sk + HALF, tm_k, &s.full[st], col + 64, row);
+    tma_load_2d(sv, tm_v, &s.full[st], col, row);
+    tma_load_2d(sv + HALF, tm_v, &s.full[st], col + 64, row);
+  }
+}
+/* a consumer warp: wait for tile a; after reading it, release its stage */
+static __device__ __forceinline__ void wg_kv_acquire(const WgKV &s, int a) { mbar_wait(&s.full[a & 1], (a >> 1) & 1); }
+static __device__ __forceinline__ void wg_kv_release(const WgKV &s, int a, int lane) {
+  __syncwarp();
+  if (lane == 0) mbar_arrive(&s.empty[a & 1]);
+}
+
 /* one key tile of WG_BK keys for this warpgroup, online softmax: dq, dk, dv the descriptors of its
  * Q rows (BR-row tile) and of the tile's K and V; sc the softmax scale times log2(e); mask hides
  * keys: mask.active() says whether it applies to this tile, mask.apply(col, xa, xb) -INF's the
