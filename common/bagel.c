@@ -508,12 +508,12 @@ void usbx_bagel_scratch(usbx_bagel *m, int T) {
 }
 
 /* act (mm [n, F]) = silu(h·gateᵀ) * (h·upᵀ) for n rows starting at scratch row r0.  gate and up
- * are adjacent after fuse_experts: one product [gate | up], in mm where the backend offers it
- * (m->gate, f32 [cap, F], holds [n, 2F] mm values: the same bytes), else in f32. */
+ * are adjacent after fuse_experts: one product [gate | up], in mm where the backend offers
+ * silu_mul_gu (m->gate, f32 [cap, F], holds [n, 2F] mm values: the same bytes), else in f32. */
 static void mlp_gate_up(usbx_bagel *m, const expert_w *w, void *act, const void *h, int n, int r0) {
   usbx_backend *be = m->be;
   int D = m->cfg.hidden, F = m->cfg.inter;
-  if (w->fused && n > 1 && be->matmul_mm && F % 2 == 0) {
+  if (w->fused && n > 1 && be->silu_mul_gu && F % 2 == 0) {
     void *gu = (char *)m->gate + (size_t)r0 * 2 * F * usbx_dtype_size(be->mm_dtype);
     be->matmul_mm(be, gu, h, w->gate, n, 2 * F, D);
     be->silu_mul_gu(be, act, gu, n, F);

@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { void *w; float *g; int64_t n; char *name; void **dst; } gslot;
+/* written: G was asked for g since the last zero_grads; dirty: since the last memset of g */
+typedef struct { void *w; float *g; int64_t n; char *name; void **dst; bool written, dirty; } gslot;
 
 /* Step buffers.  A step allocates its activations in nearly the same pattern every time, so
  * buffers are kept between steps as spares instead of being returned to the device allocator: no
@@ -91,7 +92,18 @@ static gslot *slot_of(usbx_trainer *t, const void *w) {
   }
 }
 /* gradient buffer of weight w, or NULL when frozen / not trained */
-static float *G(usbx_trainer *t, const void *w) { gslot *s = slot_of(t, w); return s ? s->g : NULL; }
+/* the gradient of weight w, for writing (NULL: not trained) */
+static float *G(usbx_trainer *t, const void *w) {
+  gslot *s = slot_of(t, w);
+  if (!s) return NULL;
+  s->written = s->dirty = true;
+  return s->g;
+}
+
+bool usbx_trainer_grad_written(usbx_trainer *t, const void *w) {
+  gslot *s = slot_of(t, w);
+  return s && s->written;
+}
 
 usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
   usbx_trainer *t = xcalloc(1, sizeof *t);
@@ -110,7 +122,7 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
     int64_t n = usbx_shape_numel(d->ndim, d->shape);
     size_t h = hash_ptr(*d->dst, t->cap);
     while (t->slots[h].w) h = (h + 1) & (size_t)(t->cap - 1);
-    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name, d->dst};
+    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name, d->dst, false, true};
     t->nslots++;
   }
   return t;
@@ -216,10 +228,11 @@ static void lin_f32(usbx_backend *be, float *y, void *xm, const float *x, const 
   be->matmul(be, y, xm, w, b, M, N, K, false);
 }
 
-/* backward of y = x·Wᵀ + b: dx += dy·W (when dx), dW, db accumulated into the weight's slots.
- * dy's mm copy lives only for the product, so one buffer serves every call (stream order keeps
- * it safe; growing it frees the old one, which waits for the device). */
-static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
+/* backward of y = x·Wᵀ + b: dx += dy·W (when dx; dx = dy·W when !dx_add), dW, db accumulated
+ * into the weight's slots.  dy's mm copy lives only for the product, so one buffer serves every
+ * call (stream order keeps it safe; growing it frees the old one, which waits for the device). */
+static void lin_bwd_dx(usbx_trainer *t, float *dx, bool dx_add, const float *dy, const void *xm, const void *w, const float *b, int M, int N,
+                       int K) {
   usbx_backend *be = t->be;
   float *dw = G(t, w), *db = b ? G(t, b) : NULL;
   if (!dx && !dw && !db) return;
@@ -231,12 +244,15 @@ static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm,
   }
   void *dym = t->dy_mm;
   be->to_mm(be, dym, N, dy, M, N);
-  be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K);
+  be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
+}
+static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
+  lin_bwd_dx(t, dx, true, dy, xm, w, b, M, N, K);
 }
 /* the same without bias for a dy its producer already wrote in mm */
-static void lin_bwd_mm(usbx_trainer *t, float *dx, const void *dym, const void *xm, const void *w, int M, int N, int K) {
+static void lin_bwd_mm(usbx_trainer *t, float *dx, bool dx_add, const void *dym, const void *xm, const void *w, int M, int N, int K) {
   float *dw = G(t, w);
-  if (dx || dw) t->be->matmul_bwd(t->be, dx, dw, NULL, dym, NULL, xm, w, M, N, K);
+  if (dx || dw) t->be->matmul_bwd(t->be, dx, dw, NULL, dym, NULL, xm, w, M, N, K, dx_add);
 }
 
 /* ---------------------------------------------------------------- ViT */
@@ -341,18 +357,14 @@ static void vit_backward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vi
     const vit_layer_w *w = &m->vit[l];
     vit_saved *v = &s->L[l];
     /* MLP: x_out = x_mid + fc2(gelu(fc1(LN2(x_mid)))) */
-    be->memset0(be, dact, sizeof(float) * (size_t)n * Fv);
-    lin_bwd(t, dact, dx, v->act, w->fc2_w, w->fc2_b, n, Dv, Fv);
+    lin_bwd_dx(t, dact, false, dx, v->act, w->fc2_w, w->fc2_b, n, Dv, Fv);
     be->gelu_tanh_bwd(be, da, dact, v->fc1, (size_t)n * Fv);
-    be->memset0(be, dln, sizeof(float) * (size_t)n * Dv);
-    lin_bwd(t, dln, da, v->ln2, w->fc1_w, w->fc1_b, n, Fv, Dv);
+    lin_bwd_dx(t, dln, false, da, v->ln2, w->fc1_w, w->fc1_b, n, Fv, Dv);
     be->layernorm_bwd(be, dx, G(t, w->ln2_w), G(t, w->ln2_b), dln, v->x_mid, w->ln2_w, n, Dv, c->vit_eps);
     /* attention: x_mid = x_in + out_proj(attn(q, k, v)) */
-    be->memset0(be, dO, sizeof(float) * (size_t)n * Dv);
-    lin_bwd(t, dO, dx, v->o, w->o_w, w->o_b, n, Dv, Dv);
+    lin_bwd_dx(t, dO, false, dx, v->o, w->o_w, w->o_b, n, Dv, Dv);
     be->attention_masked_bwd(be, dq, dk, dv, dO, v->q, v->k, v->v, v->o, v->lse, &aa);
-    be->memset0(be, dln, sizeof(float) * (size_t)n * Dv);
-    lin_bwd(t, dln, dq, v->ln1, w->q_w, w->q_b, n, Dv, Dv);
+    lin_bwd_dx(t, dln, false, dq, v->ln1, w->q_w, w->q_b, n, Dv, Dv);
     lin_bwd(t, dln, dk, v->ln1, w->k_w, w->k_b, n, Dv, Dv);
     lin_bwd(t, dln, dv, v->ln1, w->v_w, w->v_b, n, Dv, Dv);
     be->layernorm_bwd(be, dx, G(t, w->ln1_w), G(t, w->ln1_b), dln, v->x_in, w->ln1_w, n, Dv, c->vit_eps);
@@ -368,15 +380,20 @@ static void vit_backward(usbx_trainer *t, pool *P, const usbx_train_batch *b, vi
 /* ---------------------------------------------------------------- LLM */
 
 typedef struct {
-  float *x_in, *x_mid, *qf, *kf, *gate, *up;
-  void *h1, *q, *k, *v, *o, *h2, *act;
+  float *x_in, *x_mid, *qf, *kf;
+  void *h1, *q, *k, *v, *o, *h2, *gate, *up, *act;   /* mm */
   float *lse;
 } llm_saved;
 
 void usbx_trainer_zero_grads(usbx_trainer *t) {
   for (int i = 0; i < t->cap; i++) {
-    if (!t->slots[i].w || (t->layer_ws && usbx_bagel_layer_of(t->slots[i].name) >= 0)) continue;
-    t->be->memset0(t->be, t->slots[i].g, sizeof(float) * (size_t)t->slots[i].n);
+    gslot *s = &t->slots[i];
+    if (!s->w) continue;
+    s->written = false;
+    /* a gradient nothing wrote since its last clearing is still zero */
+    if (!s->dirty || (t->layer_ws && usbx_bagel_layer_of(s->name) >= 0)) continue;
+    t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
+    s->dirty = false;
   }
   if (t->layer_ws) t->be->memset0(t->be, t->layer_ws, sizeof(float) * t->layer_ws_n);
 }
@@ -400,7 +417,7 @@ static void saved_alloc(pool *P, llm_saved *s, const usbx_bagel_config *c, int n
   s->h1 = MM(P, (size_t)n * D); s->qf = F32(P, (size_t)n * Hd); s->kf = F32(P, (size_t)n * KVd);
   s->q = MM(P, (size_t)n * Hd); s->k = MM(P, (size_t)n * KVd); s->v = MM(P, (size_t)n * KVd); s->o = MM(P, (size_t)n * Hd);
   s->lse = F32(P, (size_t)c->heads * n);
-  s->h2 = MM(P, (size_t)n * D); s->gate = F32(P, (size_t)n * F); s->up = F32(P, (size_t)n * F); s->act = MM(P, (size_t)n * F);
+  s->h2 = MM(P, (size_t)n * D); s->gate = MM(P, (size_t)n * F); s->up = MM(P, (size_t)n * F); s->act = MM(P, (size_t)n * F);
 }
 
 /* layer l on x (f32 [n, D], updated in place), keeping its activations in s; vf: f32 [n, KVd] scratch */
@@ -436,10 +453,11 @@ static void layer_forward(const layer_ctx *L, int l, llm_saved *s, float *x, flo
     const expert_w *w = &m->layers[l].e[L->runs[r].e];
     int r0 = L->runs[r].r0, nn = L->runs[r].n;
     char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb, *act = (char *)s->act + (size_t)r0 * F * mmb;
+    char *gate = (char *)s->gate + (size_t)r0 * F * mmb, *up = (char *)s->up + (size_t)r0 * F * mmb;
     be->rmsnorm(be, h2, true, x + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
-    be->matmul(be, s->gate + (size_t)r0 * F, h2, w->gate, NULL, nn, F, D, false);
-    be->matmul(be, s->up + (size_t)r0 * F, h2, w->up, NULL, nn, F, D, false);
-    be->silu_mul(be, act, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
+    be->matmul_mm(be, gate, h2, w->gate, nn, F, D);
+    be->matmul_mm(be, up, h2, w->up, nn, F, D);
+    be->silu_mul_mm(be, act, gate, up, nn, F);
     be->matmul(be, x + (size_t)r0 * D, act, w->down, NULL, nn, D, F, true);
   }
 }
@@ -650,7 +668,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     int r0 = runs[r].r0;
     be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, m->norm[runs[r].e]), dfin + (size_t)r0 * D, x + (size_t)r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
   }
-  float *dact = F32(P, (size_t)n * F), *dg = F32(P, (size_t)n * F), *du = F32(P, (size_t)n * F), *dh = F32(P, (size_t)n * D);
+  float *dact = F32(P, (size_t)n * F), *dh = F32(P, (size_t)n * D);
+  void *dg = MM(P, (size_t)n * F), *du = MM(P, (size_t)n * F);
   float *dO = F32(P, (size_t)n * Hd), *dq = F32(P, (size_t)n * Hd), *dk = F32(P, (size_t)n * KVd), *dv = F32(P, (size_t)n * KVd);
   float *dqf = F32(P, (size_t)n * Hd), *dkf = F32(P, (size_t)n * KVd);
   for (int l = c->layers - 1; l >= 0; l--) {
@@ -662,38 +681,35 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       s = &R;
     }
     prof_mark(t, 3, &pt);
-    be->memset0(be, dact, sizeof(float) * (size_t)n * F);
-    be->memset0(be, dh, sizeof(float) * (size_t)n * D);
+    /* each run writes its own rows of dact, dh, dO (the first product of each overwrites) */
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd(t, dact + (size_t)r0 * F, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
-      /* dgate, dup straight in mm, in the f32 buffers' room */
+      lin_bwd_dx(t, dact + (size_t)r0 * F, false, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
+      /* dgate, dup straight in mm */
       void *dgm = (char *)dg + (size_t)r0 * F * mmb, *dum = (char *)du + (size_t)r0 * F * mmb;
-      be->silu_mul_bwd_mm(be, dgm, dum, dact + (size_t)r0 * F, s->gate + (size_t)r0 * F, s->up + (size_t)r0 * F, nn, F);
+      be->silu_mul_bwd_mm(be, dgm, dum, dact + (size_t)r0 * F, (char *)s->gate + (size_t)r0 * F * mmb, (char *)s->up + (size_t)r0 * F * mmb, nn, F);
       char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
-      lin_bwd_mm(t, dh + (size_t)r0 * D, dgm, h2, w->gate, nn, F, D);
-      lin_bwd_mm(t, dh + (size_t)r0 * D, dum, h2, w->up, nn, F, D);
+      lin_bwd_mm(t, dh + (size_t)r0 * D, false, dgm, h2, w->gate, nn, F, D);
+      lin_bwd_mm(t, dh + (size_t)r0 * D, true, dum, h2, w->up, nn, F, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
     }
     prof_mark(t, 4, &pt);
-    be->memset0(be, dO, sizeof(float) * (size_t)n * Hd);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd(t, dO + (size_t)r0 * Hd, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
+      lin_bwd_dx(t, dO + (size_t)r0 * Hd, false, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
     }
     prof_mark(t, 5, &pt);
     be->attention_masked_bwd(be, dq, dk, dv, dO, s->q, s->k, s->v, s->o, s->lse, &aa);
     prof_mark(t, 6, &pt);
-    be->memset0(be, dh, sizeof(float) * (size_t)n * D);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
       be->qk_norm_rope_bwd(be, dqf + (size_t)r0 * Hd, G(t, w->q_norm), dq + (size_t)r0 * Hd, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
       be->qk_norm_rope_bwd(be, dkf + (size_t)r0 * KVd, G(t, w->k_norm), dk + (size_t)r0 * KVd, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
       char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
-      lin_bwd(t, dh + (size_t)r0 * D, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
+      lin_bwd_dx(t, dh + (size_t)r0 * D, false, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
       lin_bwd(t, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
       lin_bwd(t, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);

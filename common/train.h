@@ -52,6 +52,10 @@ typedef struct {
  * and out's ce and mse are this batch's share of a step made of several batches).
  * add_grads adds the batch's gradients to those held; step_grads zeroes them first. */
 void usbx_trainer_zero_grads(usbx_trainer *t);
+/* Whether the gradient of weight w (the model's pointer) was written since the last zero_grads.
+ * One no batch reached (lm_head without text answers, the generation expert without images)
+ * is zero. */
+bool usbx_trainer_grad_written(usbx_trainer *t, const void *w);
 void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out);
 void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out);
 

@@ -65,6 +65,8 @@ typedef struct {
   size_t slot_off;
   float *master;      /* fp32 master of the range (a view of wr when the weights are f32) */
   float *m, *v, *ema; /* AdamW moments and EMA of the range */
+  bool live;          /* some step's gradient reached it (on any rank); until then, without
+                         weight decay, its moments are zero and AdamW would leave it as it is */
 } param;
 
 typedef struct {
@@ -227,6 +229,10 @@ static int save_checkpoint(state *S, const usbx_train_opts *o, long step, const 
     st = usbx_jv_set_num(st, "seed", (double)o->data.seed);
     st = usbx_jv_set_num(st, "batches_per_step", (double)(usbx_dist_world(S->dist) * o->accum));
     st = usbx_jv_set_str(st, "base_model", o->model);
+    jv dead = jv_array();   /* tensors no gradient has reached yet: skipped by the optimizer */
+    for (int i = 0; i < S->np; i++)
+      if (S->p[i].trained && !S->p[i].live) dead = jv_array_append(dead, jv_string(S->p[i].d->name));
+    st = jv_object_set(st, jv_string("untouched"), dead);
     char *s = usbx_jv_dump(st);
     jv_free(st);
     char *p = usbx_path_join(tmp, "train_state.json");
@@ -487,6 +493,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     p->n = (size_t)usbx_shape_numel(p->d->ndim, p->d->shape);
     p->g = usbx_trainer_grad(S.tr, p->d->name, NULL);
     p->trained = p->g != NULL;
+    p->live = o->weight_decay != 0;   /* with weight decay every tensor changes each step */
     p->layer = -1;
     if (!p->trained) continue;
     if (zero2) p->layer = usbx_bagel_layer_of(p->d->name);
@@ -573,6 +580,22 @@ int usbx_train_run(const usbx_train_opts *o) {
       } else if (jv_get_kind(buf) != JV_KIND_INVALID && jv_get_kind(buf) != JV_KIND_NULL) {
         usbx_die("%s: buffer is not an array", sp);
       }
+      /* the tensors still untouched at that step (a checkpoint without the list: all touched) */
+      jv dead = jv_object_get(jv_copy(st), jv_string("untouched"));
+      bool have = jv_get_kind(dead) == JV_KIND_ARRAY;
+      if (!have && jv_get_kind(dead) != JV_KIND_INVALID && jv_get_kind(dead) != JV_KIND_NULL) usbx_die("%s: untouched is not an array", sp);
+      for (int i = 0; i < S.np; i++) {
+        param *p = &S.p[i];
+        if (!p->trained || p->live) continue;
+        bool listed = false;
+        for (int k = 0; have && !listed && k < jv_array_length(jv_copy(dead)); k++) {
+          jv e = jv_array_get(jv_copy(dead), k);
+          listed = jv_get_kind(e) == JV_KIND_STRING && strcmp(jv_string_value(e), p->d->name) == 0;
+          jv_free(e);
+        }
+        p->live = !listed;
+      }
+      jv_free(dead);
       jv_free(buf);
       if (usbx_jv_num(st, "seed", &v) && (uint64_t)v != o->data.seed && rank0) usbx_err("warning: resuming a run made with seed %.0f under seed %llu", v, (unsigned long long)o->data.seed);
       if (usbx_jv_num(st, "batches_per_step", &v) && (long)v != env.world * o->accum && rank0)
@@ -596,6 +619,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     sds[k] = (step_data){.data = data, .bs = xcalloc((size_t)nbatch, sizeof(usbx_train_batch)), .nbatch = nbatch,
                          .flops_per_token = flops_per_token, .attn_flops = 12.0 * cf->layers * cf->heads * cf->head_dim};
   int cur = 0;
+  double *red = xcalloc((size_t)S.np + 2, sizeof(double));
   bool running = (total && step < total) || (!total && pos.epoch < o->epochs);
   if (running) step_data_start(&sds[0], pos);
   /* USBX_TRAIN_PROFILE=1: seconds per part of a step (after the first two), on stderr at the end */
@@ -628,16 +652,21 @@ int usbx_train_run(const usbx_train_opts *o) {
     }
     for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&bs[j]);
     if (profile) { be->sync(be); tp1 = usbx_now(); }
-    usbx_dist_allreduce_host(dist, part, 2);
+    /* the losses, and which tensors any rank's gradients reached, summed over the ranks */
+    for (int i = 0; i < S.np; i++) red[2 + i] = S.p[i].trained && !S.p[i].live && usbx_trainer_grad_written(S.tr, S.p[i].w);
+    red[0] = part[0]; red[1] = part[1];
+    usbx_dist_allreduce_host(dist, red, 2 + S.np);
+    part[0] = red[0]; part[1] = red[1];
+    for (int i = 0; i < S.np; i++) if (red[2 + i] > 0) S.p[i].live = true;
     /* the summed gradient of each range goes to its owner */
     if (W > 1) {
       usbx_dist_group_begin(dist);
       for (int i = 0; i < S.np; i++)   /* decoder layers were reduced during the backward */
-        if (S.p[i].trained && S.p[i].layer < 0) reduce_ranges(&S, &S.p[i]);
+        if (S.p[i].trained && S.p[i].live && S.p[i].layer < 0) reduce_ranges(&S, &S.p[i]);
       usbx_dist_group_end(dist);
     }
     be->memset0(be, acc, sizeof(float));
-    for (int i = 0; i < S.np; i++) if (S.p[i].len) be->sumsq_acc(be, acc, grad_range(&S.p[i]), S.p[i].len);
+    for (int i = 0; i < S.np; i++) if (S.p[i].len && S.p[i].live) be->sumsq_acc(be, acc, grad_range(&S.p[i]), S.p[i].len);
     if (profile) { be->sync(be); tp2 = usbx_now(); }
     float sq;
     be->download(be, &sq, acc, sizeof sq);
@@ -650,14 +679,14 @@ int usbx_train_run(const usbx_train_opts *o) {
                           .weight_decay = (float)o->weight_decay, .grad_scale = scale, .ema_decay = (float)o->ema, .step = (int)step + 1};
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
-      if (!p->len) continue;
+      if (!p->len || !p->live) continue;
       be->adamw(be, p->master, master_is_view(&S, p) ? NULL : p->wr, grad_range(p), p->m, p->v, p->ema, p->len, &aw);
     }
     /* every rank's updated weights to every rank */
     if (W > 1) {
       usbx_dist_group_begin(dist);
       for (int i = 0; i < S.np; i++)
-        if (S.p[i].trained && !S.p[i].sharded) broadcast_ranges(&S, &S.p[i], S.p[i].w, w_elem(&S, &S.p[i]));
+        if (S.p[i].trained && S.p[i].live && !S.p[i].sharded) broadcast_ranges(&S, &S.p[i], S.p[i].w, w_elem(&S, &S.p[i]));
       usbx_dist_group_end(dist);
     }
     S.resident = -1;   /* ZeRO-3: the layers changed; gathered again when next used */
@@ -704,6 +733,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int i = 0; i < 4; i++) usbx_err("profile: %-16s %8.2f ms per step", names[i], 1e3 * prof[i] / prof_n);
   }
   be->free(be, acc);
+  free(red);
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];
     if (!p->len) continue;

@@ -40,7 +40,7 @@ usbx_backend *usbx_backend_cpu(void) {
     be.memset0 = cpu_memset0; be.sync = cpu_sync; be.mem_available = cpu_mem_available; be.upload_convert = cpu_upload_convert;
     be.matmul = usbx_cpu_matmul; be.embed = usbx_cpu_embed; be.rmsnorm = usbx_cpu_rmsnorm;
     be.layernorm = usbx_cpu_layernorm; be.qk_norm_rope = usbx_cpu_qk_norm_rope; be.to_mm = usbx_cpu_to_mm;
-    be.silu_mul = usbx_cpu_silu_mul; be.gelu_tanh = usbx_cpu_gelu_tanh; be.add = usbx_cpu_add;
+    be.silu_mul = usbx_cpu_silu_mul; be.silu_mul_mm = usbx_cpu_silu_mul_mm; be.matmul_mm = usbx_cpu_matmul_mm; be.gelu_tanh = usbx_cpu_gelu_tanh; be.add = usbx_cpu_add;
     be.scatter_rows = usbx_cpu_scatter_rows; be.gather_rows = usbx_cpu_gather_rows;
     be.attention = usbx_cpu_attention; be.argmax = usbx_cpu_argmax;
     be.add_row = usbx_cpu_add_row; be.silu = usbx_cpu_silu; be.cfg_euler = usbx_cpu_cfg_euler;

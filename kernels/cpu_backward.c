@@ -11,15 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* dx[M,K] += dy·W ; dw[N,K] += dyᵀ·x ; db[N] += Σ_rows dy.  On the CPU mm is f32, so dy_mm and
+/* dx[M,K] (+)= dy·W ; dw[N,K] += dyᵀ·x ; db[N] += Σ_rows dy.  On the CPU mm is f32, so dy_mm and
  * dy hold the same numbers; either may be NULL (the other is then used). */
 void usbx_cpu_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                         const void *x, const void *w, int M, int N, int K) {
+                         const void *x, const void *w, int M, int N, int K, bool dx_add) {
   const float *g = dy_mm ? (const float *)dy_mm : dy;
   const float *gf = dy ? dy : (const float *)dy_mm;
   if (!g || M <= 0 || N <= 0) return;
   if (dx && K > 0)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, g, N, (const float *)w, K, 1.0f, dx, K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, g, N, (const float *)w, K, dx_add ? 1.0f : 0.0f, dx, K);
   if (dw && K > 0)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, g, N, (const float *)x, K, 1.0f, dw, K);
   if (db) {
@@ -141,7 +141,7 @@ void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const flo
 }
 
 /* mm is f32 on the CPU */
-void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T, int F) {
+void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F) {
   usbx_cpu_silu_mul_bwd(be, dgate, dup, dout, gate, up, T, F);
 }
 

@@ -19,6 +19,11 @@ void usbx_cpu_silu_mul(usbx_backend *be, void *out, const float *gate, const flo
   for (size_t i = 0; i < n; i++) { float g = gate[i]; o[i] = g / (1.0f + expf(-g)) * up[i]; }
 }
 
+/* mm is f32 on the CPU */
+void usbx_cpu_silu_mul_mm(usbx_backend *be, void *out, const void *gate, const void *up, int T, int F) {
+  usbx_cpu_silu_mul(be, out, gate, up, T, F);
+}
+
 void usbx_cpu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n) {
   float *o = out;
   const float k = 0.7978845608028654f; /* sqrt(2/pi) */

@@ -19,7 +19,10 @@ void usbx_cpu_matmul(usbx_backend *be, float *y, const void *x, const void *w, c
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, beta, y, N);
 }
 
-/* On the CPU the mm type is f32: matmul_f32 is matmul. */
+/* On the CPU the mm type is f32: matmul_mm and matmul_f32 are matmul. */
+void usbx_cpu_matmul_mm(usbx_backend *be, void *y, const void *x, const void *w, int M, int N, int K) {
+  usbx_cpu_matmul(be, y, x, w, NULL, M, N, K, false);
+}
 void usbx_cpu_matmul_f32(usbx_backend *be, float *y, const float *x, const float *w, const float *bias, int M, int N, int K, bool acc) {
   usbx_cpu_matmul(be, y, x, w, bias, M, N, K, acc);
 }

@@ -10,6 +10,8 @@ void usbx_cpu_qk_norm_rope(usbx_backend *be, void *out, int out_stride, const fl
                            const int32_t *pos, int T, int heads, int d, float eps, float theta);
 void usbx_cpu_to_mm(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
 void usbx_cpu_silu_mul(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
+void usbx_cpu_silu_mul_mm(usbx_backend *be, void *out, const void *gate, const void *up, int T, int F);
+void usbx_cpu_matmul_mm(usbx_backend *be, void *y, const void *x, const void *w, int M, int N, int K);
 void usbx_cpu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n);
 void usbx_cpu_add(usbx_backend *be, float *x, const float *y, size_t n);
 void usbx_cpu_scatter_rows(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);
@@ -24,7 +26,7 @@ void usbx_cpu_group_norm(usbx_backend *be, float *out, const float *x, const flo
 void usbx_cpu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
 /* training (cpu_backward.c, cpu_attention_masked.c) */
 void usbx_cpu_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                         const void *x, const void *w, int M, int N, int K);
+                         const void *x, const void *w, int M, int N, int K, bool dx_add);
 void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w,
                           int rows, int dim, float eps);
 void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
@@ -32,7 +34,7 @@ void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
 void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
                                const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta);
 void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
-void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T, int F);
+void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F);
 void usbx_cpu_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
 void usbx_cpu_silu_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
 void usbx_cpu_embed_bwd(usbx_backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int D);

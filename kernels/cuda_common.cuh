@@ -38,6 +38,24 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
 }
 __device__ __forceinline__ bf16 f2bf(float f) { return __ushort_as_bfloat16(f32_to_bf16_bits(f)); }
 __device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float(((uint32_t)__bfloat16_as_ushort(h)) << 16); }
+/* a value of either storage type as f32 (kernels templated on it) */
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 h) { return bf2f(h); }
+/* 8 bf16 (16 bytes) to f32 and back */
+__device__ __forceinline__ void bf8_to_f(const uint4 &u, float *f) {
+  f[0] = __uint_as_float(u.x << 16); f[1] = __uint_as_float(u.x & 0xffff0000u);
+  f[2] = __uint_as_float(u.y << 16); f[3] = __uint_as_float(u.y & 0xffff0000u);
+  f[4] = __uint_as_float(u.z << 16); f[5] = __uint_as_float(u.z & 0xffff0000u);
+  f[6] = __uint_as_float(u.w << 16); f[7] = __uint_as_float(u.w & 0xffff0000u);
+}
+__device__ __forceinline__ uint4 f_to_bf8(const float *f) {
+  uint4 u;
+  u.x = (uint32_t)f32_to_bf16_bits(f[0]) | ((uint32_t)f32_to_bf16_bits(f[1]) << 16);
+  u.y = (uint32_t)f32_to_bf16_bits(f[2]) | ((uint32_t)f32_to_bf16_bits(f[3]) << 16);
+  u.z = (uint32_t)f32_to_bf16_bits(f[4]) | ((uint32_t)f32_to_bf16_bits(f[5]) << 16);
+  u.w = (uint32_t)f32_to_bf16_bits(f[6]) | ((uint32_t)f32_to_bf16_bits(f[7]) << 16);
+  return u;
+}
 
 /* Private state behind be->impl. */
 #define USBX_CUDA_PLAN_CACHE 96
@@ -96,6 +114,7 @@ void cu_qk_norm_rope(usbx_backend *be, void *out, int out_stride, const float *x
 void cu_to_mm(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
 void cu_silu_mul(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
 void cu_silu_mul_gu(usbx_backend *be, void *out, const void *gu, int T, int F);
+void cu_silu_mul_mm(usbx_backend *be, void *out, const void *gate, const void *up, int T, int F);
 void cu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n);
 void cu_add(usbx_backend *be, float *x, const float *y, size_t n);
 void cu_scatter_rows(usbx_backend *be, float *dst, const float *src, const int32_t *idx, int n, int cols);

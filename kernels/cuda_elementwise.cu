@@ -303,6 +303,26 @@ void cu_silu_mul_gu(usbx_backend *be, void *out, const void *gu, int T, int F) {
   k_silu_mul_gu<<<grid_for(pairs, 256), 256, 0, S(be)>>>((bf16 *)out, (const bf16 *)gu, (size_t)T, (size_t)F);
   CUDA_LAUNCHED();
 }
+/* silu(gate) * up with all three in bf16 (the trainer's forward), 16-byte accesses */
+__global__ void k_silu_mul_mm(bf16 *out, const bf16 *gate, const bf16 *up, size_t n, bool vec) {
+  size_t n8 = vec ? n / 8 : 0;
+  size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = tid; i < n8; i += step) {
+    float g[8], u[8];
+    bf8_to_f(((const uint4 *)gate)[i], g);
+    bf8_to_f(((const uint4 *)up)[i], u);
+    for (int k = 0; k < 8; k++) g[k] = silu_f(g[k]) * u[k];
+    ((uint4 *)out)[i] = f_to_bf8(g);
+  }
+  for (size_t i = n8 * 8 + tid; i < n; i += step) out[i] = f2bf(silu_f(bf2f(gate[i])) * bf2f(up[i]));
+}
+void cu_silu_mul_mm(usbx_backend *be, void *out, const void *gate, const void *up, int T, int F) {
+  size_t n = (size_t)T * F;
+  if (!n || T < 0 || F < 0) return;
+  bool vec = aligned16(out) && aligned16(gate) && aligned16(up);
+  k_silu_mul_mm<<<grid_for(n / 8 + 1, 256), 256, 0, S(be)>>>((bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n, vec);
+  CUDA_LAUNCHED();
+}
 void cu_gelu_tanh(usbx_backend *be, void *out, const float *x, size_t n) {
   if (!n) return;
   bool vec = ((uintptr_t)out & 7u) == 0 && aligned16(x);
@@ -369,12 +389,6 @@ void cu_argmax(usbx_backend *be, int32_t *idx, const float *x, int rows, int n) 
 /* ---------------------------------------------------------------- GEMV (M <= 4)
  * One warp per output column n (a weight row), 16-byte loads of W and x, fp32 sums.  Decode is
  * bandwidth-bound: W is read exactly once. */
-__device__ __forceinline__ void bf8_to_f(const uint4 &u, float *f) {
-  f[0] = __uint_as_float(u.x << 16); f[1] = __uint_as_float(u.x & 0xffff0000u);
-  f[2] = __uint_as_float(u.y << 16); f[3] = __uint_as_float(u.y & 0xffff0000u);
-  f[4] = __uint_as_float(u.z << 16); f[5] = __uint_as_float(u.z & 0xffff0000u);
-  f[6] = __uint_as_float(u.w << 16); f[7] = __uint_as_float(u.w & 0xffff0000u);
-}
 /* WPR warps share one weight row (each takes every WPR-th 16-byte chunk) so that short outputs
  * (N = 512) still spread over all multiprocessors; partial sums meet in shared memory. */
 template <int MR>

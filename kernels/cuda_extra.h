@@ -42,8 +42,9 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *   "attn_masked_row" [1] in that path, the masked softmax and the P/dS pass with one block per
  *                  row of the L x L matrices held in registers (up to 16,384 keys), else one warp
  *                  per row with two passes over memory.  Env USBX_CUDA_ATTN_MASKED_ROW.
- *   "gateup_bf16" [0] the MLP's gate|up product rounded to bf16 (ops.h matmul_mm, silu_mul_gu; NULL
- *                  when off).  Env USBX_CUDA_GATEUP_BF16=1.
+ *   "gateup_bf16" [0] inference's MLP gate|up product rounded to bf16 (ops.h silu_mul_gu, NULL
+ *                  when off; the trainer always keeps gate and up in bf16).  Env
+ *                  USBX_CUDA_GATEUP_BF16=1.
  * Returns the previous value, or -1 for an unknown name. */
 int usbx_cuda_set_option(struct usbx_backend *be, const char *name, int value);
 

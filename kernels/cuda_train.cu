@@ -65,7 +65,7 @@ static int row_chunks(int rows) { return std::max(1, std::min(64, rows / 32)); }
 
 /* ---------------------------------------------------------------- matmul_bwd */
 static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                         const void *x, const void *w, int M, int N, int K) {
+                         const void *x, const void *w, int M, int N, int K, bool dx_add) {
   usbx_cuda *c = CU(be);
   if ((!dy_mm && !dy) || M <= 0 || N <= 0) return;
   /* one scratch request for everything (a later, larger request would reallocate it) */
@@ -78,10 +78,10 @@ static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, cons
     cu_to_mm(be, scr, N, dy, M, N);
     g = scr;
   }
-  float one = 1.f;
-  if (dx && K > 0)   /* dxᵀ[K,M] += (W as stored, K×N column-major) · dyᵀ[N,M] */
+  float one = 1.f, beta_dx = dx_add ? 1.f : 0.f;
+  if (dx && K > 0)   /* dxᵀ[K,M] (+)= (W as stored, K×N column-major) · dyᵀ[N,M] */
     CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
-                              &one, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                              &beta_dx, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (dw && K > 0)   /* dwᵀ[K,N] += xᵀ[K,M] · dy[M,N] */
     CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, x, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
                               &one, dw, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -275,18 +275,38 @@ static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const flo
 }
 
 /* ---------------------------------------------------------------- activation backward, embed_bwd */
-/* T = float (silu_mul_bwd) or bf16 (silu_mul_bwd_mm, rounded as to_mm rounds) */
+/* T = float (silu_mul_bwd, gate/up f32) or bf16 (silu_mul_bwd_mm: gate/up bf16, outputs rounded
+ * as to_mm rounds; 8 values per 16-byte access when vec) */
+__device__ __forceinline__ void silu_mul_grads(float go, float g, float u, float *dg, float *du) {
+  float s = 1.0f / (1.0f + expf(-g));
+  *du = go * g * s;
+  *dg = go * u * s * (1.0f + g * (1.0f - s));
+}
 template <typename T>
-__global__ void k_silu_mul_bwd(T *dgate, T *dup, const float *dout, const float *gate, const float *up, size_t n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float g = gate[i], u = up[i], s = 1.0f / (1.0f + expf(-g)), go = dout[i];
-    float a = go * g * s, b = go * u * s * (1.0f + g * (1.0f - s));
+__global__ void k_silu_mul_bwd(T *dgate, T *dup, const float *dout, const T *gate, const T *up, size_t n, bool vec) {
+  size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x, n8 = 0;
+  if constexpr (sizeof(T) == 2) {
+    n8 = vec ? n / 8 : 0;
+    for (size_t i = tid; i < n8; i += step) {
+      float g[8], u[8], go[8], dg[8], du[8];
+      bf8_to_f(((const uint4 *)gate)[i], g);
+      bf8_to_f(((const uint4 *)up)[i], u);
+      *(float4 *)go = ((const float4 *)dout)[2 * i];
+      *(float4 *)(go + 4) = ((const float4 *)dout)[2 * i + 1];
+      for (int k = 0; k < 8; k++) silu_mul_grads(go[k], g[k], u[k], &dg[k], &du[k]);
+      if (dgate) ((uint4 *)dgate)[i] = f_to_bf8(dg);
+      if (dup) ((uint4 *)dup)[i] = f_to_bf8(du);
+    }
+  }
+  for (size_t i = n8 * 8 + tid; i < n; i += step) {
+    float dg, du;
+    silu_mul_grads(dout[i], to_f(gate[i]), to_f(up[i]), &dg, &du);
     if constexpr (sizeof(T) == 2) {
-      if (dup) dup[i] = f2bf(a);
-      if (dgate) dgate[i] = f2bf(b);
+      if (dup) dup[i] = f2bf(du);
+      if (dgate) dgate[i] = f2bf(dg);
     } else {
-      if (dup) dup[i] = a;
-      if (dgate) dgate[i] = b;
+      if (dup) dup[i] = du;
+      if (dgate) dgate[i] = dg;
     }
   }
 }
@@ -307,14 +327,16 @@ static void c_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const flo
                            int T, int F) {
   size_t n = (size_t)T * F;
   if (!n || T < 0 || F < 0 || (!dgate && !dup)) return;
-  k_silu_mul_bwd<float><<<grid_for(n, 256), 256, 0, S(be)>>>(dgate, dup, dout, gate, up, n);
+  k_silu_mul_bwd<float><<<grid_for(n, 256), 256, 0, S(be)>>>(dgate, dup, dout, gate, up, n, false);
   CUDA_LAUNCHED();
 }
-static void c_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T,
+static void c_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T,
                               int F) {
   size_t n = (size_t)T * F;
   if (!n || T < 0 || F < 0 || (!dgate && !dup)) return;
-  k_silu_mul_bwd<bf16><<<grid_for(n, 256), 256, 0, S(be)>>>((bf16 *)dgate, (bf16 *)dup, dout, gate, up, n);
+  bool vec = ((uintptr_t)dgate & 15u) == 0 && ((uintptr_t)dup & 15u) == 0 && ((uintptr_t)dout & 15u) == 0 && ((uintptr_t)gate & 15u) == 0 &&
+             ((uintptr_t)up & 15u) == 0;
+  k_silu_mul_bwd<bf16><<<grid_for(n / 8 + 1, 256), 256, 0, S(be)>>>((bf16 *)dgate, (bf16 *)dup, dout, (const bf16 *)gate, (const bf16 *)up, n, vec);
   CUDA_LAUNCHED();
 }
 static void c_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n) {

@@ -135,10 +135,13 @@ struct usbx_backend {
   void (*to_mm)(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
   /* out[T,F] (mm) = silu(gate) * up, gate/up f32 */
   void (*silu_mul)(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
-  /* Optional (NULL on the CPU): the MLP's gate|up product straight into mm, halving the traffic
-   * of its widest intermediate.  y[M,N] (mm) = x[M,K] (mm) · W[N,K]ᵀ, fp32 accumulation rounded
-   * once; silu_mul_gu: out[T,F] (mm) = silu(gu[:, :F]) * gu[:, F:] for gu (mm) [T, 2F]. */
+  /* y[M,N] (mm) = x[M,K] (mm) · W[N,K]ᵀ, fp32 accumulation rounded once; silu_mul_mm: the same
+   * as silu_mul with gate/up in mm.  The trainer keeps the MLP's gate and up this way (bf16 on
+   * CUDA, as upstream's autocast does), halving the traffic of its widest activations. */
   void (*matmul_mm)(usbx_backend *be, void *y, const void *x, const void *w, int M, int N, int K);
+  void (*silu_mul_mm)(usbx_backend *be, void *out, const void *gate, const void *up, int T, int F);
+  /* Optional (NULL unless the CUDA option gateup_bf16 is on): inference's gate|up product in mm,
+   * out[T,F] (mm) = silu(gu[:, :F]) * gu[:, F:] for gu (mm) [T, 2F] made by one matmul_mm. */
   void (*silu_mul_gu)(usbx_backend *be, void *out, const void *gu, int T, int F);
   /* out (mm) = gelu_tanh(x) elementwise, n elements */
   void (*gelu_tanh)(usbx_backend *be, void *out, const float *x, size_t n);
@@ -164,9 +167,10 @@ struct usbx_backend {
   /* ---------------------------------------------------------------- training
    * Backward ops: dy are gradients of an op's output (f32; dy_mm is the same in mm type, made by
    * the caller with to_mm).  Outputs marked += accumulate; NULL outputs are skipped. */
-  /* dx[M,K] += dy·W ; dw[N,K] += dyᵀ·x ; db[N] += Σ_rows dy.  x, w mm. */
+  /* dx[M,K] += dy·W (dx_add; else dx = dy·W, no need to clear it) ; dw[N,K] += dyᵀ·x ;
+   * db[N] += Σ_rows dy.  x, w mm. */
   void (*matmul_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                     const void *x, const void *w, int M, int N, int K);
+                     const void *x, const void *w, int M, int N, int K, bool dx_add);
   /* RMSNorm (out = x/rms(x)*w): dx += ..., dw += ... */
   void (*rmsnorm_bwd)(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w, int rows, int dim, float eps);
   /* LayerNorm: dx, dw, db all += */
@@ -178,9 +182,9 @@ struct usbx_backend {
                            const int32_t *pos, int T, int heads, int d, float eps, float theta);
   /* silu(gate)*up: dgate, dup (overwrite) */
   void (*silu_mul_bwd)(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
-  /* the same with dgate, dup written in mm, as the products after it take them (the values
-   * to_mm would make of silu_mul_bwd's; no f32 copy, no conversion pass); no aliasing */
-  void (*silu_mul_bwd_mm)(usbx_backend *be, void *dgate, void *dup, const float *dout, const float *gate, const float *up, int T, int F);
+  /* the same for gate, up in mm (silu_mul_mm's inputs), with dgate, dup written in mm as the
+   * products after it take them (the values to_mm would make of silu_mul_bwd's); no aliasing */
+  void (*silu_mul_bwd_mm)(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F);
   /* dx (overwrite) = dy * f'(x) */
   void (*gelu_tanh_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
   void (*silu_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);

@@ -30,6 +30,27 @@ for s in 0000008 0000016 0000024; do
 done
 [ -z "$(find "$T/run" -name '.*tmp*')" ] || fail "temporary checkpoint left"
 
+# 1b. lm_head gets no gradient without text answers: AdamW skips it (train_state.json lists it),
+#     so model and EMA keep the base's values and its moments stay zero, while a trained tensor's
+#     moments are not zero
+jq -e '.untouched == ["language_model.lm_head.weight"]' "$T/run/0000024/train_state.json" > /dev/null \
+  || fail "untouched list: $(jq -c .untouched "$T/run/0000024/train_state.json")"
+python3 - "$T/base/ema.safetensors" "$T/run/0000024" <<'PY' || fail "untouched lm_head changed"
+import json, struct, sys
+def load(path, name):
+    f = open(path, 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); t = h[name]
+    f.seek(8 + n + t['data_offsets'][0]); raw = f.read(t['data_offsets'][1] - t['data_offsets'][0])
+    if t['dtype'] == 'F32': return list(struct.unpack('<%df' % (len(raw) // 4), raw))
+    assert t['dtype'] == 'BF16', t['dtype']
+    return [struct.unpack('<f', b'\0\0' + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
+lm, run = 'language_model.lm_head.weight', sys.argv[2]
+base = load(sys.argv[1], lm)
+assert load(run + '/model.safetensors', lm) == base, 'model'
+assert load(run + '/ema.safetensors', lm) == base, 'ema'
+assert not any(load(run + '/optimizer.safetensors', 'm.' + lm)) and not any(load(run + '/optimizer.safetensors', 'v.' + lm)), 'moments'
+assert any(load(run + '/optimizer.safetensors', 'v.language_model.model.layers.0.mlp_moe_gen.up_proj.weight')), 'trained moments are zero'
+PY
+
 # 2. resume: 8 steps, then resume to 24: steps 9..24 equal the uninterrupted run exactly
 $TR --out "$T/res" --steps 8 "$T/pairs.jsonl" > /dev/null
 $TR --out "$T/res" --steps 24 --resume "$T/pairs.jsonl" 2> "$T/res.err" > "$T/res.jsonl"
@@ -51,6 +72,11 @@ JSON
 usbx-train --model "$T/base" --device cpu --no-visual-gen --no-visual-und --lr 5e-3 --warmup 1 --expected-tokens 60 --max-tokens 200 \
   --out "$T/kn" --steps 30 "$T/conv.jsonl" > "$T/kn.jsonl"
 jq -e -s '.[0].ce > 5 and .[-1].ce < 0.5 * .[0].ce and all(.mse == 0)' "$T/kn.jsonl" > /dev/null || fail "CE did not fall: $(jq -c -s '[.[0].ce, .[-1].ce]' "$T/kn.jsonl")"
+# text only: the generation expert's layers get no gradient, the understanding expert's do
+jq -e '(.untouched | index("language_model.model.layers.1.mlp_moe_gen.up_proj.weight")) and
+       (.untouched | index("language_model.model.layers.1.mlp.up_proj.weight") | not) and
+       (.untouched | index("language_model.lm_head.weight") | not)' "$T/kn/0000030/train_state.json" > /dev/null \
+  || fail "untouched after text-only training: $(jq -c .untouched "$T/kn/0000030/train_state.json")"
 
 # 4b. packing with upstream's overflow buffer: conversations of ~25 and ~200 tokens; a long one that
 #     does not fit waits while short ones fill the batch, so batches are fuller than when the buffer

@@ -466,6 +466,17 @@ static void test_act(int which) {   /* 0 silu_mul, 1 gelu_tanh, 2 add */
     else { memcpy(oc, a, n * sizeof *oc); cpu->add(cpu, oc, b, n); }
     report(which == 0 ? "silu_mul vs cpu" : which == 1 ? "gelu_tanh vs cpu" : "add vs cpu", cas, relerr_f(out, oc, n),
            which == 2 ? 1e-6 : 1e-2);
+    if (which == 0) {   /* silu_mul_mm: gate/up in mm; against the CPU on the same rounded inputs */
+      round_mm(a, n); round_mm(b, n);
+      void *am = dev_mm(a, n), *bm = dev_mm(b, n);
+      poison(dout, n * MMS);
+      be->silu_mul_mm(be, dout, am, bm, T, F);
+      free(out);
+      out = get_mm(dout, n);
+      cpu->silu_mul(cpu, oc, a, b, T, F);
+      report("silu_mul_mm vs cpu", cas, relerr_f(out, oc, n), 4e-3);
+      be->free(be, am); be->free(be, bm);
+    }
     free(oc);
     free(a); free(b); free(out); free(ref);
     be->free(be, da); be->free(be, db); be->free(be, dout);
@@ -475,7 +486,7 @@ static void test_act(int which) {   /* 0 silu_mul, 1 gelu_tanh, 2 add */
 /* matmul_mm + silu_mul_gu (the MLP's gate|up product in mm) against float64 and the CPU's
  * matmul + silu_mul */
 static void test_gate_up(void) {
-  if (!be->matmul_mm) return;
+  if (!be->silu_mul_gu) return;
   struct { int M, F, K; } cs[] = {{2, 64, 32}, {300, 512, 256}, {1000, 1000, 3584}, {1026, 2048, 128}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int M = cs[ci].M, F = cs[ci].F, K = cs[ci].K;
@@ -956,23 +967,27 @@ static void test_attention_f32(void) {
 static float *copyf(const float *x, size_t n) { float *y = xmalloc(n * sizeof *y); memcpy(y, x, n * sizeof *y); return y; }
 
 static void test_matmul_bwd(void) {
-  struct { int M, N, K; int dyform; } cs[] = {   /* dyform: 0 both, 1 dy_mm only, 2 dy only */
-      {7, 13, 33, 0}, {300, 100, 200, 1}, {300, 100, 200, 2}, {64, 512, 3584, 0}, {1, 3584, 3584, 2}, {130, 1000, 72, 0}};
+  struct { int M, N, K; int dyform; bool dx_add; } cs[] = {   /* dyform: 0 both, 1 dy_mm only, 2 dy only */
+      {7, 13, 33, 0, true}, {300, 100, 200, 1, true}, {300, 100, 200, 2, false}, {64, 512, 3584, 0, true}, {1, 3584, 3584, 2, true},
+      {130, 1000, 72, 0, true}, {130, 1000, 72, 0, false}, {512, 1536, 8960, 1, false}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int M = cs[ci].M, N = cs[ci].N, K = cs[ci].K, form = cs[ci].dyform;
+    bool add = cs[ci].dx_add;
     float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)N * K, 0.1), *dy = randn((size_t)M * N, 1.0);
     round_mm(x, (size_t)M * K); round_mm(w, (size_t)N * K); round_mm(dy, (size_t)M * N);
     float *dx0 = randn((size_t)M * K, 1.0), *dw0 = randn((size_t)N * K, 1.0), *db0 = randn(N, 1.0);
+    if (!add) for (size_t i = 0; i < (size_t)M * K; i++) dx0[i] = NAN;   /* overwritten, never read */
     void *dxm = dev_mm(x, (size_t)M * K), *dwm = dev_mm(w, (size_t)N * K);
     void *ddym = form != 2 ? dev_mm(dy, (size_t)M * N) : NULL;
     float *ddy = form != 1 ? dev_f32(dy, (size_t)M * N) : NULL;
     float *ddx = dev_f32(dx0, (size_t)M * K), *ddw = dev_f32(dw0, (size_t)N * K), *ddb = dev_f32(db0, N);
-    be->matmul_bwd(be, ddx, ddw, ddb, ddym, ddy, dxm, dwm, M, N, K);
+    be->matmul_bwd(be, ddx, ddw, ddb, ddym, ddy, dxm, dwm, M, N, K, add);
     float *gx = get_f32(ddx, (size_t)M * K), *gw = get_f32(ddw, (size_t)N * K), *gb = get_f32(ddb, N);
     float *cx = copyf(dx0, (size_t)M * K), *cw = copyf(dw0, (size_t)N * K), *cb = copyf(db0, N);
-    cpu->matmul_bwd(cpu, cx, cw, cb, form != 2 ? dy : NULL, form != 1 ? dy : NULL, x, w, M, N, K);
+    cpu->matmul_bwd(cpu, cx, cw, cb, form != 2 ? dy : NULL, form != 1 ? dy : NULL, x, w, M, N, K, add);
     char cas[96];
-    snprintf(cas, sizeof cas, "M=%d N=%d K=%d %s", M, N, K, form == 0 ? "dy+dy_mm" : form == 1 ? "dy_mm only" : "dy only");
+    snprintf(cas, sizeof cas, "M=%d N=%d K=%d %s%s", M, N, K, form == 0 ? "dy+dy_mm" : form == 1 ? "dy_mm only" : "dy only",
+             add ? "" : ", dx set");
     report("matmul_bwd dx vs cpu", cas, relerr_f(gx, cx, (size_t)M * K), 1e-4);
     report("matmul_bwd dw vs cpu", cas, relerr_f(gw, cw, (size_t)N * K), 1e-4);
     report("matmul_bwd db vs cpu", cas, relerr_f(gb, cb, N), 1e-5);
@@ -1056,12 +1071,18 @@ static void test_act_bwd(void) {
     report("silu_mul_bwd dgate vs cpu", cas, relerr_f(r1, c1, n), 1e-5);
     report("silu_mul_bwd dup vs cpu", cas, relerr_f(r2, c2, n), 1e-5);
     free(r1); free(r2);
-    /* silu_mul_bwd_mm: the CPU's values rounded as to_mm rounds them (expf may differ by an ulp,
-     * which can move a value across a rounding boundary: a count of differing values, not 0) */
+    /* silu_mul_bwd_mm (gate, up in mm): the CPU's values on the same rounded inputs, rounded as
+     * to_mm rounds them (expf may differ by an ulp, which can move a value across a rounding
+     * boundary: a count of differing values, not 0) */
+    float *ar = copyf(a, n), *br = copyf(b, n);
+    round_mm(ar, n); round_mm(br, n);
+    void *am = dev_mm(ar, n), *bm = dev_mm(br, n);
     poison(o1, n * sizeof(float)); poison(o2, n * sizeof(float));
-    be->silu_mul_bwd_mm(be, o1, o2, dg, da, db, 1, (int)n);
+    be->silu_mul_bwd_mm(be, o1, o2, dg, am, bm, 1, (int)n);
     r1 = get_mm(o1, n); r2 = get_mm(o2, n);
+    cpu->silu_mul_bwd(cpu, c1, c2, g, ar, br, 1, (int)n);
     round_mm(c1, n); round_mm(c2, n);
+    be->free(be, am); be->free(be, bm); free(ar); free(br);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) off += (r1[i] != c1[i]) + (r2[i] != c2[i]);
     report("silu_mul_bwd_mm vs cpu rounded (share differing)", cas, (double)off / (2.0 * n), 1e-3);
