@@ -5,8 +5,9 @@
 # per GPU from nvidia-smi.  Then (unless SKIP_15=1), on GPU 0, the ~1.5B model with and without
 # --recompute (memory and speed).
 # Bundle extracted in the repo root; one tarball of results under $OUT.
-# Args: TOKENS_PER_GPU[:ZERO]... (ZERO 2 when not given); a run after an out-of-memory run is
-# skipped unless it asks for fewer tokens or a higher ZeRO stage.
+# Args: TOKENS_PER_GPU[:ZERO[:OVERLAP]]... (ZERO 2 when not given; OVERLAP 0 sets
+# USBX_TRAIN_OVERLAP=0); a run after an out-of-memory run is skipped unless it asks for fewer tokens
+# or a higher ZeRO stage.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/d7
@@ -16,15 +17,16 @@ usbx-synth scenes --n 96 --render "$W/img" --size 512 --seed 5 > "$W/pairs.jsonl
 cp .devdata/tokenizer.json "$W/b7/"
 oom_tok=0 oom_zero=0
 for arg in "${@:-8192}"; do
-  tok=${arg%%:*} zero=2; [ "$arg" != "$tok" ] && zero=${arg#*:}
+  tok=${arg%%:*} zero=2 ov=1; [ "$arg" != "$tok" ] && zero=${arg#*:}
+  [ "$zero" != "${zero%%:*}" ] && { ov=${zero#*:}; zero=${zero%%:*}; }
   if [ "$oom_tok" -gt 0 ] && [ "$tok" -ge "$oom_tok" ] && [ "$zero" -le "$oom_zero" ]; then
     echo "tokens/gpu=$tok zero=$zero: skipped (out of memory at $oom_tok tokens, zero $oom_zero)"; continue
   fi
-  tag=${tok}_z$zero
+  tag=${tok}_z$zero; [ "$ov" = 0 ] && tag=${tag}_inline
   date -u
-  mem_sampled "$R/mem_7b_$tag.csv" timeout 240 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute \
+  USBX_TRAIN_OVERLAP=$ov mem_sampled "$R/mem_7b_$tag.csv" timeout 240 usbx-train --model "$W/b7" --out "$W/run" --device cuda --no-visual-und --gpus "$NG" --recompute \
     --zero "$zero" --steps 10 --warmup 1 --expected-tokens "$tok" --max-tokens $((tok + tok / 8)) --no-save "$W/pairs.jsonl" > "$R/train_7b_$tag.jsonl" 2> "$R/train_7b_$tag.err"
-  rc=$?; echo "tokens/gpu=$tok zero=$zero rc=$rc"; [ $rc = 0 ] || { oom_tok=$tok oom_zero=$zero; }
+  rc=$?; echo "tokens/gpu=$tok zero=$zero overlap=$ov rc=$rc"; [ $rc = 0 ] || { oom_tok=$tok oom_zero=$zero; }
   tail -n 4 "$R/train_7b_$tag.err"
   python3 - "$R/train_7b_$tag.jsonl" "$R/mem_7b_$tag.csv" <<'PY'
 import sys, json, csv

@@ -72,8 +72,9 @@ void usbx_trainer_share_layer_grads(usbx_trainer *t, int nbuf, void (*layer_done
 /* ZeRO-3: the decoder layers' weights are not resident; before the trainer reads layer l's
  * weights (forward, recomputation, backward) it calls gather(ctx, l), which must make the model's
  * layer l pointers valid.  Needs share_layer_grads first.  usbx_trainer_weights_moved: the model's
- * weight pointers changed (every layer now points at one gathered copy); the gradient lookup is
- * rebuilt from them, and layers sharing addresses share the gradient buffer, as they do. */
+ * weight pointers changed (layers now point at gathered copies, several layers at one); the
+ * gradient lookup is rebuilt from them, and layers sharing addresses must share the gradient
+ * buffer (with k copies used in turn, k = nbuf). */
 void usbx_trainer_gather_layers(usbx_trainer *t, void (*gather)(void *ctx, int layer), void *ctx);
 void usbx_trainer_weights_moved(usbx_trainer *t);
 

@@ -18,8 +18,9 @@
  * summed gradient of that range (reduce to its owner), updates it, and broadcasts the updated
  * weights.  ZeRO-2 also shards the decoder layers' gradients (reduced to their owners right after
  * each layer's backward); ZeRO-3 shards the decoder layers' weights too: each rank keeps its range
- * of them, and one layer-sized buffer receives layer l from its owners whenever the trainer is
- * about to use it (every layer's model pointers point into that buffer).  Checkpoints are
+ * of them, and two layer-sized slots receive layer l (slot l % 2) from its owners when the
+ * trainer is about to use it, the next layer meanwhile (layer l's model pointers point into its
+ * slot).  Checkpoints are
  * gathered to rank 0, which writes them. */
 #include "train_loop.h"
 #include "bagel_internal.h"
@@ -61,7 +62,7 @@ typedef struct {
   float *gs;          /* ZeRO-2, decoder layers: the summed gradient of the range (g is the shared layer buffer) */
   void *wr;           /* this rank's range of the weights in the model's type: a view into w, or
                          (ZeRO-3, decoder layers) its own buffer, the only copy this rank keeps */
-  bool sharded;       /* ZeRO-3: w is not resident; slot_off is its place in the layer buffer */
+  bool sharded;       /* ZeRO-3: w is not resident; slot_off is its place in a layer slot */
   size_t slot_off;
   float *master;      /* fp32 master of the range (a view of wr when the weights are f32) */
   float *m, *v, *ema; /* AdamW moments and EMA of the range */
@@ -79,9 +80,12 @@ typedef struct {
   int np;
   size_t total;       /* trained parameters */
   float *full;        /* device scratch of the largest tensor (gathering ranges for a checkpoint) */
-  char *slot;         /* ZeRO-3: one decoder layer's weights, gathered */
-  int resident;       /* the layer in slot, -1 for none */
-  bool overlap;       /* ZeRO-2 on a GPU: layer gradients reduced on lane 1 beside the backward */
+  char *slot[2];      /* ZeRO-3: two decoder layers' weights, gathered (layer l in slot l % 2) */
+  int resident[2];    /* the layer in each slot, -1 for none */
+  int last;           /* ZeRO-3: the layer asked for last (the direction of the next prefetch) */
+  bool unwaited;      /* ZeRO-3 with overlap: lane 1 fetched a layer that lane 0 has not waited for */
+  bool overlap;       /* on a GPU (ZeRO-2 and 3): layer gradients reduced, and ZeRO-3's next layer
+                         gathered, on lane 1 beside the compute */
 } state;
 
 /* rank r's range of the trained parameters: [r*T/W, (r+1)*T/W) rounded to 256 elements */
@@ -292,7 +296,7 @@ static int load_into(state *S, const char *path, int which, char *err, size_t er
           if (p->len) S->be->upload_convert(S->be, p->wr, p->d->mm, src + p->off, USBX_F32, p->len);
           if (p->len && !master_is_view(S, p))
             S->be->upload(S->be, p->master, src + p->off, sizeof(float) * p->len);
-          S->resident = -1;
+          S->resident[0] = S->resident[1] = -1;
         } else if (which == 0) {
           /* the whole tensor into the model's buffer on every rank (the master may be a view of it) */
           S->be->upload_convert(S->be, p->w, p->d->mm, src, USBX_F32, p->n);
@@ -321,6 +325,7 @@ static void layer_grads_done(void *ctx, int l) {
      * layer ago: it waits for them; this layer's go to lane 1 after its backward.  Every
      * collective stays on lane 1 until the step joins it, so all ranks run them in one order. */
     usbx_lane_wait(be, 0, 1);
+    S->unwaited = false;   /* (ZeRO-3: the next layer's fetch, issued before this layer's backward) */
     usbx_lane_wait(be, 1, 0);
     usbx_lane(be, 1);
   }
@@ -349,20 +354,36 @@ static double lr_at(const usbx_train_opts *o, long k, long total) {
   return o->min_lr + 0.5 * (o->lr - o->min_lr) * (1.0 + cos(M_PI * prog));
 }
 
-/* ZeRO-3: decoder layer l's weights into the slot, each range from its owner */
+/* ZeRO-3: decoder layer l's weights into slot l % 2, each range from its owner.  With overlap on
+ * lane 1, after lane 0's work so far (its last use of that slot). */
+static void fetch_layer(state *S, int l) {
+  char *slot = S->slot[l % 2];
+  if (S->overlap) { usbx_lane_wait(S->be, 1, 0); usbx_lane(S->be, 1); }
+  usbx_dist_group_begin(S->dist);
+  for (int i = 0; i < S->np; i++)
+    if (S->p[i].sharded && S->p[i].layer == l) gather_ranges(S, &S->p[i], slot + S->p[i].slot_off, S->p[i].wr, w_elem(S, &S->p[i]));
+  usbx_dist_group_end(S->dist);
+  if (S->overlap) { usbx_lane(S->be, 0); S->unwaited = true; }
+  S->resident[l % 2] = l;
+}
+
+/* ZeRO-3, the trainer's gather hook: layer l resident before its use, and the next layer in the
+ * direction of travel (forward up, backward down) fetched into the other slot meanwhile.  With
+ * overlap the fetches run on lane 1 with the layer reductions (every collective in one order on
+ * every rank), and lane 0 computes on a layer only after waiting for lane 1 once its fetch was
+ * issued: here, or in layer_grads_done, whose wait also covers the reductions of one layer ago. */
 static void gather_layer(void *ctx, int l) {
   state *S = ctx;
-  if (S->resident == l) return;
-  usbx_dist_group_begin(S->dist);   /* (no lane 1 work with ZeRO-3: the collectives stay in order) */
-  for (int i = 0; i < S->np; i++)
-    if (S->p[i].sharded && S->p[i].layer == l) gather_ranges(S, &S->p[i], S->slot + S->p[i].slot_off, S->p[i].wr, w_elem(S, &S->p[i]));
-  usbx_dist_group_end(S->dist);
-  S->resident = l;
+  int L = usbx_bagel_cfg(S->m)->layers, next = l > S->last ? l + 1 : l < S->last ? l - 1 : -1;
+  S->last = l;
+  if (S->resident[l % 2] != l) fetch_layer(S, l);
+  if (S->unwaited) { usbx_lane_wait(S->be, 0, 1); S->unwaited = false; }
+  if (next >= 0 && next < L && S->resident[next % 2] != next) fetch_layer(S, next);
 }
 
 /* ZeRO-3 setup: every decoder tensor keeps only this rank's range (copied out of the loaded
- * model, whose layer buffers are then freed); the model's layer pointers all point into one
- * layer-sized slot, laid out in enumeration order.  False when the layers are not all trained
+ * model, whose layer buffers are then freed); layer l's pointers point into slot l % 2 of two
+ * layer-sized slots, laid out in enumeration order.  False when the layers are not all trained
  * (frozen layers stay whole). */
 static bool shard_layers(state *S) {
   usbx_backend *be = S->be;
@@ -386,12 +407,12 @@ static bool shard_layers(state *S) {
   free(used);
   be->sync(be);
   usbx_bagel_drop_layer_weights(S->m);
-  S->slot = be->alloc(be, bytes);
+  for (int k = 0; k < 2; k++) S->slot[k] = be->alloc(be, bytes);
   for (int i = 0; i < S->np; i++) {
     param *p = &S->p[i];
-    if (p->sharded) { p->w = S->slot + p->slot_off; *p->d->dst = p->w; }
+    if (p->sharded) { p->w = S->slot[p->layer % 2] + p->slot_off; *p->d->dst = p->w; }
   }
-  S->resident = -1;
+  S->resident[0] = S->resident[1] = -1;
   usbx_trainer_weights_moved(S->tr);
   usbx_trainer_gather_layers(S->tr, gather_layer, S);
   return true;
@@ -476,12 +497,14 @@ int usbx_train_run(const usbx_train_opts *o) {
   S.tr = usbx_trainer_new(m, frozen);
   usbx_trainer_set_recompute(S.tr, o->recompute);
   bool zero2 = env.world > 1 && o->zero >= 2;
-  /* ZeRO-2 on a GPU: two layer buffers, so a layer's reductions run beside the next layer's
-   * backward (USBX_TRAIN_OVERLAP=0: in line).  ZeRO-3 keys gradients by the one gathered slot,
-   * so it keeps one buffer and reduces in line. */
+  /* On a GPU, two layer gradient buffers, so a layer's reductions (and with ZeRO-3 the next
+   * layer's gathering) run beside the compute (USBX_TRAIN_OVERLAP=0: in line).  ZeRO-3 keeps two
+   * weight slots and keys gradients by them, so it always has two buffers: layer l uses slot and
+   * buffer l % 2. */
   const char *ov = getenv("USBX_TRAIN_OVERLAP");
-  S.overlap = zero2 && o->zero == 2 && be->set_lane && !(ov && strcmp(ov, "0") == 0);
-  if (zero2) usbx_trainer_share_layer_grads(S.tr, S.overlap ? 2 : 1, layer_grads_done, &S);
+  S.overlap = zero2 && be->set_lane && !(ov && strcmp(ov, "0") == 0);
+  S.last = -1;
+  if (zero2) usbx_trainer_share_layer_grads(S.tr, S.overlap || o->zero >= 3 ? 2 : 1, layer_grads_done, &S);
   usbx_bagel_enumerate(cf, parts, m, &S.wl);
   S.p = xcalloc((size_t)S.wl.n, sizeof *S.p);
   S.np = S.wl.n;
@@ -646,6 +669,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int j = env.rank; j < nbatch; j += W) {
       usbx_train_out out = {0};
       bs[j].ce_den = ce_den; bs[j].mse_den = mse_den;
+      S.last = -1;   /* ZeRO-3: each batch starts with a forward */
       usbx_trainer_add_grads(S.tr, &bs[j], (float)o->ce_weight, (float)o->mse_weight, &out);
       usbx_lane_wait(be, 0, 1);   /* the last layers' reductions (overlap) */
       part[0] += out.ce; part[1] += out.mse;
@@ -689,7 +713,7 @@ int usbx_train_run(const usbx_train_opts *o) {
         if (S.p[i].trained && S.p[i].live && !S.p[i].sharded) broadcast_ranges(&S, &S.p[i], S.p[i].w, w_elem(&S, &S.p[i]));
       usbx_dist_group_end(dist);
     }
-    S.resident = -1;   /* ZeRO-3: the layers changed; gathered again when next used */
+    S.resident[0] = S.resident[1] = -1;   /* ZeRO-3: the layers changed; gathered again when next used */
     be->sync(be);
     tp3 = usbx_now();
     if (profile && step >= 2) {
@@ -747,7 +771,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     if (p->wr) be->free(be, p->wr);
     *p->d->dst = NULL;   /* pointed into the slot */
   }
-  if (S.slot) be->free(be, S.slot);
+  for (int k = 0; k < 2; k++) if (S.slot[k]) be->free(be, S.slot[k]);
   if (S.full) be->free(be, S.full);
   usbx_dist_close(dist);
   free(S.p); free(S.wl.v);
