@@ -50,6 +50,8 @@ void usbx_train_defaults(usbx_train_opts *o) {
                              .text_cond_dropout = 0.1f, .timestep_shift = 1.0f, .seed = 4396, .visual_gen = true, .visual_und = true};
 }
 
+#define MAX_RUNS 64   /* the most launches per tensor for the embedding's rows */
+
 typedef struct {
   usbx_wdesc *d;
   void *w;            /* the model's buffer (mm or f32), full on every rank */
@@ -68,6 +70,12 @@ typedef struct {
   float *m, *v, *ema; /* AdamW moments and EMA of the range */
   bool live;          /* some step's gradient reached it (on any rank); until then, without
                          weight decay, its moments are zero and AdamW would leave it as it is */
+  /* The embedding, without weight decay: the same per row.  seen[r]: some batch had token r.
+   * runs: up to MAX_RUNS element ranges [a, b) of this rank's range (offsets from off) that
+   * cover every seen row; the optimizer and the norm visit only those. */
+  uint8_t *seen;
+  int row, nruns;     /* elements per row; number of runs */
+  size_t runs[MAX_RUNS][2];
 } param;
 
 typedef struct {
@@ -237,6 +245,19 @@ static int save_checkpoint(state *S, const usbx_train_opts *o, long step, const 
     for (int i = 0; i < S->np; i++)
       if (S->p[i].trained && !S->p[i].live) dead = jv_array_append(dead, jv_string(S->p[i].d->name));
     st = jv_object_set(st, jv_string("untouched"), dead);
+    for (int i = 0; i < S->np; i++) {   /* the embedding rows reached so far, as [first, end) spans */
+      const param *p = &S->p[i];
+      if (!p->seen) continue;
+      jv spans = jv_array();
+      size_t V = p->n / (size_t)p->row;
+      for (size_t r = 0; r < V; r++) {
+        if (!p->seen[r] || (r && p->seen[r - 1])) continue;
+        size_t e = r;
+        while (e < V && p->seen[e]) e++;
+        spans = jv_array_append(spans, jv_array_append(jv_array_append(jv_array(), jv_number((double)r)), jv_number((double)e)));
+      }
+      st = jv_object_set(st, jv_string("embed_rows"), spans);
+    }
     char *s = usbx_jv_dump(st);
     jv_free(st);
     char *p = usbx_path_join(tmp, "train_state.json");
@@ -344,6 +365,37 @@ static void layer_grads_done(void *ctx, int l) {
 
 /* the summed gradient of this rank's range of p (after the step's reductions) */
 static float *grad_range(param *p) { return p->gs ? p->gs : p->g + p->off; }
+
+/* p->runs from p->seen: the seen rows' spans, neighbours merged across gaps of up to g rows, g
+ * doubled until at most MAX_RUNS remain (fewer, longer launches; the unseen rows inside them
+ * are left as they are by AdamW), clipped to this rank's range */
+static void seen_runs(param *p) {
+  size_t V = p->n / (size_t)p->row, r = 0, rows[MAX_RUNS][2];
+  int nr;
+  for (size_t g = 0;; g = g ? 2 * g : 1) {
+    nr = 0;
+    for (r = 0; r < V; r++) {
+      if (!p->seen[r]) continue;
+      if (nr && r - rows[nr - 1][1] <= g) { rows[nr - 1][1] = r + 1; continue; }
+      if (nr == MAX_RUNS) break;
+      rows[nr][0] = r; rows[nr][1] = r + 1; nr++;
+    }
+    if (r >= V) break;
+  }
+  p->nruns = 0;
+  for (int k = 0; k < nr; k++) {
+    size_t a = rows[k][0] * (size_t)p->row, b = rows[k][1] * (size_t)p->row;
+    if (a < p->off) a = p->off;
+    if (b > p->off + p->len) b = p->off + p->len;
+    if (a < b) { p->runs[p->nruns][0] = a - p->off; p->runs[p->nruns][1] = b - p->off; p->nruns++; }
+  }
+}
+/* the element ranges of p's range the optimizer visits: all of it, or the embedding's seen rows */
+static int visit_runs(const param *p, size_t (*out)[2]) {
+  if (!p->seen) { out[0][0] = 0; out[0][1] = p->len; return p->len ? 1 : 0; }
+  memcpy(out, p->runs, sizeof(size_t[2]) * (size_t)p->nruns);
+  return p->nruns;
+}
 
 static double lr_at(const usbx_train_opts *o, long k, long total) {
   /* upstream: lr * min(1, k / warmup) with k counted from 0 at the first update */
@@ -517,6 +569,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     p->g = usbx_trainer_grad(S.tr, p->d->name, NULL);
     p->trained = p->g != NULL;
     p->live = o->weight_decay != 0;   /* with weight decay every tensor changes each step */
+    if (!p->live && p->g && p->d->dst == (void **)&m->embed) { p->seen = xcalloc((size_t)p->d->shape[0], 1); p->row = (int)p->d->shape[1]; }
     p->layer = -1;
     if (!p->trained) continue;
     if (zero2) p->layer = usbx_bagel_layer_of(p->d->name);
@@ -619,6 +672,25 @@ int usbx_train_run(const usbx_train_opts *o) {
         p->live = !listed;
       }
       jv_free(dead);
+      /* the embedding rows reached at that step (a checkpoint without them: every row) */
+      jv spans = jv_object_get(jv_copy(st), jv_string("embed_rows"));
+      for (int i = 0; i < S.np; i++) {
+        param *p = &S.p[i];
+        if (!p->seen) continue;
+        size_t V = p->n / (size_t)p->row;
+        if (jv_get_kind(spans) != JV_KIND_ARRAY) { memset(p->seen, 1, V); seen_runs(p); continue; }
+        for (int k = 0; k < jv_array_length(jv_copy(spans)); k++) {
+          jv e = jv_array_get(jv_copy(spans), k);
+          jv e0 = jv_array_get(jv_copy(e), 0), e1 = jv_array_get(jv_copy(e), 1);
+          bool ok = jv_get_kind(e0) == JV_KIND_NUMBER && jv_get_kind(e1) == JV_KIND_NUMBER && jv_number_value(e0) >= 0 &&
+                    jv_number_value(e0) <= jv_number_value(e1) && jv_number_value(e1) <= (double)V;
+          if (ok) memset(p->seen + (size_t)jv_number_value(e0), 1, (size_t)(jv_number_value(e1) - jv_number_value(e0)));
+          jv_free(e0); jv_free(e1); jv_free(e);
+          if (!ok) usbx_die("%s: embed_rows entry %d is not [first, end) rows of %zu", sp, k + 1, V);
+        }
+        seen_runs(p);
+      }
+      jv_free(spans);
       jv_free(buf);
       if (usbx_jv_num(st, "seed", &v) && (uint64_t)v != o->data.seed && rank0) usbx_err("warning: resuming a run made with seed %.0f under seed %llu", v, (unsigned long long)o->data.seed);
       if (usbx_jv_num(st, "batches_per_step", &v) && (long)v != env.world * o->accum && rank0)
@@ -674,6 +746,14 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_lane_wait(be, 0, 1);   /* the last layers' reductions (overlap) */
       part[0] += out.ce; part[1] += out.mse;
     }
+    for (int i = 0; i < S.np; i++) {   /* the embedding rows this step's batches reach (every rank builds them all) */
+      param *p = &S.p[i];
+      if (!p->seen) continue;
+      for (int j = 0; j < nbatch; j++)
+        for (int k = 0; k < bs[j].n; k++)
+          if (bs[j].kind[k] == USBX_TOK_TEXT && bs[j].text_id[k] >= 0 && (size_t)bs[j].text_id[k] * p->row < p->n) p->seen[bs[j].text_id[k]] = 1;
+      seen_runs(p);
+    }
     for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&bs[j]);
     if (profile) { be->sync(be); tp1 = usbx_now(); }
     /* the losses, and which tensors any rank's gradients reached, summed over the ranks */
@@ -690,7 +770,11 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_dist_group_end(dist);
     }
     be->memset0(be, acc, sizeof(float));
-    for (int i = 0; i < S.np; i++) if (S.p[i].len && S.p[i].live) be->sumsq_acc(be, acc, grad_range(&S.p[i]), S.p[i].len);
+    size_t runs[MAX_RUNS][2];
+    for (int i = 0; i < S.np; i++) {
+      if (!S.p[i].live) continue;
+      for (int k = 0, nr = visit_runs(&S.p[i], runs); k < nr; k++) be->sumsq_acc(be, acc, grad_range(&S.p[i]) + runs[k][0], runs[k][1] - runs[k][0]);
+    }
     if (profile) { be->sync(be); tp2 = usbx_now(); }
     float sq;
     be->download(be, &sq, acc, sizeof sq);
@@ -704,7 +788,11 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
       if (!p->len || !p->live) continue;
-      be->adamw(be, p->master, master_is_view(&S, p) ? NULL : p->wr, grad_range(p), p->m, p->v, p->ema, p->len, &aw);
+      for (int k = 0, nr = visit_runs(p, runs); k < nr; k++) {
+        size_t a = runs[k][0], len = runs[k][1] - a;
+        be->adamw(be, p->master + a, master_is_view(&S, p) ? NULL : (char *)p->wr + a * w_elem(&S, p), grad_range(p) + a, p->m + a, p->v + a,
+                  p->ema + a, len, &aw);
+      }
     }
     /* every rank's updated weights to every rank */
     if (W > 1) {
@@ -760,6 +848,7 @@ int usbx_train_run(const usbx_train_opts *o) {
   free(red);
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];
+    free(p->seen);
     if (!p->len) continue;
     if (!master_is_view(&S, p)) be->free(be, p->master);
     be->free(be, p->m); be->free(be, p->v); be->free(be, p->ema);

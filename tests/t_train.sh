@@ -49,6 +49,17 @@ assert load(run + '/model.safetensors', lm) == base, 'model'
 assert load(run + '/ema.safetensors', lm) == base, 'ema'
 assert not any(load(run + '/optimizer.safetensors', 'm.' + lm)) and not any(load(run + '/optimizer.safetensors', 'v.' + lm)), 'moments'
 assert any(load(run + '/optimizer.safetensors', 'v.language_model.model.layers.0.mlp_moe_gen.up_proj.weight')), 'trained moments are zero'
+# the embedding: rows no caption token reached keep the base values and zero moments; train_state
+# lists the rows reached, and those are the rows whose moments moved
+emb, D = 'language_model.model.embed_tokens.weight', 64
+b, w, e = load(sys.argv[1], emb), load(run + '/model.safetensors', emb), load(run + '/ema.safetensors', emb)
+v = load(run + '/optimizer.safetensors', 'v.' + emb)
+rows = json.load(open(run + '/train_state.json'))['embed_rows']
+seen = set(r for a, z in rows for r in range(a, z))
+moved = set(r for r in range(len(b) // D) if any(v[r * D:(r + 1) * D]))
+assert moved and moved == seen, ('rows', len(moved), len(seen))
+for r in range(len(b) // D):
+    if r not in seen: assert w[r * D:(r + 1) * D] == b[r * D:(r + 1) * D] and e[r * D:(r + 1) * D] == b[r * D:(r + 1) * D], r
 PY
 
 # 2. resume: 8 steps, then resume to 24: steps 9..24 equal the uninterrupted run exactly
