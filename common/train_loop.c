@@ -70,12 +70,14 @@ typedef struct {
   float *m, *v, *ema; /* AdamW moments and EMA of the range */
   bool live;          /* some step's gradient reached it (on any rank); until then, without
                          weight decay, its moments are zero and AdamW would leave it as it is */
-  /* The embedding, without weight decay: the same per row.  seen[r]: some batch had token r.
-   * runs: up to MAX_RUNS element ranges [a, b) of this rank's range (offsets from off) that
-   * cover every seen row; the optimizer and the norm visit only those. */
-  uint8_t *seen;
-  int row, nruns;     /* elements per row; number of runs */
+  /* runs: the element ranges [a, b) of this rank's range (offsets from off) that the optimizer
+   * and the norm visit: all of it, or for the embedding without weight decay the rows some batch
+   * has reached (seen[r]: a batch had token r; the others keep zero moments, as an untouched
+   * tensor does). */
   size_t runs[MAX_RUNS][2];
+  int nruns;
+  uint8_t *seen;
+  int row;            /* elements per row of the embedding */
 } param;
 
 typedef struct {
@@ -364,7 +366,7 @@ static void layer_grads_done(void *ctx, int l) {
 }
 
 /* the summed gradient of this rank's range of p (after the step's reductions) */
-static float *grad_range(param *p) { return p->gs ? p->gs : p->g + p->off; }
+static float *grad_range(const param *p) { return p->gs ? p->gs : p->g + p->off; }
 
 /* p->runs from p->seen: the seen rows' spans, neighbours merged across gaps of up to g rows, g
  * doubled until at most MAX_RUNS remain (fewer, longer launches; the unseen rows inside them
@@ -389,12 +391,6 @@ static void seen_runs(param *p) {
     if (b > p->off + p->len) b = p->off + p->len;
     if (a < b) { p->runs[p->nruns][0] = a - p->off; p->runs[p->nruns][1] = b - p->off; p->nruns++; }
   }
-}
-/* the element ranges of p's range the optimizer visits: all of it, or the embedding's seen rows */
-static int visit_runs(const param *p, size_t (*out)[2]) {
-  if (!p->seen) { out[0][0] = 0; out[0][1] = p->len; return p->len ? 1 : 0; }
-  memcpy(out, p->runs, sizeof(size_t[2]) * (size_t)p->nruns);
-  return p->nruns;
 }
 
 static double lr_at(const usbx_train_opts *o, long k, long total) {
@@ -589,6 +585,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     param *p = &S.p[i];
     if (!p->trained) continue;
     p->len = owned_by(&S, p, env.rank, &p->off);
+    p->runs[0][0] = 0; p->runs[0][1] = p->len; p->nruns = p->len ? 1 : 0;
     p->wr = (char *)p->w + p->off * w_elem(&S, p);
   }
   bool zero3 = zero2 && o->zero >= 3;
@@ -770,10 +767,10 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_dist_group_end(dist);
     }
     be->memset0(be, acc, sizeof(float));
-    size_t runs[MAX_RUNS][2];
     for (int i = 0; i < S.np; i++) {
-      if (!S.p[i].live) continue;
-      for (int k = 0, nr = visit_runs(&S.p[i], runs); k < nr; k++) be->sumsq_acc(be, acc, grad_range(&S.p[i]) + runs[k][0], runs[k][1] - runs[k][0]);
+      const param *p = &S.p[i];
+      if (!p->live) continue;
+      for (int k = 0; k < p->nruns; k++) be->sumsq_acc(be, acc, grad_range(p) + p->runs[k][0], p->runs[k][1] - p->runs[k][0]);
     }
     if (profile) { be->sync(be); tp2 = usbx_now(); }
     float sq;
@@ -788,8 +785,8 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int i = 0; i < S.np; i++) {
       param *p = &S.p[i];
       if (!p->len || !p->live) continue;
-      for (int k = 0, nr = visit_runs(p, runs); k < nr; k++) {
-        size_t a = runs[k][0], len = runs[k][1] - a;
+      for (int k = 0; k < p->nruns; k++) {
+        size_t a = p->runs[k][0], len = p->runs[k][1] - a;
         be->adamw(be, p->master + a, master_is_view(&S, p) ? NULL : (char *)p->wr + a * w_elem(&S, p), grad_range(p) + a, p->m + a, p->v + a,
                   p->ema + a, len, &aw);
       }

@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
   static_assert(RPI % 8 == 0, "a thread's rows must share their swizzle (row % 8)");
   constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *base = wg_smem_base(smem_raw);
   unsigned char *sQ = base, *sKV = base + BR * 256; /* [2 buffers][K, V] */
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
@@ -386,9 +386,9 @@ __global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_cons
   constexpr int NWG = 2, BR = 64 * NWG;
   constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *base = wg_smem_base(smem_raw);
   unsigned char *sQ = base, *sKV = base + BR * 256;   /* [2 stages][K, V] */
-  const WgKV kv = {sKV, (uint64_t *)(sKV + 4 * TILE), (uint64_t *)(sKV + 4 * TILE) + 2};
+  const WgKV kv = wg_kv_at(sKV);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int kvh = blockIdx.y, r0 = blockIdx.x * BR;

@@ -625,9 +625,9 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
 #if USBX_WGMMA_DEVICE
   constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *base = wg_smem_base(smem_raw);
   unsigned char *sQ = base, *sKV = base + WQ * 256;   /* [2 stages][K, V] */
-  const WgKV kv = {sKV, (uint64_t *)(sKV + 4 * TILE), (uint64_t *)(sKV + 4 * TILE) + 2};
+  const WgKV kv = wg_kv_at(sKV);
   int *list = (int *)(kv.empty + 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
@@ -691,9 +691,9 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
 #if USBX_WGMMA_DEVICE
   constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char *base = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *base = wg_smem_base(smem_raw);
   unsigned char *sQ = base, *sO = base + WQ * 256, *sKV = sO + WQ * 256;   /* [2 stages][K, V] */
-  const WgKV kv = {sKV, (uint64_t *)(sKV + 4 * TILE), (uint64_t *)(sKV + 4 * TILE) + 2};
+  const WgKV kv = wg_kv_at(sKV);
   int *list = (int *)(kv.empty + 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;

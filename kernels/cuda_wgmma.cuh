@@ -112,6 +112,15 @@ static __host__ __device__ __forceinline__ WgSoftmax wg_softmax_init() { return 
  * full[st] counts the bytes of its copies, empty[st] the consumer warps done reading it. */
 #define WG_KV_TILE (WG_BK * 256)           /* bytes of one K or V tile */
 struct WgKV { unsigned char *sKV; uint64_t *full, *empty; };
+/* the pipeline at sKV: two stages, then their barriers */
+static __device__ __forceinline__ WgKV wg_kv_at(unsigned char *sKV) {
+  uint64_t *bar = (uint64_t *)(sKV + 4 * WG_KV_TILE);
+  return {sKV, bar, bar + 2};
+}
+/* dynamic shared memory rounded up to the 1024 bytes the 128-byte swizzle's atoms need */
+static __device__ __forceinline__ unsigned char *wg_smem_base(unsigned char *smem_raw) {
+  return (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+}
 /* one thread, before the block's barrier */
 static __device__ __forceinline__ void wg_kv_init(const WgKV &s, unsigned consumer_warps) {
   for (int i = 0; i < 2; i++) { mbar_init(&s.full[i], 1); mbar_init(&s.empty[i], consumer_warps); }
