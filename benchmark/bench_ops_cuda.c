@@ -146,14 +146,16 @@ static void tm_fn(void *p) {
   if (a->bwd) be->attention_masked_bwd(be, a->dq, a->dk, a->dv, a->dout, a->q, a->k, a->v, a->o, a->lse, &a->a);
   else be->attention_masked(be, a->o, a->lse, a->q, a->k, a->v, &a->a);
 }
-/* a packed batch of `ns` samples of n/ns tokens each: text (causal, 1/4) + noisy image (noise)
- * per sample, tokens in packed order; returns the visible (query, key) pairs in *pairs */
-static void time_train_attn(int n, int ns, int reps, bool by_sample, double *fwd_ms, double *bwd_ms, double *pairs) {
-  const int H = 28, Hkv = 4, d = 128;
+/* a packed batch of `ns` samples of n/ns tokens each: text (causal; `text` tokens, or 1/4 when
+ * negative) + noisy image (noise) per sample, H / Hkv heads of 128, tokens in packed order; returns
+ * the visible (query, key) pairs in *pairs */
+static void time_train_attn(int n, int ns, int H, int Hkv, int text_len, int reps, bool by_sample, double *fwd_ms, double *bwd_ms,
+                            double *pairs) {
+  const int d = 128;
   int32_t *meta = xmalloc(4 * (size_t)n * sizeof *meta);
   int per = n / ns;
   for (int t = 0; t < n; t++) {
-    int smp = t / per < ns ? t / per : ns - 1, off = t - smp * per, text = per / 4;
+    int smp = t / per < ns ? t / per : ns - 1, off = t - smp * per, text = text_len < 0 ? per / 4 : text_len;
     meta[t] = t; meta[n + t] = smp; meta[2 * n + t] = 2 * smp + (off >= text); meta[3 * n + t] = off >= text ? 2 : 0;
   }
   double vis = 0;
@@ -342,7 +344,7 @@ int main(int argc, char **argv) {
   out("\n### Training attention (attention_masked, H = 28, Hkv = 4, d = 128; samples of 1/4 causal text + 3/4 noisy image, packed order)\n\n");
   out("| n | samples | kernels | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
   int tn[][2] = {{2048, 1}, {8192, 2}, {8204, 2}, {8192, 4}, {16384, 4}};   /* 8204: samples of 4102 tokens, as the trainer packs them */
-  for (int i = 0; i < 5; i++)
+  for (int i = 0; i < (getenv("BENCH_TRAIN_LAYOUT_ONLY") ? 0 : 5); i++)   /* BENCH_TRAIN_LAYOUT_ONLY: just the trainer layout below */
     for (int kind = 4; kind >= 0; kind--) {   /* 4 flash (Hopper forward on sm_90), 3 flash with the mma.sync forward,
                                                  2 by sample through cuBLAS, 1 tiled, 0 scalar; BENCH_TRAIN_KIND=34: those */
       if (getenv("BENCH_TRAIN_KIND") && !strchr(getenv("BENCH_TRAIN_KIND"), '0' + kind)) continue;
@@ -350,7 +352,7 @@ int main(int argc, char **argv) {
       int old = usbx_cuda_set_option(be, "attn_masked_tc", kind > 0), old_fl = usbx_cuda_set_option(be, "attn_masked_flash", kind >= 3);
       int old_wg = usbx_cuda_set_option(be, "attn_masked_wg", kind == 4);
       double f, b, pairs;
-      time_train_attn(tn[i][0], tn[i][1], kind ? (reps > 10 ? 10 : reps) : 2, kind == 2, &f, &b, &pairs);
+      time_train_attn(tn[i][0], tn[i][1], 28, 4, -1, kind ? (reps > 10 ? 10 : reps) : 2, kind == 2, &f, &b, &pairs);
       usbx_cuda_set_option(be, "attn_masked_tc", old);
       usbx_cuda_set_option(be, "attn_masked_flash", old_fl);
       usbx_cuda_set_option(be, "attn_masked_wg", old_wg);
@@ -360,6 +362,13 @@ int main(int argc, char **argv) {
           kind == 4 ? "flash" : kind == 3 ? "flash, mma.sync forward" : kind == 2 ? "by sample (cuBLAS)" : kind ? "tiled tensor cores" : "scalar (warp per row)",
           f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
     }
+  /* the 1.59 B trainer's batches (benchmark/mfu-1p5b.json): two 256x256 scenes, each a 20-token
+   * caption and 4,082 noisy image tokens, 12 query heads on 2 KV heads; the default kernels */
+  out("\n1.59 B trainer layout (H = 12, Hkv = 2; 2 samples of 20 causal text + 4,082 image tokens):\n\n");
+  out("| n | samples | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|\n");
+  double f, b, pairs;
+  time_train_attn(8204, 2, 12, 2, 20, reps > 10 ? 10 : reps, false, &f, &b, &pairs);
+  out("| 8204 | 2 | %.3f | %.1f | %.3f | %.1f |\n", f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
   }
   if (SECTION("ew")) {
   out("\n### Element-wise (GB/s = bytes read + written)\n\n| op | shape | us | GB/s |\n|---|---|---|---|\n");

@@ -20,8 +20,10 @@
  *   dQ        one block per (query tile, query head): S and dP = dO·Vᵀ again, dQ += dS·K.
  * Two backward kernels instead of FlashAttention-2's one with atomic dQ: deterministic, at the
  * price of recomputing S and dP once more.  Blocks are launched longest first (k_tile_order).
- * On sm_90 at head dim 128 the forward and dQ run as warpgroup MMAs fed by TMA instead
- * (k_fa_fwd_tma, k_fa_bwd_q_tma below; option attn_masked_wg), in blocks of 128 queries.
+ * On sm_90 at head dim 128 the forward runs as warpgroup MMAs fed by TMA instead (k_fa_fwd_tma
+ * below; option attn_masked_wg), in blocks of 128 queries, and the backward as one kernel
+ * (k_fa_bwd_tma, option attn_bwd_fused: dQ added up in fp32 by the TMA unit, so not bit-stable
+ * in dQ's last bits) or, with that option off, the mma.sync dK/dV kernel and k_fa_bwd_q_tma.
  *
  * Precision is FlashAttention-2's (upstream trains with it): bf16 q/k/v, dO rounded to bf16, P
  * rounded to bf16 for P·V and Pᵀ·dO, dS rounded to bf16 for its two products; row sums, lse, D,
@@ -50,7 +52,8 @@ struct FP {
   float *part_k, *part_v;              /* GQA: [n, H, d] per query head, summed into dk / dv */
   const int4 *meta;                    /* per stored token: {order, sample, split·4 + mode, 1} */
   const uint8_t *status;               /* [nt][nt]: query tile x key tile */
-  const int *q_order, *k_order;        /* query / key tiles by falling count of active partners */
+  const int *q_order, *k_order;        /* query / key tiles by falling cost (k_tile_order) */
+  const int *q2_order;                 /* the same for pairs of query tiles (the Hopper kernels' blocks) */
   int n, H, Hkv, G, d, nt;
   float sl2, scale;
 };
@@ -91,30 +94,46 @@ __global__ void __launch_bounds__(256) k_status(uint8_t *st, const int4 *meta, i
 }
 
 /* Blocks run roughly in launch order, and a tile whose tokens belong to two samples has about twice
- * the partners of the others: launched last, it would run alone at the end.  So tiles are launched
- * by falling count of active partners (longest first), every head of a tile together: block b
- * takes order[b / H] and head b % H.  One block ranks all tiles (count, then index). */
-__global__ void __launch_bounds__(1024) k_tile_order(int *q_order, int *k_order, const uint8_t *st, int nt) {
-  extern __shared__ int cnt[];   /* [2][nt]: query tiles' counts, key tiles' counts */
+ * the partners of the others (and is masked per element): launched last, it would run alone at
+ * the end.  So tiles are launched by falling cost (longest first), every head of a tile together:
+ * block b takes order[b / H] and head b % H.  A tile's cost sums its partners, 2 for a whole one
+ * and 3 for one masked per element; the Hopper kernels' blocks of two query tiles (2i and 2i + 1)
+ * add their tiles' costs.  One block ranks the three lists (cost, then index). */
+__device__ void rank_by_cost(int *order, const int *cost, int m) {
+  for (int i = threadIdx.x; i < m; i += blockDim.x) {
+    int r = 0;
+    for (int j = 0; j < m; j++) r += cost[j] > cost[i] || (cost[j] == cost[i] && j < i);
+    order[r] = i;
+  }
+}
+/* order: query tiles [nt], key tiles [nt], query tile pairs [np] */
+__global__ void __launch_bounds__(1024) k_tile_order(int *order, const uint8_t *st, int nt) {
+  extern __shared__ int cost[];   /* the same three lists */
+  const int np = (nt + 1) / 2;
+  int *cq = cost, *ck = cq + nt, *cq2 = ck + nt;
   for (int i = threadIdx.x; i < nt; i += blockDim.x) {
-    int cq = 0, ck = 0;
+    int a = 0, b = 0;
     for (int j = 0; j < nt; j++) {
-      cq += st[(size_t)i * nt + j] != T_NONE;
-      ck += st[(size_t)j * nt + i] != T_NONE;
+      const uint8_t sq = st[(size_t)i * nt + j], sk = st[(size_t)j * nt + i];
+      a += sq == T_NONE ? 0 : sq == T_FULL ? 2 : 3;
+      b += sk == T_NONE ? 0 : sk == T_FULL ? 2 : 3;
     }
-    cnt[i] = cq;
-    cnt[nt + i] = ck;
+    cq[i] = a;
+    ck[i] = b;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < nt; i += blockDim.x) {
-    int rq = 0, rk = 0;
-    for (int j = 0; j < nt; j++) {
-      rq += cnt[j] > cnt[i] || (cnt[j] == cnt[i] && j < i);
-      rk += cnt[nt + j] > cnt[nt + i] || (cnt[nt + j] == cnt[nt + i] && j < i);
-    }
-    q_order[rq] = i;
-    k_order[rk] = i;
-  }
+  for (int i = threadIdx.x; i < np; i += blockDim.x) cq2[i] = cq[2 * i] + (2 * i + 1 < nt ? cq[2 * i + 1] : 0);
+  __syncthreads();
+  rank_by_cost(order, cq, nt);
+  rank_by_cost(order + nt, ck, nt);
+  rank_by_cost(order + 2 * nt, cq2, np);
+}
+
+/* warp-wide: the lanes with act append their e to list[c...] in lane order; returns the new count */
+__device__ __forceinline__ int warp_append(int *list, int c, bool act, int e, int lane) {
+  const unsigned b = __ballot_sync(0xffffffffu, act);
+  if (act) list[c + __popc(b & ((1u << lane) - 1u))] = e;
+  return c + __popc(b);
 }
 
 /* the non-empty entries of nt statuses st[j·stride] as j | FULL_BIT (all visible), in order;
@@ -127,9 +146,7 @@ __device__ int active_tiles(int *list, const uint8_t *st, size_t stride, int nt)
     for (int base = 0; base < nt; base += 32) {
       const int j = base + lane;
       const uint8_t s = j < nt ? st[(size_t)j * stride] : T_NONE;
-      const unsigned b = __ballot_sync(0xffffffffu, s != T_NONE);
-      if (s != T_NONE) list[c + __popc(b & ((1u << lane) - 1u))] = j | (s == T_FULL ? FULL_BIT : 0);
-      c += __popc(b);
+      c = warp_append(list, c, s != T_NONE, j | (s == T_FULL ? FULL_BIT : 0), lane);
     }
     if (lane == 0) count = c;
   }
@@ -538,10 +555,7 @@ __device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
         const int mode = s0 == T_NONE && s1 == T_NONE ? 0 : s0 == T_FULL && s1 == T_FULL ? 1 : 2;
         e |= mode << (28 + 2 * w);
       }
-      const bool act = t < nk && (e >> 28) != 0;
-      const unsigned b = __ballot_sync(0xffffffffu, act);
-      if (act) list[c + __popc(b & ((1u << lane) - 1u))] = e;
-      c += __popc(b);
+      c = warp_append(list, c, t < nk && (e >> 28) != 0, e, lane);
     }
     if (lane == 0) count = c;
   }
@@ -631,7 +645,7 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
   int *list = (int *)(kv.empty + 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-  const int qb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
+  const int qb = p.q2_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
   for (int c = tid; c < WQ * 16; c += blockDim.x) {   /* the Q tile, swizzled; rows past n zero */
     const int rr = c >> 4, ch = c & 15, t = q0 + rr;
     const bool ok = t < p.n;
@@ -697,7 +711,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
   int *list = (int *)(kv.empty + 2);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-  const int qb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
+  const int qb = p.q2_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
   for (int c = tid; c < WQ * 16; c += blockDim.x) {   /* Q and dO tiles, swizzled; rows past n zero */
     const int rr = c >> 4, ch = c & 15, t = q0 + rr;
     const bool ok = t < p.n;
@@ -752,6 +766,238 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
 #endif
 }
 
+/* ---------------------------------------------------------------- Hopper backward in one kernel
+ * FlashAttention-3's schedule at head dim 128: one block per (128 keys, query head), two consumer
+ * warpgroups of 64 keys each (one classification tile: skipped, whole or masked per query tile),
+ * K and V of the block staged once, and the active 64-query tiles of Q and dO (with their lse and D)
+ * streamed through two stages by a producer warpgroup that gives its registers away.  Per query
+ * tile a warpgroup computes Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64), Pᵀ and dSᵀ in registers, dV += Pᵀ·dO
+ * and dK += dSᵀ·Q (A from registers), and writes dSᵀ (bf16) to shared memory; after a barrier of
+ * the two warpgroups each computes dQ = dS·K for its 64 columns of d over all 128 keys, stages it
+ * in shared memory, and the TMA unit adds it into dq (fp32, zeroed first; cp.reduce.async.bulk).
+ * Against the two-kernel backward this drops the second computation of S and dP (7 products per
+ * tile pair become 5); the price is that dQ's additions come in no fixed order.  (Per-thread
+ * float2 atomics instead of the TMA reductions: 2.85 against 2.52 ms at 8192 tokens, H 28/4.) */
+constexpr int FB_Q = 64;                       /* queries per streamed tile: the classification's tile */
+constexpr int FB_K = 128;                      /* keys per block: two classification tiles */
+constexpr uint32_t FB_QT = FB_Q * 256;         /* bytes of a Q or dO tile (two 64-column halves) */
+#if USBX_WGMMA_DEVICE
+/* the block's query tiles with an active partner among key tiles 2·kb and 2·kb + 1: entry qt |
+ * mode of warpgroup w << (28 + 2w) (0 skip, 1 whole, 2 masked); returns the count (all threads) */
+__device__ int fb_active_tiles(int *list, const uint8_t *st, int kb, int nt) {
+  __shared__ int count;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp == 0) {
+    int c = 0;
+    for (int base = 0; base < nt; base += 32) {
+      const int qt = base + lane;
+      int e = qt;
+      for (int w = 0; w < 2 && qt < nt; w++) {
+        const int kt = 2 * kb + w;
+        const uint8_t s = kt < nt ? st[(size_t)qt * nt + kt] : T_NONE;
+        e |= (s == T_NONE ? 0 : s == T_FULL ? 1 : 2) << (28 + 2 * w);
+      }
+      c = warp_append(list, c, qt < nt && (e >> 28) != 0, e, lane);
+    }
+    if (lane == 0) count = c;
+  }
+  __syncthreads();
+  return count;
+}
+#endif
+
+__global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+                                                       const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_o,
+                                                       const __grid_constant__ CUtensorMap tm_dq) {
+#if USBX_WGMMA_DEVICE
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char *base = wg_smem_base(smem_raw);
+  unsigned char *sK = base, *sV = sK + FB_K * 256, *sQO = sV + FB_K * 256;   /* sQO: [2 stages][Q, dO] */
+  unsigned char *sdS = sQO + 4 * FB_QT;                                       /* [2][FB_K keys][64 queries] bf16 */
+  unsigned char *sdQ = sdS + 2 * FB_K * 128;   /* per warpgroup: its dQ share, two boxes of 64 rows x 32 fp32 */
+  float *sLD = (float *)(sdQ + 2 * FB_Q * 256);                               /* [2 stages][lse·log2e, D][FB_Q] */
+  uint64_t *kv_full = (uint64_t *)(sLD + 4 * FB_Q), *full = kv_full + 1, *empty = full + 2;
+  int *list = (int *)(empty + 2);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  /* key blocks in stored order: ranked by cost like the query blocks they ran 0-13 % slower at 4 samples (H 28/4,
+   * 2026-11-27 01:55), as neighbouring blocks then stream the same query tiles less often together */
+  const int kb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, k0 = kb * FB_K;
+  if (tid == 0) {
+    mbar_init(kv_full, 1);
+    for (int i = 0; i < 2; i++) { mbar_init(&full[i], 32); mbar_init(&empty[i], 8); }
+    mbar_init_fence();
+  }
+  const int n_act = fb_active_tiles(list, p.status, kb, p.nt);
+
+  if (wg == 2) {   /* producer warpgroup: warp 8 loads, its lane 0 issues the copies */
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+    if (warp != 8) return;
+    if (lane == 0) {
+      mbar_expect_tx(kv_full, 2 * FB_K * 256);
+      for (int half = 0; half < 2; half++) {
+        tma_load_2d(sK + half * FB_K * 128, &tm_k, kv_full, kvh * 128 + half * 64, k0);
+        tma_load_2d(sV + half * FB_K * 128, &tm_v, kv_full, kvh * 128 + half * 64, k0);
+      }
+    }
+    for (int a = 0; a < n_act; a++) {
+      const int st = a & 1, q0 = (list[a] & WG_IDX) * FB_Q;
+      if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
+      float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
+      for (int r = lane; r < FB_Q; r += 32) {   /* padding rows: 0 (their Q and dO rows read as zeros) */
+        const int t = q0 + r;
+        L[r] = t < p.n ? p.lse_in[(size_t)h * p.n + t] * LOG2E : 0.f;
+        Dd[r] = t < p.n ? p.D[(size_t)h * p.n + t] : 0.f;
+      }
+      if (lane == 0) {
+        mbar_expect_tx(&full[st], 2 * FB_QT);
+        unsigned char *sq = sQO + 2 * st * FB_QT, *so = sq + FB_QT;
+        for (int half = 0; half < 2; half++) {
+          tma_load_2d(sq + half * FB_Q * 128, &tm_q, &full[st], h * 128 + half * 64, q0);
+          tma_load_2d(so + half * FB_Q * 128, &tm_o, &full[st], h * 128 + half * 64, q0);
+        }
+      } else {
+        mbar_arrive(&full[st]);   /* releases this lane's lse and D */
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+  const int wi = warp & 3, ctid = tid & 127;
+  const int ra = wg * 64 + wi * 16 + (lane >> 2), rb = ra + 8;   /* this thread's key rows in the block */
+  const int4 z4 = make_int4(0, 0, 0, 0);
+  const int4 mka = k0 + ra < p.n ? p.meta[k0 + ra] : z4, mkb = k0 + rb < p.n ? p.meta[k0 + rb] : z4;
+  float dk[64], dv[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) dk[i] = dv[i] = 0.f;
+  const uint64_t dKw = wg_desc(sK + wg * 64 * 128, 16, 1024), dVw = wg_desc(sV + wg * 64 * 128, 16, 1024);
+  const uint64_t dKt = wg_desc(sK + wg * FB_K * 128, FB_K * 128, 1024);   /* columns 64wg.. of K, MN-major */
+  mbar_wait(kv_full, 0);
+
+  for (int a = 0; a < n_act; a++) {
+    const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3, q0 = (e & WG_IDX) * FB_Q;
+    unsigned char *sq = sQO + 2 * st * FB_QT, *so = sq + FB_QT, *ds = sdS + st * FB_K * 128;
+    mbar_wait(&full[st], (a >> 1) & 1);
+    if (mode) {
+      uint32_t pf[4][4], sf[4][4];
+      {
+        float s[32], dp[32];
+        const uint64_t dQk = wg_desc(sq, 16, 1024), dOk = wg_desc(so, 16, 1024);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++)
+          wgmma_ss64<0>(s, dKw + (uint64_t)(((kk >> 2) * FB_K * 128 + (kk & 3) * 32) >> 4),
+                        dQk + (uint64_t)(((kk >> 2) * FB_Q * 128 + (kk & 3) * 32) >> 4), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++)
+          wgmma_ss64<0>(dp, dVw + (uint64_t)(((kk >> 2) * FB_K * 128 + (kk & 3) * 32) >> 4),
+                        dOk + (uint64_t)(((kk >> 2) * FB_Q * 128 + (kk & 3) * 32) >> 4), kk > 0);
+        wg_commit();
+        wg_wait0();
+        /* element 4j + e (+2): key row ra (rb), query column c + e, c = 8j + 2(lane % 4) */
+        const float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          const int c = 8 * j + 2 * (lane & 3);
+          const float2 l2 = *(const float2 *)(L + c), d2 = *(const float2 *)(Dd + c);
+#pragma unroll
+          for (int x = 0; x < 2; x++) {
+            const float lq = x ? l2.y : l2.x, dd = x ? d2.y : d2.x;
+            float pa = ex2(fmaf(s[4 * j + x], p.sl2, -lq)), pb = ex2(fmaf(s[4 * j + 2 + x], p.sl2, -lq));
+            if (mode == 2) {
+              const int t = q0 + c + x;
+              const int4 mq = t < p.n ? __ldg(p.meta + t) : z4;
+              if (!vis(mq, mka)) pa = 0.f;
+              if (!vis(mq, mkb)) pb = 0.f;
+            }
+            s[4 * j + x] = pa;
+            s[4 * j + 2 + x] = pb;
+            dp[4 * j + x] = pa * (dp[4 * j + x] - dd);
+            dp[4 * j + 2 + x] = pb * (dp[4 * j + 2 + x] - dd);
+          }
+          if (j & 1) {
+            acc_to_a(pf[j >> 1], &s[4 * (j - 1)], &s[4 * j]);
+            acc_to_a(sf[j >> 1], &dp[4 * (j - 1)], &dp[4 * j]);
+          }
+        }
+      }
+      /* dSᵀ (bf16, as its products read it) into this warpgroup's rows: fragment register r of
+       * sf[jj] is row ra (r even) or rb, query chunk 2jj + r / 2 */
+#pragma unroll
+      for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+          const int row = r & 1 ? rb : ra, ch = 2 * jj + (r >> 1);
+          *(uint32_t *)(ds + row * 128 + ((ch ^ (row & 7)) << 4) + (lane & 3) * 4) = sf[jj][r];
+        }
+      const uint64_t dOt = wg_desc(so, FB_Q * 128, 1024), dQt = wg_desc(sq, FB_Q * 128, 1024);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) wgmma_rs_t(dv, pf[kk], dOt + (uint64_t)((kk * 16 * 128) >> 4));
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) wgmma_rs_t(dk, sf[kk], dQt + (uint64_t)((kk * 16 * 128) >> 4));
+      wg_commit();
+    } else {   /* no partner here: zeros for this warpgroup's rows of dSᵀ */
+      uint4 *z = (uint4 *)(ds + wg * 64 * 128) + ctid * 4;
+#pragma unroll
+      for (int i = 0; i < 4; i++) z[i] = make_uint4(0, 0, 0, 0);
+    }
+    fence_proxy_async();
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups' dSᵀ written */
+    float dqa[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dqa[i] = 0.f;
+    const uint64_t dsd = wg_desc(ds, FB_K * 128, 1024);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15 */
+      wgmma_ss64<1>(dqa, dsd + (uint64_t)((kk * 16 * 128) >> 4), dKt + (uint64_t)((kk * 16 * 128) >> 4), kk > 0);
+    wg_commit();
+    wg_wait0();
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[st]);
+    {   /* dQ through shared memory, added into dq by the TMA unit (one reduction per 32 columns) */
+      unsigned char *stg = sdQ + wg * FB_Q * 256;
+      if (ctid == 0) bulk_wait_read0();   /* the previous tile's reductions have read it */
+      asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        const int r = wi * 16 + (lane >> 2) + half * 8;
+#pragma unroll
+        for (int j = 0; j < 8; j++)   /* box j / 4; 16-byte chunk 2(j % 4) + (lane % 4) / 2 of row r, swizzled */
+          *(float2 *)(stg + (j >> 2) * FB_Q * 128 + r * 128 + (((2 * (j & 3) + ((lane & 3) >> 1)) ^ (r & 7)) << 4) + (lane & 1) * 8) =
+              make_float2(dqa[4 * j + 2 * half] * p.scale, dqa[4 * j + 2 * half + 1] * p.scale);
+      }
+      fence_proxy_async();
+      asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
+      if (ctid == 0) {   /* rows past n are outside the tensor map: left alone */
+        tma_reduce_add_2d(&tm_dq, stg, h * 128 + wg * 64, q0);
+        tma_reduce_add_2d(&tm_dq, stg + FB_Q * 128, h * 128 + wg * 64 + 32, q0);
+        bulk_commit();
+      }
+    }
+  }
+  if (ctid == 0) bulk_wait0();
+
+  /* G = 1: straight into dk / dv (h = kvh); else this head's share into the workspace */
+  float *ok = p.G > 1 ? p.part_k : p.dk, *ov = p.G > 1 ? p.part_v : p.dv;
+  const int cb = 2 * (lane & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = k0 + (half ? rb : ra);
+    if (t >= p.n) continue;
+    const size_t row = ((size_t)t * p.H + h) * 128;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+      if (ok) *(float2 *)(ok + row + j * 8 + cb) = make_float2(dk[4 * j + 2 * half] * p.scale, dk[4 * j + 2 * half + 1] * p.scale);
+      if (ov) *(float2 *)(ov + row + j * 8 + cb) = make_float2(dv[4 * j + 2 * half], dv[4 * j + 2 * half + 1]);
+    }
+  }
+#else
+  __trap();
+#endif
+}
+
 /* the Hopper kernels apply: an sm_90 device, head dim 128, the option on, and shared memory for
  * the tile list; the tensor maps of K and V into tk, tv (false when they cannot be made) */
 bool tma_ready(usbx_cuda *c, const FP &p, size_t smem, CUtensorMap *tk, CUtensorMap *tv) {
@@ -764,6 +1010,23 @@ bool bwd_q_tma(usbx_cuda *c, const FP &p) {
   if (!tma_ready(c, p, smem, &tk, &tv)) return false;
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_bwd_q_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   k_fa_bwd_q_tma<<<(unsigned)((p.n + WQ - 1) / WQ * p.H), 384, smem, c->stream>>>(p, tk, tv);
+  CUDA_LAUNCHED();
+  return true;
+}
+
+/* dK, dV and dQ by k_fa_bwd_tma; false when it does not apply (tma_ready, the option, all three
+ * gradients wanted) */
+bool bwd_fused_tma(usbx_cuda *c, const FP &p) {
+  if (!c->opt_attn_bwd_fused || !p.dq || !p.dk || !p.dv || ((uintptr_t)p.dq & 15)) return false;
+  const size_t smem = 1024 + 2 * (size_t)FB_K * 256 + 4 * (size_t)FB_QT + 2 * (size_t)FB_K * 128 + 2 * FB_Q * 256 + 4 * FB_Q * sizeof(float) +
+                      5 * 8 + (size_t)p.nt * sizeof(int);
+  CUtensorMap tk, tv, tq, to, tdq;
+  if (!tma_ready(c, p, smem, &tk, &tv) || !kv_tmap(&tq, p.q, p.n, p.H, FB_Q) || !kv_tmap(&to, p.dob, p.n, p.H, FB_Q) ||
+      !tmap_2d(&tdq, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dq, p.n, p.H * 128, 32, FB_Q))
+    return false;
+  CUDA_CHECK(cudaMemsetAsync(p.dq, 0, (size_t)p.n * p.H * 128 * sizeof(float), c->stream));
+  CUDA_CHECK(cudaFuncSetAttribute(k_fa_bwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  k_fa_bwd_tma<<<(unsigned)((p.nt + 1) / 2 * p.H), 384, smem, c->stream>>>(p, tk, tv, tq, to, tdq);
   CUDA_LAUNCHED();
   return true;
 }
@@ -795,7 +1058,8 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
   p.scale = 1.0f / sqrtf((float)p.d);
   p.sl2 = p.scale * LOG2E;
   *extra_p = extra ? cu_attn_ws(c, extra) : NULL;
-  const size_t meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255, order_b = ((size_t)2 * p.nt * sizeof(int) + 255) & ~(size_t)255;
+  const int np = (p.nt + 1) / 2;
+  const size_t meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255, order_b = ((size_t)(2 * p.nt + np) * sizeof(int) + 255) & ~(size_t)255;
   const size_t need = meta_b + order_b + (size_t)p.nt * p.nt;
   if (need > c->fa_meta_bytes) {
     if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
@@ -813,13 +1077,13 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
     CUDA_LAUNCHED();
     /* 16 bytes more than the counts: ptxas loads the remainder loop's counts as one 12-byte
      * access, which compute-sanitizer (memcheck) flagged as a read past the end at nt = 1 */
-    const size_t smem = (size_t)2 * p.nt * sizeof(int) + 16;
+    const size_t smem = (size_t)(2 * p.nt + np) * sizeof(int) + 16;
     if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_tile_order, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    k_tile_order<<<1, 1024, smem, c->stream>>>(order, order + p.nt, st, p.nt);
+    k_tile_order<<<1, 1024, smem, c->stream>>>(order, st, p.nt);
     CUDA_LAUNCHED();
     c->fa_meta_id = a->meta_id;
   }
-  p.meta = meta; p.status = st; p.q_order = order; p.k_order = order + p.nt;
+  p.meta = meta; p.status = st; p.q_order = order; p.k_order = order + p.nt; p.q2_order = order + 2 * p.nt;
   return p;
 }
 
@@ -834,16 +1098,23 @@ template <int DP>
 void fwd(usbx_cuda *c, const FP &p) {
   launch(c, k_fa_fwd<DP>, dim3(p.nt * p.H), Smem<DP>::fwd(p.nt), p);
 }
+/* GQA: the query heads' dK and dV shares summed into dk / dv */
+void sum_heads(usbx_cuda *c, const FP &p) {
+  if (p.G == 1) return;
+  const size_t total = (size_t)p.n * p.Hkv * p.d;
+  k_sum_heads<<<(unsigned)std::min<size_t>((total + 255) / 256, 65535u * 8), 256, 0, c->stream>>>(p.dk, p.dv, p.part_k, p.part_v, p.n, p.Hkv,
+                                                                                               p.G, p.d);
+  CUDA_LAUNCHED();
+}
 template <int DP>
 void bwd(usbx_cuda *c, const FP &p) {
+  if (DP == 128 && bwd_fused_tma(c, p)) {
+    sum_heads(c, p);
+    return;
+  }
   if (p.dk || p.dv) {
     launch(c, k_fa_bwd_kv<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
-    if (p.G > 1) {
-      const size_t total = (size_t)p.n * p.Hkv * p.d;
-      k_sum_heads<<<(unsigned)std::min<size_t>((total + 255) / 256, 65535u * 8), 256, 0, c->stream>>>(p.dk, p.dv, p.part_k, p.part_v, p.n,
-                                                                                                   p.Hkv, p.G, p.d);
-      CUDA_LAUNCHED();
-    }
+    sum_heads(c, p);
   }
   if (p.dq && !(DP == 128 && bwd_q_tma(c, p))) launch(c, k_fa_bwd_q<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
 }

@@ -93,6 +93,7 @@ typedef struct {
   int opt_attn_masked_flash; /* attention_masked(_bwd): 1 flash kernels (cuda_attn_flash.cu) where they apply */
   int opt_attn_masked_row;  /* cuBLAS path: 1 one block per L x L row in registers (softmax, P/dS), 0 warp per row */
   int opt_attn_masked_wg;   /* flash forward: 1 warpgroup MMAs fed by TMA on sm_90 at head dim 128, 0 mma.sync */
+  int opt_attn_bwd_fused;   /* that Hopper path's backward: 1 dK, dV and dQ in one kernel (dQ by atomics), 0 two kernels */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;

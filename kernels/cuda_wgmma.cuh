@@ -68,6 +68,17 @@ static __device__ __forceinline__ void tma_load_2d(void *dst, const void *tmap, 
       ::"r"(smem_u32(dst)), "l"((uint64_t)tmap), "r"(smem_u32(bar)), "r"(c0), "r"(c1) : "memory");
 }
 
+/* one TMA box of shared memory added into a 2-D tensor map's global memory (fp32 add in L2), as a
+ * bulk group of the issuing thread */
+static __device__ __forceinline__ void tma_reduce_add_2d(const void *tmap, const void *src, int c0, int c1) {
+  asm volatile("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3}], [%1];\n"
+               ::"l"((uint64_t)tmap), "r"(smem_u32(src)), "r"(c0), "r"(c1) : "memory");
+}
+static __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/* the issuing thread's bulk groups: all have read their shared memory / all are complete */
+static __device__ __forceinline__ void bulk_wait_read0() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+static __device__ __forceinline__ void bulk_wait0() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 /* the 64 fp32 accumulators of an m64n128 product: their PTX operand list and their bindings */
 #define WG_ACC64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 #define WG_OUT64(d) \
@@ -87,6 +98,23 @@ static __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uin
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_ACC64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
       : WG_OUT64(d)
       : "l"(da), "l"(db), "r"(accumulate));
+}
+/* the 32 fp32 accumulators of an m64n64 product */
+#define WG_ACC32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_OUT32(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+/* m64n64k16 from shared memory: d (+)= A·Bᵀ with A [64 x 16] and B [64 x 16] K-major tiles (TRANS
+ * 0), or d (+)= A·B with A [16 x 64] and B [16 x 64] MN-major tiles (TRANS 1: both read transposed) */
+template <int TRANS>
+static __device__ __forceinline__ void wgmma_ss64(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_ACC32 ", %32, %33, p, 1, 1, %35, %35;\n}\n"
+      : WG_OUT32(d)
+      : "l"(da), "l"(db), "r"(accumulate), "n"(TRANS));
 }
 /* d += A·B, A [64 x 16] bf16 in registers (the m16n8k16 A fragment of each warp's 16 rows), B
  * [16 x 128] an MN-major tile in shared memory (rows of 128 columns, transposed on the fly) */
@@ -238,15 +266,20 @@ static tmap_encode_fn tmap_encoder(void) {
   }
   return fn;
 }
-/* a [rows, Hkv·128] bf16 matrix (a K or V cache) as TMA boxes of 64 columns x WG_BK rows, 128-byte
- * swizzle (the layout of the tiles above); rows past `rows` read as zeros.  False when the driver
- * entry point is missing */
-static bool kv_tmap(CUtensorMap *m, const void *base, int rows, int Hkv) {
+/* a row-major [rows, cols] matrix of elem-byte elements as TMA boxes of box_cols x box_rows with the
+ * 128-byte swizzle (box_cols·elem = 128: a box row is one swizzle row); rows past `rows` read as
+ * zeros, and a store or reduction leaves them alone.  False when the driver entry point is missing */
+static bool tmap_2d(CUtensorMap *m, CUtensorMapDataType dtype, int elem, const void *base, int rows, int cols, int box_cols, int box_rows) {
   tmap_encode_fn enc = tmap_encoder();
   if (!enc) return false;
-  cuuint64_t dims[2] = {(cuuint64_t)Hkv * 128, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)Hkv * 128 * 2};
-  cuuint32_t box[2] = {64, WG_BK}, estr[2] = {1, 1};
-  return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * elem};
+  cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, estr[2] = {1, 1};
+  return enc(m, dtype, 2, (void *)base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+/* a [rows, heads·128] bf16 matrix (a K or V cache; Q or dO) in boxes of 64 columns x box_rows: the
+ * layout of the tiles above */
+static bool kv_tmap(CUtensorMap *m, const void *base, int rows, int heads, int box_rows = WG_BK) {
+  return tmap_2d(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, rows, heads * 128, 64, box_rows);
 }
 #endif
