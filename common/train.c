@@ -70,6 +70,7 @@ struct usbx_trainer {
   double prof[9];
   int prof_steps;
   void *dy_mm; size_t dy_cap;   /* lin_bwd's mm copy of an output gradient */
+  double *loss_sum;             /* device [2]: CE and MSE since zero_grads */
 };
 
 static const char *const PROF_NAMES[9] = {"inputs", "layers forward", "losses", "bwd recompute", "bwd MLP", "bwd o-proj",
@@ -125,6 +126,8 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
     t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name, d->dst, false, true};
     t->nslots++;
   }
+  t->loss_sum = t->be->alloc(t->be, 2 * sizeof(double));
+  t->be->memset0(t->be, t->loss_sum, 2 * sizeof(double));
   return t;
 }
 
@@ -197,6 +200,7 @@ void usbx_trainer_free(usbx_trainer *t) {
     if (t->slots[i].w && !(t->layer_ws && usbx_bagel_layer_of(t->slots[i].name) >= 0)) t->be->free(t->be, t->slots[i].g);
   if (t->layer_ws) t->be->free(t->be, t->layer_ws);
   if (t->dy_mm) t->be->free(t->be, t->dy_mm);
+  t->be->free(t->be, t->loss_sum);
   P_destroy(&t->pool);
   free(t->slots); free(t->wl.v); free(t);
 }
@@ -396,6 +400,14 @@ void usbx_trainer_zero_grads(usbx_trainer *t) {
     s->dirty = false;
   }
   if (t->layer_ws) t->be->memset0(t->be, t->layer_ws, sizeof(float) * t->layer_ws_n);
+  t->be->memset0(t->be, t->loss_sum, 2 * sizeof(double));
+}
+
+void usbx_trainer_losses(usbx_trainer *t, double *ce, double *mse) {
+  double s[2];
+  t->be->download(t->be, s, t->loss_sum, sizeof s);
+  *ce = s[0];
+  *mse = s[1];
 }
 
 /* ---------------------------------------------------------------- decoder layer forward */
@@ -600,7 +612,6 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   prof_mark(t, 1, &pt);
   /* ---- losses */
   float *dfin = F32Z(P, (size_t)n * D);
-  double ce = 0, mse = 0;
   if (b->n_ce) {
     int nc = b->n_ce;
     for (int i = 0; i < nc; i++) {
@@ -614,12 +625,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     lin_f32(be, logits, hcm, hc, m->lm_head, NULL, nc, c->vocab, D);
     int den = b->ce_den > 0 ? b->ce_den : nc;
     be->cross_entropy(be, loss, logits, logits, labels, nc, c->vocab, ce_weight / (float)den);
-    float *hl = xmalloc(sizeof(float) * (size_t)nc);
-    be->download(be, hl, loss, sizeof(float) * (size_t)nc);
-    for (int i = 0; i < nc; i++) ce += hl[i];
-    if (out && out->ce_tok) memcpy(out->ce_tok, hl, sizeof(float) * (size_t)nc);
-    free(hl);
-    ce /= den;
+    be->sum_acc(be, t->loss_sum, loss, (size_t)nc, 1.0 / den);
+    if (out && out->ce_tok) be->download(be, out->ce_tok, loss, sizeof(float) * (size_t)nc);
     float *dhc = F32Z(P, (size_t)nc * D);
     lin_bwd(t, dhc, logits, hcm, m->lm_head, NULL, nc, c->vocab, D);
     be->scatter_rows(be, dfin, dhc, rows_ce, nc, D);
@@ -638,28 +645,26 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     void *hmm = MM(P, (size_t)nm * D);
     be->gather_rows(be, hm, hfin, rows_m, nm, D);
     lin_f32(be, pred, hmm, hm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
-    float *hpred = xmalloc(sizeof(float) * (size_t)nm * PL);
-    be->download(be, hpred, pred, sizeof(float) * (size_t)nm * PL);
-    /* target = noise - x0; loss = Σ_tok mean_P(err²) / n_mse; the gradient stays on the host: small */
+    /* target = noise - x0; loss = Σ_tok mean_P(err²) / n_mse; its gradient replaces pred */
     int den = b->mse_den > 0 ? b->mse_den : nm;
+    float *htgt = xmalloc(sizeof(float) * (size_t)nm * PL);
     for (int i = 0; i < nm; i++) {
       int k = vrank[b->mse_idx[i]];
-      for (int j = 0; j < PL; j++) {
-        size_t o = (size_t)i * PL + j, src = (size_t)k * PL + j;
-        float err = hpred[o] - (b->noise[src] - b->x0[src]);
-        if (out && out->mse_elem) out->mse_elem[o] = err * err;
-        mse += (double)err * err;
-        hpred[o] = 2.0f * err * mse_weight / (float)(PL * den);
-      }
+      for (int j = 0; j < PL; j++) htgt[(size_t)i * PL + j] = b->noise[(size_t)k * PL + j] - b->x0[(size_t)k * PL + j];
     }
-    mse /= (double)PL * den;
-    be->upload(be, pred, hpred, sizeof(float) * (size_t)nm * PL);
-    free(hpred); free(vrank);
+    float *tgt = F32(P, (size_t)nm * PL), *sq = out && out->mse_elem ? F32(P, (size_t)nm * PL) : NULL;
+    be->upload(be, tgt, htgt, sizeof(float) * (size_t)nm * PL);
+    free(htgt); free(vrank);
+    be->mse_grad(be, t->loss_sum + 1, pred, sq, pred, tgt, (size_t)nm * PL, mse_weight, (float)(PL * den), 1.0 / ((double)PL * den));
+    if (sq) be->download(be, out->mse_elem, sq, sizeof(float) * (size_t)nm * PL);
     float *dhm = F32Z(P, (size_t)nm * D);
     lin_bwd(t, dhm, pred, hmm, m->llm2vae_w, m->llm2vae_b, nm, PL, D);
     be->scatter_rows(be, dfin, dhm, rows_m, nm, D);
   }
-  if (out) { out->ce = ce; out->mse = mse; out->loss = ce_weight * ce + mse_weight * mse; }
+  if (out) {
+    usbx_trainer_losses(t, &out->ce, &out->mse);
+    out->loss = ce_weight * out->ce + mse_weight * out->mse;
+  }
 
   prof_mark(t, 2, &pt);
   /* ---- backward through the decoder */

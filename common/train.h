@@ -48,10 +48,14 @@ typedef struct {
 } usbx_train_out;
 
 /* Forward and backward of loss = ce_weight*CE + mse_weight*MSE (CE = Σ ce / n_ce, MSE =
- * Σ_tokens mean_P(err²) / n_mse, as upstream; with ce_den/mse_den set those replace n_ce/n_mse
- * and out's ce and mse are this batch's share of a step made of several batches).
- * add_grads adds the batch's gradients to those held; step_grads zeroes them first. */
+ * Σ_tokens mean_P(err²) / n_mse, as upstream; with ce_den/mse_den set those replace n_ce/n_mse,
+ * and a batch adds its share of a step made of several batches).
+ * add_grads adds the batch's gradients to those held and its CE and MSE to the sums kept on the
+ * device; step_grads and zero_grads zero both first.  usbx_trainer_losses reads the sums (waiting
+ * for the device).  out (nullable) gets those sums after this batch, and, where asked, this
+ * batch's per-token CE and per-element squared errors. */
 void usbx_trainer_zero_grads(usbx_trainer *t);
+void usbx_trainer_losses(usbx_trainer *t, double *ce, double *mse);
 /* Whether the gradient of weight w (the model's pointer) was written since the last zero_grads.
  * One no batch reached (lm_head without text answers, the generation expert without images)
  * is zero. */

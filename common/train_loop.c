@@ -711,7 +711,10 @@ int usbx_train_run(const usbx_train_opts *o) {
     sds[k] = (step_data){.data = data, .bs = xcalloc((size_t)nbatch, sizeof(usbx_train_batch)), .nbatch = nbatch,
                          .flops_per_token = flops_per_token, .attn_flops = 12.0 * cf->layers * cf->heads * cf->head_dim};
   int cur = 0;
-  double *red = xcalloc((size_t)S.np + 2, sizeof(double));
+  double *red = xcalloc((size_t)S.np + 1, sizeof(double));
+  /* the gradient norm's ranges: at most MAX_RUNS per tensor */
+  const float **sq_x = xcalloc((size_t)S.np * MAX_RUNS + 1, sizeof *sq_x);
+  size_t *sq_n = xcalloc((size_t)S.np * MAX_RUNS + 1, sizeof *sq_n);
   bool running = (total && step < total) || (!total && pos.epoch < o->epochs);
   if (running) step_data_start(&sds[0], pos);
   /* USBX_TRAIN_PROFILE=1: seconds per part of a step (after the first two), on stderr at the end */
@@ -734,14 +737,11 @@ int usbx_train_run(const usbx_train_opts *o) {
     double tp0 = usbx_now(), tp1 = tp0, tp2 = tp0, tp3 = tp0;
     usbx_trainer_zero_grads(S.tr);
     for (int i = 0; i < S.np; i++) if (S.p[i].gs) be->memset0(be, S.p[i].gs, sizeof(float) * S.p[i].len);
-    double part[2] = {0, 0};   /* this rank's shares of CE and MSE */
-    for (int j = env.rank; j < nbatch; j += W) {
-      usbx_train_out out = {0};
+    for (int j = env.rank; j < nbatch; j += W) {   /* the losses stay on the device until the norm is read */
       bs[j].ce_den = ce_den; bs[j].mse_den = mse_den;
       S.last = -1;   /* ZeRO-3: each batch starts with a forward */
-      usbx_trainer_add_grads(S.tr, &bs[j], (float)o->ce_weight, (float)o->mse_weight, &out);
+      usbx_trainer_add_grads(S.tr, &bs[j], (float)o->ce_weight, (float)o->mse_weight, NULL);
       usbx_lane_wait(be, 0, 1);   /* the last layers' reductions (overlap) */
-      part[0] += out.ce; part[1] += out.mse;
     }
     for (int i = 0; i < S.np; i++) {   /* the embedding rows this step's batches reach (every rank builds them all) */
       param *p = &S.p[i];
@@ -753,12 +753,10 @@ int usbx_train_run(const usbx_train_opts *o) {
     }
     for (int j = 0; j < nbatch; j++) usbx_train_batch_free(&bs[j]);
     if (profile) { be->sync(be); tp1 = usbx_now(); }
-    /* the losses, and which tensors any rank's gradients reached, summed over the ranks */
-    for (int i = 0; i < S.np; i++) red[2 + i] = S.p[i].trained && !S.p[i].live && usbx_trainer_grad_written(S.tr, S.p[i].w);
-    red[0] = part[0]; red[1] = part[1];
-    usbx_dist_allreduce_host(dist, red, 2 + S.np);
-    part[0] = red[0]; part[1] = red[1];
-    for (int i = 0; i < S.np; i++) if (red[2 + i] > 0) S.p[i].live = true;
+    /* which tensors any rank's gradients reached, summed over the ranks */
+    for (int i = 0; i < S.np; i++) red[i] = S.p[i].trained && !S.p[i].live && usbx_trainer_grad_written(S.tr, S.p[i].w);
+    usbx_dist_allreduce_host(dist, red, S.np);
+    for (int i = 0; i < S.np; i++) if (red[i] > 0) S.p[i].live = true;
     /* the summed gradient of each range goes to its owner */
     if (W > 1) {
       usbx_dist_group_begin(dist);
@@ -767,17 +765,23 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_dist_group_end(dist);
     }
     be->memset0(be, acc, sizeof(float));
+    int nsq = 0;
     for (int i = 0; i < S.np; i++) {
       const param *p = &S.p[i];
       if (!p->live) continue;
-      for (int k = 0; k < p->nruns; k++) be->sumsq_acc(be, acc, grad_range(p) + p->runs[k][0], p->runs[k][1] - p->runs[k][0]);
+      for (int k = 0; k < p->nruns; k++, nsq++) {
+        sq_x[nsq] = grad_range(p) + p->runs[k][0];
+        sq_n[nsq] = p->runs[k][1] - p->runs[k][0];
+      }
     }
+    be->sumsq_multi(be, acc, sq_x, sq_n, nsq);
     if (profile) { be->sync(be); tp2 = usbx_now(); }
     float sq;
     be->download(be, &sq, acc, sizeof sq);
-    double gsq = sq;
-    usbx_dist_allreduce_host(dist, &gsq, 1);
-    double gnorm = sqrt(gsq);
+    double sums[3] = {sq, 0, 0};   /* the squared norm, then this rank's shares of CE and MSE */
+    usbx_trainer_losses(S.tr, &sums[1], &sums[2]);
+    usbx_dist_allreduce_host(dist, sums, 3);
+    double gnorm = sqrt(sums[0]);
     float scale = o->clip > 0 && gnorm > o->clip ? (float)(o->clip / (gnorm + 1e-6)) : 1.0f;
     double lr = lr_at(o, step, total);
     usbx_adamw_args aw = {.lr = (float)lr, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2, .eps = (float)o->eps,
@@ -807,7 +811,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     }
     step++;
     double dt = usbx_now() - t0;
-    double ce = part[0], mse = part[1];
+    double ce = sums[1], mse = sums[2];
     jv rec = jv_object();
     rec = usbx_jv_set_num(rec, "step", (double)step);
     rec = usbx_jv_set_num(rec, "epoch", pos.epoch);
@@ -842,7 +846,7 @@ int usbx_train_run(const usbx_train_opts *o) {
     for (int i = 0; i < 4; i++) usbx_err("profile: %-16s %8.2f ms per step", names[i], 1e3 * prof[i] / prof_n);
   }
   be->free(be, acc);
-  free(red);
+  free(red); free(sq_x); free(sq_n);
   for (int i = 0; i < S.np; i++) {
     param *p = &S.p[i];
     free(p->seen);

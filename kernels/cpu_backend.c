@@ -45,6 +45,7 @@ usbx_backend *usbx_backend_cpu(void) {
     be.attention = usbx_cpu_attention; be.argmax = usbx_cpu_argmax;
     be.add_row = usbx_cpu_add_row; be.silu = usbx_cpu_silu; be.cfg_euler = usbx_cpu_cfg_euler;
     be.adamw = usbx_cpu_adamw; be.sumsq_acc = usbx_cpu_sumsq_acc;
+    be.sumsq_multi = usbx_cpu_sumsq_multi; be.sum_acc = usbx_cpu_sum_acc; be.mse_grad = usbx_cpu_mse_grad;
     be.im2col = usbx_cpu_im2col; be.group_norm = usbx_cpu_group_norm; be.upsample2x = usbx_cpu_upsample2x;
     be.matmul_bwd = usbx_cpu_matmul_bwd; be.rmsnorm_bwd = usbx_cpu_rmsnorm_bwd; be.layernorm_bwd = usbx_cpu_layernorm_bwd;
     be.qk_norm_rope_bwd = usbx_cpu_qk_norm_rope_bwd; be.silu_mul_bwd = usbx_cpu_silu_mul_bwd;

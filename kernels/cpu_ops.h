@@ -48,6 +48,10 @@ void usbx_cpu_cross_entropy(usbx_backend *be, float *loss, float *dlogits, const
 void usbx_cpu_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
                     const usbx_adamw_args *a);
 void usbx_cpu_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n);
+void usbx_cpu_sumsq_multi(usbx_backend *be, float *acc, const float *const *x, const size_t *n, int count);
+void usbx_cpu_sum_acc(usbx_backend *be, double *acc, const float *x, size_t n, double scale);
+void usbx_cpu_mse_grad(usbx_backend *be, double *acc, float *grad, float *sq, const float *pred, const float *target, size_t n, float num,
+                       float den, double scale);
 /* fp32 ops (cpu_matmul.c, cpu_conv.c, cpu_attention.c) */
 void usbx_cpu_matmul_f32(usbx_backend *be, float *y, const float *x, const float *w, const float *bias, int M, int N, int K, bool acc);
 void usbx_cpu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a);

@@ -1,4 +1,5 @@
-/* cpu_optim.c — AdamW (PyTorch's torch.optim.AdamW update) with the EMA folded in, gradient norm. */
+/* cpu_optim.c — AdamW (PyTorch's torch.optim.AdamW update) with the EMA folded in, gradient norm,
+ * the sums of the losses. */
 #include "cpu_ops.h"
 #include <math.h>
 
@@ -28,3 +29,25 @@ void usbx_cpu_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) 
   acc[0] += (float)s;
 }
 
+
+void usbx_cpu_sumsq_multi(usbx_backend *be, float *acc, const float *const *x, const size_t *n, int count) {
+  for (int i = 0; i < count; i++) usbx_cpu_sumsq_acc(be, acc, x[i], n[i]);
+}
+
+void usbx_cpu_sum_acc(usbx_backend *be, double *acc, const float *x, size_t n, double scale) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += x[i];
+  acc[0] += s * scale;
+}
+
+void usbx_cpu_mse_grad(usbx_backend *be, double *acc, float *grad, float *sq, const float *pred, const float *target, size_t n, float num,
+                       float den, double scale) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) {
+    float err = pred[i] - target[i];
+    if (sq) sq[i] = err * err;
+    s += (double)err * err;
+    grad[i] = 2.0f * err * num / den;
+  }
+  acc[0] += s * scale;
+}

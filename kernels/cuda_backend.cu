@@ -30,9 +30,34 @@ static void *c_alloc(usbx_backend *be, size_t bytes) {
 static void c_free(usbx_backend *be, void *p) {
   if (p) CUDA_CHECK(cudaFree(p));
 }
-/* From pageable memory the call returns once src has been staged, so src may be reused at once. */
+/* Uploads of up to a ring segment on lane 0 are copied into a pinned ring and sent from there: a
+ * copy from pageable memory may first wait for the stream (the driver stages it), which would stop
+ * the host from preparing the next batch while the GPU works.  A segment is reused 3 segments
+ * later, after its event.  Larger uploads go from pageable memory.  Either way the call returns
+ * once src has been read, so src may be reused at once. */
+static const size_t RING_SEG = 8u << 20;
+static const int RING_SEGS = 4;
 static void c_upload(usbx_backend *be, void *dst, const void *src, size_t bytes) {
-  if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, CU(be)->stream));
+  usbx_cuda *c = CU(be);
+  if (!bytes) return;
+  if (bytes > RING_SEG || c->lane != 0) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    return;
+  }
+  if (!c->ring) {
+    CUDA_CHECK(cudaHostAlloc((void **)&c->ring, RING_SEG * RING_SEGS, cudaHostAllocDefault));
+    for (int i = 0; i < RING_SEGS; i++) CUDA_CHECK(cudaEventCreateWithFlags(&c->ring_ev[i], cudaEventDisableTiming));
+  }
+  if (c->ring_off + bytes > RING_SEG) {   /* next segment: this one's copies are all enqueued */
+    CUDA_CHECK(cudaEventRecord(c->ring_ev[c->ring_seg], c->stream));
+    c->ring_seg = (c->ring_seg + 1) % RING_SEGS;
+    CUDA_CHECK(cudaEventSynchronize(c->ring_ev[c->ring_seg]));   /* its copies of 4 segments ago (never recorded: done) */
+    c->ring_off = 0;
+  }
+  char *stage = c->ring + (size_t)c->ring_seg * RING_SEG + c->ring_off;
+  memcpy(stage, src, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(dst, stage, bytes, cudaMemcpyHostToDevice, c->stream));
+  c->ring_off += (bytes + 255) & ~(size_t)255;
 }
 static void c_download(usbx_backend *be, void *dst, const void *src, size_t bytes) {
   if (!bytes) return;
@@ -338,6 +363,11 @@ static void cuda_release(usbx_cuda *c) {
     for (int i = 0; i < 2; i++) cudaEventDestroy(c->lane_ev[i]);
   }
   for (int i = 0; i < c->n_plans; i++) plan_destroy(&c->plans[i]);
+  if (c->ring) {
+    if (c->stream) cudaStreamSynchronize(c->stream);   /* no copy still reading the ring */
+    cudaFreeHost(c->ring);
+    for (int i = 0; i < RING_SEGS; i++) cudaEventDestroy(c->ring_ev[i]);
+  }
   for (int b = 0; b < 2; b++) {
     if (c->pinned[b]) cudaFreeHost(c->pinned[b]);
     if (c->raw[b]) cudaFree(c->raw[b]);

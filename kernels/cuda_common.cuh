@@ -77,6 +77,8 @@ typedef struct {
   void *workspace; size_t workspace_bytes;   /* lane */
   /* upload_convert: two pinned host chunks and two raw device chunks, events guard reuse */
   void *pinned[2]; void *raw[2]; cudaEvent_t staged[2]; size_t stage_bytes;
+  /* upload on lane 0: a pinned ring of segments, an event per segment guards its reuse */
+  char *ring; int ring_seg; size_t ring_off; cudaEvent_t ring_ev[4];
   /* scratch for attention split-K partials, GroupNorm and CFG sums (grown on demand) */
   void *attn_scratch; size_t attn_scratch_bytes;   /* lane */
   /* lanes: each keeps its own stream, cuBLAS workspace and scratch; the current one's are in the
@@ -93,7 +95,7 @@ typedef struct {
   int opt_attn_masked_flash; /* attention_masked(_bwd): 1 flash kernels (cuda_attn_flash.cu) where they apply */
   int opt_attn_masked_row;  /* cuBLAS path: 1 one block per L x L row in registers (softmax, P/dS), 0 warp per row */
   int opt_attn_masked_wg;   /* flash forward: 1 warpgroup MMAs fed by TMA on sm_90 at head dim 128, 0 mma.sync */
-  int opt_attn_bwd_fused;   /* that Hopper path's backward: 1 dK, dV and dQ in one kernel (dQ by atomics), 0 two kernels */
+  int opt_attn_bwd_fused;   /* that Hopper path's backward: 1 dK, dV and dQ in one kernel (dQ by TMA reductions), 0 two kernels */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;

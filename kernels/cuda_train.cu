@@ -12,6 +12,7 @@
 #include "cuda_common.cuh"
 #include <math.h>
 #include <algorithm>
+#include <vector>
 
 static inline cudaStream_t S(usbx_backend *be) { return CU(be)->stream; }
 static inline int grid_for(size_t n, int threads, int cap = 65535 * 8) {
@@ -687,16 +688,11 @@ static void c_adamw(usbx_backend *be, float *w, void *w_mm, const float *g, floa
 }
 /* enough blocks and 16-byte loads to keep the memory busy: the norm reads every gradient once */
 #define SUMSQ_BLOCKS 1056
-/* Each block writes its partial sum; the last block to finish (counted in *done, reset to 0 for the
- * next call) adds them in a fixed order (deterministic) to acc: one launch per tensor, not two (a
- * second kernel of one block per tensor cost 1.4 ms of a 1.59 B step's 348 tensors). */
-__global__ void k_sumsq(float *acc, double *part, unsigned *done, const float *x, size_t n, bool vec) {
-  __shared__ double red[32];
-  __shared__ bool last;
+/* Σ x² over x[0..n) by the threads tid, tid + step, ... (float4 loads when x is 16-byte aligned) */
+__device__ __forceinline__ double range_sumsq(const float *x, size_t n, size_t tid, size_t step) {
   double s = 0;
-  const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
   size_t seen = 0;
-  if (vec) {
+  if (((uintptr_t)x & 15u) == 0) {
     const size_t n4 = n / 4;
     for (size_t i = tid; i < n4; i += step) {
       float4 v = ((const float4 *)x)[i];
@@ -705,6 +701,14 @@ __global__ void k_sumsq(float *acc, double *part, unsigned *done, const float *x
     seen = n4 * 4;
   }
   for (size_t i = seen + tid; i < n; i += step) s += (double)x[i] * x[i];
+  return s;
+}
+/* Each block writes its partial sum s; the last block to finish (counted in *done, reset to 0 for
+ * the next call) adds them in a fixed order (deterministic) to acc: one launch, not two (a second
+ * kernel of one block per tensor cost 1.4 ms of a 1.59 B step's 348 tensors). */
+__device__ void finish_sumsq(float *acc, double *part, unsigned *done, double s) {
+  __shared__ double red[32];
+  __shared__ bool last;
   s = block_sum_t<double>(s, red);
   if (threadIdx.x == 0) {
     part[blockIdx.x] = s;
@@ -723,16 +727,87 @@ __global__ void k_sumsq(float *acc, double *part, unsigned *done, const float *x
     *done = 0;
   }
 }
+__global__ void k_sumsq(float *acc, double *part, unsigned *done, const float *x, size_t n) {
+  finish_sumsq(acc, part, done, range_sumsq(x, n, blockIdx.x * (size_t)blockDim.x + threadIdx.x, (size_t)gridDim.x * blockDim.x));
+}
+/* many ranges in one launch: block b takes chunks b, b + gridDim.x, ... of the chunk table */
+struct SumsqChunk { const float *x; size_t n; };
+__global__ void k_sumsq_multi(float *acc, double *part, unsigned *done, const SumsqChunk *ch, int nch) {
+  double s = 0;
+  for (int c = blockIdx.x; c < nch; c += gridDim.x) s += range_sumsq(ch[c].x, ch[c].n, threadIdx.x, blockDim.x);
+  finish_sumsq(acc, part, done, s);
+}
+static unsigned *sumsq_counter(usbx_cuda *c) {
+  if (!c->sumsq_done) {
+    CUDA_CHECK(cudaMalloc(&c->sumsq_done, sizeof(unsigned)));
+    CUDA_CHECK(cudaMemsetAsync(c->sumsq_done, 0, sizeof(unsigned), c->stream));
+  }
+  return c->sumsq_done;
+}
 static void c_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) {
   usbx_cuda *c = CU(be);
   if (!n) return;
   int nb = (int)std::min<size_t>(SUMSQ_BLOCKS, (n + 255) / 256);
   double *part = (double *)cu_scratch(c, (size_t)nb * sizeof(double));
-  if (!c->sumsq_done) {
-    CUDA_CHECK(cudaMalloc(&c->sumsq_done, sizeof(unsigned)));
-    CUDA_CHECK(cudaMemsetAsync(c->sumsq_done, 0, sizeof(unsigned), c->stream));
+  k_sumsq<<<nb, 256, 0, c->stream>>>(acc, part, sumsq_counter(c), x, n);
+  CUDA_LAUNCHED();
+}
+/* the ranges cut into chunks of up to 1 MiB (the table goes up through the upload ring) */
+static void c_sumsq_multi(usbx_backend *be, float *acc, const float *const *x, const size_t *n, int count) {
+  usbx_cuda *c = CU(be);
+  const size_t CH = (size_t)1 << 18;
+  std::vector<SumsqChunk> ch;
+  for (int i = 0; i < count; i++)
+    for (size_t o = 0; o < n[i]; o += CH) ch.push_back({x[i] + o, std::min(CH, n[i] - o)});
+  if (ch.empty()) return;
+  const int nch = (int)ch.size(), nb = std::min(nch, 4 * c->prop.multiProcessorCount);
+  const size_t tb = ((size_t)nch * sizeof(SumsqChunk) + 255) & ~(size_t)255;
+  char *ws = (char *)cu_scratch(c, tb + (size_t)nb * sizeof(double));
+  be->upload(be, ws, ch.data(), (size_t)nch * sizeof(SumsqChunk));
+  k_sumsq_multi<<<nb, 256, 0, c->stream>>>(acc, (double *)(ws + tb), sumsq_counter(c), (const SumsqChunk *)ws, nch);
+  CUDA_LAUNCHED();
+}
+
+/* the loss sums: one block each (a batch's losses are a few thousand rows), a fixed order */
+__global__ void k_sum_acc(double *acc, const float *x, size_t n, double scale) {
+  __shared__ double red[32];
+  double s = 0;
+  for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  s = block_sum_t<double>(s, red);
+  if (threadIdx.x == 0) acc[0] += s * scale;
+}
+__global__ void k_mse_grad(double *part, float *grad, float *sq, const float *pred, const float *target, size_t n, float num, float den) {
+  __shared__ double red[32];
+  double s = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const float err = pred[i] - target[i];
+    if (sq) sq[i] = err * err;
+    s += (double)err * err;
+    grad[i] = 2.0f * err * num / den;
   }
-  k_sumsq<<<nb, 256, 0, c->stream>>>(acc, part, c->sumsq_done, x, n, ((uintptr_t)x & 15u) == 0);
+  s = block_sum_t<double>(s, red);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+__global__ void k_sum_parts(double *acc, const double *part, int n, double scale) {
+  __shared__ double red[32];
+  double s = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += part[i];
+  s = block_sum_t<double>(s, red);
+  if (threadIdx.x == 0) acc[0] += s * scale;
+}
+static void c_sum_acc(usbx_backend *be, double *acc, const float *x, size_t n, double scale) {
+  k_sum_acc<<<1, 1024, 0, CU(be)->stream>>>(acc, x, n, scale);
+  CUDA_LAUNCHED();
+}
+static void c_mse_grad(usbx_backend *be, double *acc, float *grad, float *sq, const float *pred, const float *target, size_t n, float num,
+                       float den, double scale) {
+  usbx_cuda *c = CU(be);
+  if (!n) return;
+  const int nb = (int)std::min<size_t>(264, (n + 255) / 256);
+  double *part = (double *)cu_scratch(c, (size_t)nb * sizeof(double));
+  k_mse_grad<<<nb, 256, 0, c->stream>>>(part, grad, sq, pred, target, n, num, den);
+  CUDA_LAUNCHED();
+  k_sum_parts<<<1, 256, 0, c->stream>>>(acc, part, nb, scale);
   CUDA_LAUNCHED();
 }
 
@@ -751,4 +826,7 @@ void cu_install_train_ops(usbx_backend *be) {
   be->cross_entropy = c_cross_entropy;
   be->adamw = c_adamw;
   be->sumsq_acc = c_sumsq_acc;
+  be->sumsq_multi = c_sumsq_multi;
+  be->sum_acc = c_sum_acc;
+  be->mse_grad = c_mse_grad;
 }

@@ -204,8 +204,17 @@ struct usbx_backend {
    * the same pass over memory */
   void (*adamw)(usbx_backend *be, float *w, void *w_mm, const float *g, float *m, float *v, float *ema, size_t n,
                 const usbx_adamw_args *a);
-  /* acc[0] (device f32) += Σ x² */
+  /* acc[0] (device f32) += Σ x²; sumsq_multi: the same over count ranges x[i][0..n[i]) (host
+   * lists) in one pass (the CPU: range by range, as sumsq_acc) */
   void (*sumsq_acc)(usbx_backend *be, float *acc, const float *x, size_t n);
+  void (*sumsq_multi)(usbx_backend *be, float *acc, const float *const *x, const size_t *n, int count);
+  /* the losses, kept on the device (no host round trip inside a batch):
+   * sum_acc: acc[0] (device f64) += scale · Σ x (in index order on the CPU);
+   * mse_grad: err = pred - target over n values; acc[0] (device f64) += scale · Σ err²; grad[i]
+   * (may alias pred) = 2·err·num / den; sq (nullable) receives err² */
+  void (*sum_acc)(usbx_backend *be, double *acc, const float *x, size_t n, double scale);
+  void (*mse_grad)(usbx_backend *be, double *acc, float *grad, float *sq, const float *pred, const float *target, size_t n, float num,
+                   float den, double scale);
   /* argmax over each row of x [rows, n] (f32) into idx (device int32); ties -> lowest index */
   void (*argmax)(usbx_backend *be, int32_t *idx, const float *x, int rows, int n);
 

@@ -1317,6 +1317,45 @@ static void test_optim(void) {
   cpu->sumsq_acc(cpu, &cacc, x, 7);
   cpu->sumsq_acc(cpu, &cacc, x + 1, n - 2);
   report("sumsq_acc vs cpu", "n=1000003, n=7, then unaligned n=1000001", relerr_f(racc, &cacc, 1), 1e-6);
+  /* sumsq_multi: ranges longer than a chunk (2^18), short, empty and unaligned, in one call */
+  {
+    const float *xs[5] = {dx, dx + 1, dx + 3, dx + 600000, dx + 17};
+    const float *cx[5] = {x, x + 1, x + 3, x + 600000, x + 17};
+    size_t ns[5] = {600000, 5, 0, 400003, 262147};
+    float acc1 = 0.5f, *dacc1 = dev_f32(&acc1, 1), cacc1 = acc1;
+    be->sumsq_multi(be, dacc1, xs, ns, 5);
+    be->sumsq_multi(be, dacc1, xs, ns, 2);   /* the counter of finished blocks is back at 0 */
+    cpu->sumsq_multi(cpu, &cacc1, cx, ns, 5);
+    cpu->sumsq_multi(cpu, &cacc1, cx, ns, 2);
+    float *racc1 = get_f32(dacc1, 1);
+    report("sumsq_multi vs cpu", "5 ranges (0 to 600000 values, unaligned), then 2", relerr_f(racc1, &cacc1, 1), 1e-6);
+    free(racc1);
+    be->free(be, dacc1);
+  }
+  /* sum_acc and mse_grad: device f64 sums (each on top of a start value), the gradient written
+   * over pred, the squared errors */
+  {
+    const size_t nm = 8164 * 48;   /* the 1.59 B trainer's MSE rows x patch values */
+    float *pred = randn(nm, 1.0), *tgt = randn(nm, 1.0), *cg = xmalloc(nm * sizeof *cg), *csq = xmalloc(nm * sizeof *csq);
+    double start[2] = {0.25, -3.0}, csum[2] = {0.25, -3.0};
+    float *dpred = dev_f32(pred, nm), *dtgt = dev_f32(tgt, nm), *dsq = be->alloc(be, nm * sizeof(float));
+    double *dsum = be->alloc(be, sizeof start);
+    be->upload(be, dsum, start, sizeof start);
+    poison(dsq, nm * sizeof(float));
+    be->sum_acc(be, dsum, dx, 4099, 1.0 / 7);
+    be->mse_grad(be, dsum + 1, dpred, dsq, dpred, dtgt, nm, 0.5f, 48.0f * 8164, 1.0 / (48.0 * 8164));
+    cpu->sum_acc(cpu, csum, x, 4099, 1.0 / 7);
+    cpu->mse_grad(cpu, csum + 1, cg, csq, pred, tgt, nm, 0.5f, 48.0f * 8164, 1.0 / (48.0 * 8164));
+    double rsum[2];
+    be->download(be, rsum, dsum, sizeof rsum);
+    float *rg = get_f32(dpred, nm), *rsq = get_f32(dsq, nm);
+    report("sum_acc vs cpu", "n=4099, scale 1/7, on 0.25", fabs(rsum[0] - csum[0]) / fabs(csum[0]), 1e-9);
+    report("mse_grad loss vs cpu", "n=391872, on -3", fabs(rsum[1] - csum[1]) / fabs(csum[1]), 1e-9);
+    report("mse_grad grad vs cpu", "n=391872, in place", relerr_f(rg, cg, nm), 1e-7);
+    report("mse_grad sq vs cpu", "n=391872", relerr_f(rsq, csq, nm), 1e-7);
+    free(pred); free(tgt); free(cg); free(csq); free(rg); free(rsq);
+    be->free(be, dpred); be->free(be, dtgt); be->free(be, dsq); be->free(be, dsum);
+  }
   free(x); free(racc);
   be->free(be, dx); be->free(be, dacc);
 }
