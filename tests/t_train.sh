@@ -30,6 +30,12 @@ for s in 0000008 0000016 0000024; do
 done
 [ -z "$(find "$T/run" -name '.*tmp*')" ] || fail "temporary checkpoint left"
 
+# 1a. --deterministic (a CUDA choice) is accepted and changes nothing on the CPU: the same records
+$TR --out "$T/det" --steps 3 --no-save --deterministic "$T/pairs.jsonl" > "$T/det.jsonl" || fail "--deterministic run"
+jq -c '[.loss, .mse, .grad_norm]' "$T/det.jsonl" > "$T/det.v"
+head -n 3 "$T/log.jsonl" | jq -c '[.loss, .mse, .grad_norm]' > "$T/ref.v"
+cmp -s "$T/det.v" "$T/ref.v" || fail "--deterministic changed the CPU run: $(head -c 200 "$T/det.v")"
+
 # 1b. lm_head gets no gradient without text answers: AdamW skips it (train_state.json lists it),
 #     so model and EMA keep the base's values and its moments stay zero, while a trained tensor's
 #     moments are not zero
