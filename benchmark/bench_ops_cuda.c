@@ -364,11 +364,17 @@ int main(int argc, char **argv) {
     }
   /* the 1.59 B trainer's batches (benchmark/mfu-1p5b.json): two 256x256 scenes, each a 20-token
    * caption and 4,082 noisy image tokens, 12 query heads on 2 KV heads; the default kernels */
+  /* BENCH_TRAIN_LAYOUT=n:text,...: other token counts (2 samples) and caption lengths */
   out("\n1.59 B trainer layout (H = 12, Hkv = 2; 2 samples of 20 causal text + 4,082 image tokens):\n\n");
-  out("| n | samples | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|\n");
-  double f, b, pairs;
-  time_train_attn(8204, 2, 12, 2, 20, reps > 10 ? 10 : reps, false, &f, &b, &pairs);
-  out("| 8204 | 2 | %.3f | %.1f | %.3f | %.1f |\n", f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
+  out("| n | samples | text per sample | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
+  const char *lay = getenv("BENCH_TRAIN_LAYOUT") ? getenv("BENCH_TRAIN_LAYOUT") : "8204:20";
+  for (const char *q = lay; q && *q; q = strchr(q, ',') ? strchr(q, ',') + 1 : NULL) {
+    int ln = 0, lt = 0;
+    if (sscanf(q, "%d:%d", &ln, &lt) != 2 || ln < 256 || lt < 0 || lt >= ln / 2) { fprintf(stderr, "BENCH_TRAIN_LAYOUT: bad entry %s\n", q); exit(2); }
+    double f, b, pairs;
+    time_train_attn(ln, 2, 12, 2, lt, reps > 10 ? 10 : reps, false, &f, &b, &pairs);
+    out("| %d | 2 | %d | %.3f | %.1f | %.3f | %.1f |\n", ln, lt, f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
+  }
   }
   if (SECTION("ew")) {
   out("\n### Element-wise (GB/s = bytes read + written)\n\n| op | shape | us | GB/s |\n|---|---|---|---|\n");
