@@ -29,7 +29,6 @@ void usbx_cpu_sumsq_acc(usbx_backend *be, float *acc, const float *x, size_t n) 
   acc[0] += (float)s;
 }
 
-
 void usbx_cpu_sumsq_multi(usbx_backend *be, float *acc, const float *const *x, const size_t *n, int count) {
   for (int i = 0; i < count; i++) usbx_cpu_sumsq_acc(be, acc, x[i], n[i]);
 }

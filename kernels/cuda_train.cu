@@ -768,11 +768,13 @@ static void c_sumsq_multi(usbx_backend *be, float *acc, const float *const *x, c
   CUDA_LAUNCHED();
 }
 
-/* the loss sums: one block each (a batch's losses are a few thousand rows), a fixed order */
-__global__ void k_sum_acc(double *acc, const float *x, size_t n, double scale) {
+/* acc[0] += scale · Σ x in one block, a fixed order: the CE rows (a few thousand, float) and the
+ * MSE's per-block partial sums (double) */
+template <typename T, typename N>
+__global__ void k_sum_acc(double *acc, const T *x, N n, double scale) {
   __shared__ double red[32];
   double s = 0;
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  for (N i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
   s = block_sum_t<double>(s, red);
   if (threadIdx.x == 0) acc[0] += s * scale;
 }
@@ -788,15 +790,8 @@ __global__ void k_mse_grad(double *part, float *grad, float *sq, const float *pr
   s = block_sum_t<double>(s, red);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
-__global__ void k_sum_parts(double *acc, const double *part, int n, double scale) {
-  __shared__ double red[32];
-  double s = 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s += part[i];
-  s = block_sum_t<double>(s, red);
-  if (threadIdx.x == 0) acc[0] += s * scale;
-}
 static void c_sum_acc(usbx_backend *be, double *acc, const float *x, size_t n, double scale) {
-  k_sum_acc<<<1, 1024, 0, CU(be)->stream>>>(acc, x, n, scale);
+  k_sum_acc<float, size_t><<<1, 1024, 0, CU(be)->stream>>>(acc, x, n, scale);
   CUDA_LAUNCHED();
 }
 static void c_mse_grad(usbx_backend *be, double *acc, float *grad, float *sq, const float *pred, const float *target, size_t n, float num,
@@ -807,7 +802,7 @@ static void c_mse_grad(usbx_backend *be, double *acc, float *grad, float *sq, co
   double *part = (double *)cu_scratch(c, (size_t)nb * sizeof(double));
   k_mse_grad<<<nb, 256, 0, c->stream>>>(part, grad, sq, pred, target, n, num, den);
   CUDA_LAUNCHED();
-  k_sum_parts<<<1, 256, 0, c->stream>>>(acc, part, nb, scale);
+  k_sum_acc<double, int><<<1, 256, 0, c->stream>>>(acc, part, nb, scale);
   CUDA_LAUNCHED();
 }
 

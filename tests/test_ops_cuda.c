@@ -1154,7 +1154,7 @@ static void test_attention_masked(void) {
   /* row: -1 default, 0 the warp-per-row element-wise kernels of the cuBLAS path */
   /* flash: 1 the flash kernels (default; bf16 P, dS and dO as FlashAttention-2, so the backward
    * is held to 1e-2 instead of 1e-3; on sm_90 at head dim 128 the forward runs as warpgroup MMAs
-   * and the backward as one kernel with atomic dQ), 2 the same with the mma.sync kernels, 3 the
+   * and the backward as one kernel adding dQ up by TMA reductions), 2 the same with the mma.sync kernels, 3 the
    * warpgroup forward with the two-kernel backward (attn_bwd_fused 0), 0 the paths behind them */
   struct { int n, H, Hkv, d, tc; bool sorted, seg; int row, flash; } cs[] = {
       {100, 4, 2, 64, -1, false, false, -1, 1}, {150, 28, 4, 128, -1, false, false, -1, 1}, {80, 16, 16, 72, -1, false, false, -1, 1},
@@ -1230,13 +1230,13 @@ static void test_attention_masked(void) {
     report("attention_masked_bwd dk vs cpu", cas, relerr_f(rk, ck, nk), btol);
     report("attention_masked_bwd dv vs cpu", cas, relerr_f(rv, cv, nk), btol);
     if (flash) {   /* a second backward: dK and dV bit-identical; dQ too, except where the fused
-                    * Hopper kernel adds it with atomics (order-dependent rounding only) */
+                    * Hopper kernel adds it up in no fixed order (order-dependent rounding only) */
       be->attention_masked_bwd(be, gq, gk, gv, dgo, dq_, dk_, dv_, dout, dl2, &ga);
       float *r2q = get_f32(gq, nq), *r2k = get_f32(gk, nk), *r2v = get_f32(gv, nk);
       double differ = memcmp(r2k, rk, nk * sizeof(float)) != 0 || memcmp(r2v, rv, nk * sizeof(float)) != 0;
       report("attention_masked_bwd repeat dk dv bit-identical", cas, differ, 0);
-      const bool atomic_dq = d == 128 && cs[ci].flash == 1;
-      if (atomic_dq) report("attention_masked_bwd repeat dq (atomic order)", cas, relerr_f(r2q, rq, nq), 1e-6);
+      const bool unordered_dq = d == 128 && cs[ci].flash == 1;
+      if (unordered_dq) report("attention_masked_bwd repeat dq (reduction order)", cas, relerr_f(r2q, rq, nq), 1e-6);
       else report("attention_masked_bwd repeat dq bit-identical", cas, memcmp(r2q, rq, nq * sizeof(float)) != 0, 0);
       free(r2q); free(r2k); free(r2v);
     }
