@@ -41,6 +41,9 @@ ifeq ($(USBX_CUDA),1)
   LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lstdc++
   NVFLAGS  ?= -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
               -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC -Icommon -Ikernels -DUSBX_HAVE_CUDA=1 -lineinfo
+  # NVDEFS: extra definitions for a separate build, e.g. the attention kernels' block traces:
+  # make BUILD=build-trace NVDEFS=-DUSBX_ATTN_TRACE build-trace/bench/bench_ops_cuda
+  NVFLAGS  += $(NVDEFS)
 endif
 
 BINDIR  ?= bin

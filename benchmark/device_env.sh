@@ -37,6 +37,17 @@ print('steps 3-%d: tokens/s %.0f, mfu %.4f, tflops %.1f; losses' % (len(r) + 2, 
       sum(x['tflops'] for x in r) / len(r)), [round(x['loss'], 4) for x in r[:3]])" "$1"
 }
 
+# train_ab LABEL ARGS...: usbx-train ARGS with the previous commit's binary (old/usbx-train in the
+# bundle), then this tree's, into $R/b15_LABEL_{old,new}.jsonl; prints each summary
+train_ab() {
+  local label=$1 v exe; shift
+  for v in old new; do
+    exe=usbx-train; [ $v = old ] && exe=old/usbx-train
+    timeout 200 $exe "$@" > "$R/b15_${label}_$v.jsonl" 2> "$R/b15_${label}_$v.err"
+    echo "$label $v rc=$?: $(train_summary "$R/b15_${label}_$v.jsonl")"
+  done
+}
+
 # device_results W: results go to W/results ($R), packed into $OUT/NAME.tar.gz (NAME = W's last
 # component; $OUT or /tmp/out) when the script exits; records the date and the cards.
 device_results() {

@@ -24,9 +24,5 @@ if [ "${ONLY_AB:-0}" != 1 ]; then
   USBX_TRAIN_PROFILE=1 timeout 150 usbx-train $ARGS --steps 8 > "$R/b15_new_prof.jsonl" 2> "$R/b15_new_prof.err"; grep profile "$R/b15_new_prof.err"
   USBX_TRAIN_PROFILE=1 timeout 150 old/usbx-train $ARGS --steps 8 > "$R/b15_old_prof.jsonl" 2> "$R/b15_old_prof.err"; grep profile "$R/b15_old_prof.err"
 fi
-for v in new old; do
-  exe=usbx-train; [ $v = old ] && exe=old/usbx-train
-  timeout 200 $exe $ARGS --accum 4 --steps 8 > "$R/b15_32k_$v.jsonl" 2> "$R/b15_32k_$v.err"
-  echo "32k $v rc=$?: $(train_summary "$R/b15_32k_$v.jsonl")"
-done
+train_ab 32k $ARGS --accum 4 --steps 8
 date -u

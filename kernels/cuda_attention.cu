@@ -249,9 +249,10 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 3 : 1) k_flash(AttnP p) {
  * accumulators, then O += P·V (8 wgmma, P from registers, V transposed by the hardware).
  *   k_flash_wg: every thread loads the next tile through cp.async (double-buffered) and a
  *     block-wide barrier per tile keeps the warpgroups in step.
- *   k_flash_tma: one producer warp feeds two stages through TMA (tensor maps of K and V) and
- *     mbarriers; the consumer warpgroups wait only for their data, so they drift apart and one's
- *     softmax overlaps another's products.
+ *   k_flash_tma: a producer warp feeds two stages through TMA (tensor maps of K and V) and
+ *     mbarriers, and the two consumer warpgroups take turns at the tensor cores, each issuing P·V
+ *     of its previous tile with S of the next (wg_flash_tiles), so one's softmax overlaps the
+ *     other's products.
  * No split keys: the launcher uses them for blocks of many rows. */
 struct WgRows {                 /* a thread's two rows (fragment rows g and g+8) */
   int lim_a, lim_b, wmin;       /* visible keys of each; the warp's smallest */
@@ -264,10 +265,14 @@ struct PrefixMask {
   int j0, lim_a, lim_b;
   bool on;                      /* some row of the warp ends inside this tile */
   __device__ __forceinline__ bool active() const { return on; }
-  __device__ __forceinline__ void apply(int col, float &xa, float &xb) const {
-    const int key = j0 + col;
-    if (key >= lim_a) xa = -INFINITY;
-    if (key >= lim_b) xb = -INFINITY;
+  __device__ __forceinline__ void bits(int lane, uint32_t &ba, uint32_t &bb) const {
+    ba = bb = 0;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+      const int key = j0 + (i >> 1) * 8 + 2 * (lane & 3) + (i & 1);
+      ba |= (uint32_t)(key < lim_a) << i;
+      bb |= (uint32_t)(key < lim_b) << i;
+    }
   }
 };
 static __device__ __forceinline__ PrefixMask prefix_mask(const WgRows &w, int j0) { return {j0, w.lim_a, w.lim_b, j0 + WG_BK > w.wmin}; }
@@ -378,13 +383,14 @@ __global__ void __launch_bounds__(NWG * 128, 1) k_flash_wg(AttnP p) {
 #endif
 }
 
-/* 2 consumer warpgroups (warps 0-7) and a producer warp (warp 8); K and V through TMA boxes of 64
- * columns x 128 keys (128-byte swizzle: the layout the descriptors expect), 2 stages */
-__global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_constant__ CUtensorMap tm_k,
+/* 2 consumer warpgroups (warps 0-7) and a producer warpgroup (warp 8 issues the copies; the
+ * warpgroup gives its registers to the consumers, whose pipelined tiles need more than the 168 a
+ * 384-thread block starts with); K and V through TMA boxes of 64 columns x 128 keys (128-byte
+ * swizzle: the layout the descriptors expect), 2 stages */
+__global__ void __launch_bounds__(384, 1) k_flash_tma(AttnP p, const __grid_constant__ CUtensorMap tm_k,
                                                       const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
-  constexpr int NWG = 2, BR = 64 * NWG;
-  constexpr uint32_t TILE = WG_KV_TILE;
+  constexpr int NWG = 2, BR = 64 * NWG;   /* two consumer warpgroups: wg_flash_tiles takes them in turns */
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = wg_smem_base(smem_raw);
   unsigned char *sQ = base, *sKV = base + BR * 256;   /* [2 stages][K, V] */
@@ -401,25 +407,21 @@ __global__ void __launch_bounds__(288, 1) k_flash_tma(AttnP p, const __grid_cons
   fence_proxy_async();
   __syncthreads();
 
-  if (warp == 4 * NWG) {        /* producer: one thread issues the copies */
-    if (lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_tiles, [](int t) { return t * WG_BK; });
+  if (warp >= 4 * NWG) {        /* producer warpgroup: one thread issues the copies */
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+    if (warp == 4 * NWG && lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_tiles, [](int t) { return t * WG_BK; });
     return;
   }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
   const int wg_max = r0 + wg * 64 < p.R ? row_lim(p, min(r0 + wg * 64 + 63, p.R - 1)) : 0;
   const int ra = r0 + warp * 16 + (lane >> 2), rb = ra + 8;
   WgRows w = wg_rows(p, ra, rb);
   float o_acc[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
-  const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024);
-  const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
-  for (int t = 0; t < n_tiles; t++) {
-    const int st = t & 1;
-    wg_kv_acquire(kv, t);
-    if (t * WG_BK < wg_max)
-      wg_tile<BR>(o_acc, w.sm, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), p.scale_log2, lane, prefix_mask(w, t * WG_BK));
-    wg_kv_release(kv, t, lane);
-  }
+  /* a tile past this warpgroup's rows' limits (t·WG_BK >= wg_max) is wholly hidden by its prefix mask */
+  wg_flash_tiles<BR>(o_acc, w.sm, kv, n_tiles, wg_desc(sQ + wg * 64 * 128, 16, 1024), p.scale_log2, lane, wg,
+                     [&](int t, int) { return prefix_mask(w, t * WG_BK); });
   wg_store(p, o_acc, w, ra, rb, kvh, lane);
 #else
   __trap();
@@ -446,7 +448,7 @@ static bool launch_flash_tma(usbx_cuda *c, AttnP &p) {
   CUtensorMap tk, tv;
   if (!kv_tmap(&tk, p.k, p.kv_len, p.Hkv) || !kv_tmap(&tv, p.v, p.kv_len, p.Hkv)) return false;
   constexpr int BR = 128;
-  const size_t smem = 1024 + (size_t)BR * 256 + 4 * (size_t)WG_BK * 256 + 64;
+  const size_t smem = 1024 + (size_t)BR * 256 + WG_KV_SMEM;
   static bool attr_set[64];
   if (c->device < 64 && !attr_set[c->device]) {
     CUDA_CHECK(cudaFuncSetAttribute(k_flash_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -454,7 +456,7 @@ static bool launch_flash_tma(usbx_cuda *c, AttnP &p) {
   }
   p.n_split = 1;
   dim3 grid((p.R + BR - 1) / BR, p.Hkv, 1);
-  k_flash_tma<<<grid, 288, smem, c->stream>>>(p, tk, tv);
+  k_flash_tma<<<grid, 384, smem, c->stream>>>(p, tk, tv);
   CUDA_LAUNCHED();
   return true;
 }

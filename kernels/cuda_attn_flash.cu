@@ -63,6 +63,42 @@ __device__ __forceinline__ bool vis(int4 q, int4 k) {
   return k.w != 0 && usbx_attn_visible(q.x, q.y, q.z >> 2, q.z & 3, k.x, k.y, k.z >> 2, k.z & 3);
 }
 
+#ifdef USBX_ATTN_TRACE
+/* Debug build only (make NVDEFS=-DUSBX_ATTN_TRACE, benchmark/device_attn_trace.sh): per block of the
+ * Hopper kernels its start, the end of each consumer warpgroup (%globaltimer, ns), its SM and
+ * active tile count; dumped by trace_dump. */
+constexpr int TRACE_MAX = 1 << 16;
+__device__ unsigned long long g_trace[TRACE_MAX][5];
+#if USBX_WGMMA_DEVICE
+__device__ __forceinline__ unsigned long long gtime() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void trace_start() {
+  if (threadIdx.x == 0 && blockIdx.x < TRACE_MAX) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    g_trace[blockIdx.x][0] = gtime();
+    g_trace[blockIdx.x][3] = sm;
+  }
+}
+__device__ __forceinline__ void trace_count(int n_act) {
+  if (threadIdx.x == 0 && blockIdx.x < TRACE_MAX) g_trace[blockIdx.x][4] = (unsigned long long)n_act;
+}
+__device__ __forceinline__ void trace_end(int wg) {
+  if ((threadIdx.x & 127) == 0 && blockIdx.x < TRACE_MAX && wg < 2) g_trace[blockIdx.x][1 + wg] = gtime();
+}
+#endif
+#define TRACE_START() trace_start()
+#define TRACE_COUNT(n) trace_count(n)
+#define TRACE_END(w) trace_end(w)
+#else
+#define TRACE_START() ((void)0)
+#define TRACE_COUNT(n) ((void)0)
+#define TRACE_END(w) ((void)0)
+#endif
+
 __global__ void k_meta(int4 *meta, const int32_t *order, const int32_t *sample, const int32_t *split, const int32_t *mode, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) meta[i] = make_int4(order[i], sample[i], split[i] * 4 + mode[i], 1);
@@ -530,13 +566,14 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
 /* ---------------------------------------------------------------- Hopper forward (sm_90a, d = 128)
  * One block per (128 queries, query head): two consumer warpgroups, one 64-query tile each, and a
  * producer warp that brings K and V of the block's active 128-key tiles into two stages through
- * TMA, as cuda_attention.cu's k_flash_tma; the per-tile work is wg_tile (cuda_wgmma.cuh).  A key
- * tile is active for the block when one of its two 64-key halves is for one of the two query
- * tiles; per warpgroup it is then skipped (both halves empty), taken whole (both full) or masked
- * per element from the metadata (read through the cache: mixed tiles are few). */
+ * TMA and stages their metadata, as cuda_attention.cu's k_flash_tma; the tiles run through
+ * wg_flash_tiles (cuda_wgmma.cuh: the warpgroups take turns).  A key tile is active for the block
+ * when one of its two 64-key halves is for one of the two query tiles; per warpgroup it is then
+ * hidden whole (both halves empty), taken whole (both full) or masked per element. */
 constexpr int WQ = 128;                /* queries per block */
 #if USBX_WGMMA_DEVICE
 constexpr int WG_IDX = (1 << 28) - 1;  /* list entry: key tile | mode of warpgroup w << (28 + 2w) */
+constexpr int WG_SKIP = 0, WG_WHOLE = 1, WG_MASKED = 2;   /* the modes */
 
 /* the block's active 128-key tiles for query tiles qt0 and qt0 + 1 (warp 0 builds the list); each
  * warpgroup's mode: 0 skip, 1 whole, 2 masked.  Returns the count (all threads). */
@@ -552,7 +589,7 @@ __device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
         const int qt = qt0 + w;
         if (qt >= nt) continue;
         const uint8_t s0 = st[(size_t)qt * nt + 2 * t], s1 = 2 * t + 1 < nt ? st[(size_t)qt * nt + 2 * t + 1] : T_NONE;
-        const int mode = s0 == T_NONE && s1 == T_NONE ? 0 : s0 == T_FULL && s1 == T_FULL ? 1 : 2;
+        const int mode = s0 == T_NONE && s1 == T_NONE ? WG_SKIP : s0 == T_FULL && s1 == T_FULL ? WG_WHOLE : WG_MASKED;
         e |= mode << (28 + 2 * w);
       }
       c = warp_append(list, c, t < nk && (e >> 28) != 0, e, lane);
@@ -563,26 +600,46 @@ __device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
   return count;
 }
 
-/* ops.h's rule per element of a key tile starting at k0 (keys past n are padding) */
+/* ops.h's rule per element of a key tile: km its keys' metadata (staged in shared memory by the
+ * producer: per-element loads from global memory made a masked tile cost 2.7x a whole one, as the
+ * big shared-memory carve-out leaves L1 little room), qa / qb the thread's two query rows', mode
+ * the tile's for these rows (WG_SKIP hides every key) */
 struct MetaMask {
-  const int4 *meta;
-  int n, k0;
+  const int4 *km;
   int4 qa, qb;
-  bool on;
-  __device__ __forceinline__ bool active() const { return on; }
+  int mode;
+  __device__ __forceinline__ bool active() const { return mode != WG_WHOLE; }
   __device__ __forceinline__ void visible(int col, bool &va, bool &vb) const {
-    const int key = k0 + col;
-    const int4 km = key < n ? __ldg(meta + key) : make_int4(0, 0, 0, 0);
-    va = vis(qa, km);
-    vb = vis(qb, km);
+    if (mode == WG_SKIP) {   /* km may not be staged */
+      va = vb = false;
+      return;
+    }
+    const int4 k = km[col];
+    va = vis(qa, k);
+    vb = vis(qb, k);
   }
-  __device__ __forceinline__ void apply(int col, float &xa, float &xb) const {
-    bool va, vb;
-    visible(col, va, vb);
-    if (!va) xa = -INFINITY;
-    if (!vb) xb = -INFINITY;
+  /* a rolled loop: the per-element rule is long, and 32 inlined copies made the forward's code
+   * 60 % larger */
+  __device__ __forceinline__ void bits(int lane, uint32_t &ba, uint32_t &bb) const {
+    ba = bb = 0;
+    if (mode == WG_SKIP) return;
+#pragma unroll 1
+    for (int i = 0; i < 32; i++) {
+      const int4 k = km[(i >> 1) * 8 + 2 * (lane & 3) + (i & 1)];
+      ba |= (uint32_t)vis(qa, k) << i;
+      bb |= (uint32_t)vis(qb, k) << i;
+    }
   }
 };
+
+/* the producer warp's share of staging the metadata of key tile e (a list entry; keys past n:
+ * zeros, never visible), for a tile some warpgroup masks per element: for the others the
+ * consumers read none, and the loads would only delay the tile */
+__device__ __forceinline__ void stage_key_meta(int4 *dst, const FP &p, int e, int lane) {
+  if (((e >> 28) & 3) != WG_MASKED && ((e >> 30) & 3) != WG_MASKED) return;
+  const int k0 = (e & WG_IDX) * WG_BK;
+  for (int r = lane; r < WG_BK; r += 32) dst[r] = k0 + r < p.n ? p.meta[k0 + r] : make_int4(0, 0, 0, 0);
+}
 
 /* dQ of one key tile of WG_BK keys for this warpgroup's 64 query rows: S = Q·Kᵀ and dP = dO·Vᵀ
  * (16 wgmma from shared memory), P = 2^(S·sl2 − L) in fp32 (0 where hidden), dS = P∘(dP − D)
@@ -634,17 +691,19 @@ static __device__ __forceinline__ void wg_tile_dq(float (&dq_acc)[64], uint64_t 
 }
 #endif
 
-__global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
+__global__ void __launch_bounds__(384, 1) k_fa_fwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
                                                        const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
-  constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = wg_smem_base(smem_raw);
-  unsigned char *sQ = base, *sKV = base + WQ * 256;   /* [2 stages][K, V] */
+  unsigned char *sQ = base;
+  int4 *sKM = (int4 *)(base + WQ * 256);                                /* [2 stages][WG_BK] key metadata */
+  unsigned char *sKV = (unsigned char *)(sKM + 2 * WG_BK);               /* [2 stages][K, V] */
   const WgKV kv = wg_kv_at(sKV);
-  int *list = (int *)(kv.empty + 2);
+  int *list = (int *)(sKV + WG_KV_SMEM);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+  TRACE_START();
   const int qb = p.q2_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
   for (int c = tid; c < WQ * 16; c += blockDim.x) {   /* the Q tile, swizzled; rows past n zero */
     const int rr = c >> 4, ch = c & 15, t = q0 + rr;
@@ -652,32 +711,32 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
     cp_async16(sQ + swz_off(rr, ch, WQ), ok ? p.q + ((size_t)t * p.H + h) * 128 + ch * 8 : p.q, ok);
   }
   cp_commit();
-  if (tid == 0) wg_kv_init(kv, 8);
+  if (tid == 0) wg_kv_init(kv, 8, 32);
   const int n_act = wg_active_tiles(list, p.status, 2 * qb, p.nt);
+  TRACE_COUNT(n_act);
   cp_wait<0>();
   fence_proxy_async();
   __syncthreads();
 
-  if (warp == 8) {              /* producer: one thread issues the copies */
-    if (lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, [&](int a) { return (list[a] & WG_IDX) * WG_BK; });
+  if (warp >= 8) {              /* producer warpgroup, its registers given to the consumers: warp 8's lane 0
+                                   issues the copies, the warp stages the keys' metadata */
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (warp == 8) {
+      const auto row_of = [&](int a) { return (list[a] & WG_IDX) * WG_BK; };
+      wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, row_of, lane, [&](int a, int st) { stage_key_meta(sKM + st * WG_BK, p, list[a], lane); });
+    }
     return;
   }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int ra = warp * 16 + (lane >> 2), rb = ra + 8, ta = q0 + ra, tb = q0 + rb;
   const int4 mqa = ta < p.n ? p.meta[ta] : make_int4(0, 0, 0, 0), mqb = tb < p.n ? p.meta[tb] : make_int4(0, 0, 0, 0);
   WgSoftmax sm = wg_softmax_init();
   float o_acc[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
-  const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024);
-  const uint64_t dk = wg_desc(sKV, 16, 1024), dv = wg_desc(sKV, WG_BK * 128, 1024);
-  for (int a = 0; a < n_act; a++) {
-    const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
-    wg_kv_acquire(kv, a);
-    if (mode)
-      wg_tile<WQ>(o_acc, sm, dq, dk + ((2 * st * TILE) >> 4), dv + (((2 * st + 1) * TILE) >> 4), p.sl2, lane,
-                  MetaMask{p.meta, p.n, (e & WG_IDX) * WG_BK, mqa, mqb, mode == 2});
-    wg_kv_release(kv, a, lane);
-  }
+  wg_flash_tiles<WQ>(o_acc, sm, kv, n_act, wg_desc(sQ + wg * 64 * 128, 16, 1024), p.sl2, lane, wg,
+                     [&](int a, int st) { return MetaMask{sKM + st * WG_BK, mqa, mqb, (list[a] >> (28 + 2 * wg)) & 3}; });
+  TRACE_END(wg);
   const float l_a = quad_sum(sm.l_a), l_b = quad_sum(sm.l_b);
   const int cb = 2 * (lane & 3);
 #pragma unroll
@@ -699,16 +758,19 @@ __global__ void __launch_bounds__(288, 1) k_fa_fwd_tma(FP p, const __grid_consta
 /* dQ on Hopper: k_fa_bwd_q's work in k_fa_fwd_tma's layout (Q and dO tiles of 128 queries, two
  * consumer warpgroups, K and V of the active key tiles through TMA from a producer warp).  S, dP
  * and dQ take 192 accumulator registers per thread: the producer is a whole warpgroup that gives
- * its registers to the consumers (setmaxnreg: 24 against 240), as FlashAttention-3 does. */
+ * its registers to the consumers (setmaxnreg: 24 against 240), as FlashAttention-3 does.  (32 against
+ * 240 hung on an H100, 2026-11-27: the block then needs every register of the SM.) */
 __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
                                                          const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
   constexpr uint32_t TILE = WG_KV_TILE;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = wg_smem_base(smem_raw);
-  unsigned char *sQ = base, *sO = base + WQ * 256, *sKV = sO + WQ * 256;   /* [2 stages][K, V] */
+  unsigned char *sQ = base, *sO = base + WQ * 256;
+  int4 *sKM = (int4 *)(sO + WQ * 256);                                  /* [2 stages][WG_BK] key metadata */
+  unsigned char *sKV = (unsigned char *)(sKM + 2 * WG_BK);               /* [2 stages][K, V] */
   const WgKV kv = wg_kv_at(sKV);
-  int *list = (int *)(kv.empty + 2);
+  int *list = (int *)(sKV + WG_KV_SMEM);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int qb = p.q2_order[blockIdx.x / p.H], h = blockIdx.x % p.H, kvh = h / p.G, q0 = qb * WQ;
@@ -720,7 +782,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
     cp_async16(sO + swz_off(rr, ch, WQ), p.dob + off, ok);
   }
   cp_commit();
-  if (tid == 0) wg_kv_init(kv, 8);
+  if (tid == 0) wg_kv_init(kv, 8, 32);
   const int n_act = wg_active_tiles(list, p.status, 2 * qb, p.nt);
   cp_wait<0>();
   fence_proxy_async();
@@ -728,7 +790,10 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
 
   if (warp >= 8) {              /* producer warpgroup: one thread issues the copies */
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
-    if (warp == 8 && lane == 0) wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, [&](int a) { return (list[a] & WG_IDX) * WG_BK; });
+    if (warp == 8) {          /* lane 0 issues the copies, the warp stages the keys' metadata */
+      const auto row_of = [&](int a) { return (list[a] & WG_IDX) * WG_BK; };
+      wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, row_of, lane, [&](int a, int st) { stage_key_meta(sKM + st * WG_BK, p, list[a], lane); });
+    }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");   /* the consumers get the producer's registers */
@@ -745,11 +810,13 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
   const uint64_t dk = wg_desc(sKV, 16, 1024), dkt = wg_desc(sKV, WG_BK * 128, 1024);
   for (int a = 0; a < n_act; a++) {
     const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
-    wg_kv_acquire(kv, a);
+    wg_k_acquire(kv, a);
+    wg_v_acquire(kv, a);
     if (mode)
       wg_tile_dq<WQ>(dq_acc, dq, ddo, dk + ((2 * st * TILE) >> 4), dk + (((2 * st + 1) * TILE) >> 4), dkt + ((2 * st * TILE) >> 4),
-                     p.sl2, l2a, l2b, Da, Db, lane, MetaMask{p.meta, p.n, (e & WG_IDX) * WG_BK, mqa, mqb, mode == 2});
-    wg_kv_release(kv, a, lane);
+                     p.sl2, l2a, l2b, Da, Db, lane, MetaMask{sKM + st * WG_BK, mqa, mqb, mode});
+    wg_k_release(kv, a, lane);
+    wg_v_release(kv, a, lane);
   }
   const int cb = 2 * (lane & 3);
 #pragma unroll
@@ -815,10 +882,12 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
   unsigned char *sK = base, *sV = sK + FB_K * 256, *sQO = sV + FB_K * 256;   /* sQO: [2 stages][Q, dO] */
   unsigned char *sdS = sQO + 4 * FB_QT;                                       /* [2][FB_K keys][64 queries] bf16 */
   unsigned char *sdQ = sdS + 2 * FB_K * 128;   /* per warpgroup: its dQ share, two boxes of 64 rows x 32 fp32 */
-  float *sLD = (float *)(sdQ + 2 * FB_Q * 256);                               /* [2 stages][lse·log2e, D][FB_Q] */
+  int4 *sM = (int4 *)(sdQ + 2 * FB_Q * 256);                                 /* [2 stages][FB_Q] query metadata */
+  float *sLD = (float *)(sM + 2 * FB_Q);                                      /* [2 stages][lse·log2e, D][FB_Q] */
   uint64_t *kv_full = (uint64_t *)(sLD + 4 * FB_Q), *full = kv_full + 1, *empty = full + 2;
   int *list = (int *)(empty + 2);
 
+  TRACE_START();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   /* key blocks in stored order: ranked by cost like the query blocks they ran 0-13 % slower at 4 samples (H 28/4,
    * 2026-11-27 01:55), as neighbouring blocks then stream the same query tiles less often together */
@@ -829,6 +898,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
     mbar_init_fence();
   }
   const int n_act = fb_active_tiles(list, p.status, kb, p.nt);
+  TRACE_COUNT(n_act);
 
   if (wg == 2) {   /* producer warpgroup: warp 8 loads, its lane 0 issues the copies */
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
@@ -842,12 +912,14 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
     }
     for (int a = 0; a < n_act; a++) {
       const int st = a & 1, q0 = (list[a] & WG_IDX) * FB_Q;
+      const bool masked = ((list[a] >> 28) & 3) == WG_MASKED || ((list[a] >> 30) & 3) == WG_MASKED;   /* only then the consumers read sM */
       if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
       float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
       for (int r = lane; r < FB_Q; r += 32) {   /* padding rows: 0 (their Q and dO rows read as zeros) */
         const int t = q0 + r;
         L[r] = t < p.n ? p.lse_in[(size_t)h * p.n + t] * LOG2E : 0.f;
         Dd[r] = t < p.n ? p.D[(size_t)h * p.n + t] : 0.f;
+        if (masked) sM[st * FB_Q + r] = t < p.n ? p.meta[t] : make_int4(0, 0, 0, 0);
       }
       if (lane == 0) {
         mbar_expect_tx(&full[st], 2 * FB_QT);
@@ -857,7 +929,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
           tma_load_2d(so + half * FB_Q * 128, &tm_o, &full[st], h * 128 + half * 64, q0);
         }
       } else {
-        mbar_arrive(&full[st]);   /* releases this lane's lse and D */
+        mbar_arrive(&full[st]);   /* releases this lane's lse, D and metadata */
       }
     }
     return;
@@ -904,9 +976,8 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
           for (int x = 0; x < 2; x++) {
             const float lq = x ? l2.y : l2.x, dd = x ? d2.y : d2.x;
             float pa = ex2(fmaf(s[4 * j + x], p.sl2, -lq)), pb = ex2(fmaf(s[4 * j + 2 + x], p.sl2, -lq));
-            if (mode == 2) {
-              const int t = q0 + c + x;
-              const int4 mq = t < p.n ? __ldg(p.meta + t) : z4;
+            if (mode == 2) {   /* from shared memory: with this kernel's shared memory, L1 is too small to hold it */
+              const int4 mq = sM[st * FB_Q + c + x];
               if (!vis(mq, mka)) pa = 0.f;
               if (!vis(mq, mkb)) pb = 0.f;
             }
@@ -978,6 +1049,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
     }
   }
   if (ctid == 0) bulk_wait0();
+  TRACE_END(wg);
 
   /* G = 1: straight into dk / dv (h = kvh); else this head's share into the workspace */
   float *ok = p.G > 1 ? p.part_k : p.dk, *ov = p.G > 1 ? p.part_v : p.dv;
@@ -1005,7 +1077,7 @@ bool tma_ready(usbx_cuda *c, const FP &p, size_t smem, CUtensorMap *tk, CUtensor
   return kv_tmap(tk, p.k, p.n, p.Hkv) && kv_tmap(tv, p.v, p.n, p.Hkv);
 }
 bool bwd_q_tma(usbx_cuda *c, const FP &p) {
-  const size_t smem = 1024 + 2 * (size_t)WQ * 256 + 4 * (size_t)WG_BK * 256 + 32 + (size_t)(p.nt + 1) / 2 * sizeof(int);
+  const size_t smem = 1024 + 2 * (size_t)WQ * 256 + 2 * WG_BK * sizeof(int4) + WG_KV_SMEM + (size_t)(p.nt + 1) / 2 * sizeof(int);
   CUtensorMap tk, tv;
   if (!tma_ready(c, p, smem, &tk, &tv)) return false;
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_bwd_q_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -1014,11 +1086,36 @@ bool bwd_q_tma(usbx_cuda *c, const FP &p) {
   return true;
 }
 
+#ifdef USBX_ATTN_TRACE
+/* the trace of the launch just made into $USBX_ATTN_TRACE.<name> (each launch overwrites it):
+ * block, start, end of warpgroup 0 and 1 (ns from the first start), SM, active tiles */
+void trace_dump(usbx_cuda *c, const char *name, unsigned blocks) {
+  const char *pre = getenv("USBX_ATTN_TRACE");
+  if (!pre) return;
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  static unsigned long long h[TRACE_MAX][5];
+  if (blocks > (unsigned)TRACE_MAX) blocks = TRACE_MAX;
+  CUDA_CHECK(cudaMemcpyFromSymbol(h, g_trace, sizeof(h[0]) * blocks));
+  unsigned long long t0 = ~0ull;
+  for (unsigned b = 0; b < blocks; b++) t0 = std::min(t0, h[b][0]);
+  char path[512];
+  snprintf(path, sizeof path, "%s.%s", pre, name);
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  for (unsigned b = 0; b < blocks; b++)
+    fprintf(f, "%u %llu %llu %llu %llu %llu\n", b, h[b][0] - t0, h[b][1] - t0, h[b][2] - t0, h[b][3], h[b][4]);
+  fclose(f);
+}
+#define TRACE_DUMP(c, name, blocks) trace_dump(c, name, blocks)
+#else
+#define TRACE_DUMP(c, name, blocks) ((void)0)
+#endif
+
 /* dK, dV and dQ by k_fa_bwd_tma; false when it does not apply (tma_ready, the option, all three
  * gradients wanted) */
 bool bwd_fused_tma(usbx_cuda *c, const FP &p) {
   if (!c->opt_attn_bwd_fused || !p.dq || !p.dk || !p.dv || ((uintptr_t)p.dq & 15)) return false;
-  const size_t smem = 1024 + 2 * (size_t)FB_K * 256 + 4 * (size_t)FB_QT + 2 * (size_t)FB_K * 128 + 2 * FB_Q * 256 + 4 * FB_Q * sizeof(float) +
+  const size_t smem = 1024 + 2 * (size_t)FB_K * 256 + 4 * (size_t)FB_QT + 2 * (size_t)FB_K * 128 + 2 * FB_Q * 256 + 2 * FB_Q * sizeof(int4) + 4 * FB_Q * sizeof(float) +
                       5 * 8 + (size_t)p.nt * sizeof(int);
   CUtensorMap tk, tv, tq, to, tdq;
   if (!tma_ready(c, p, smem, &tk, &tv) || !kv_tmap(&tq, p.q, p.n, p.H, FB_Q) || !kv_tmap(&to, p.dob, p.n, p.H, FB_Q) ||
@@ -1028,17 +1125,19 @@ bool bwd_fused_tma(usbx_cuda *c, const FP &p) {
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_bwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   k_fa_bwd_tma<<<(unsigned)((p.nt + 1) / 2 * p.H), 384, smem, c->stream>>>(p, tk, tv, tq, to, tdq);
   CUDA_LAUNCHED();
+  TRACE_DUMP(c, "bwd", (unsigned)((p.nt + 1) / 2 * p.H));
   return true;
 }
 
 /* false when they do not apply (tma_ready): the caller runs the mma.sync kernels */
 bool fwd_tma(usbx_cuda *c, const FP &p) {
-  const size_t smem = 1024 + (size_t)WQ * 256 + 4 * (size_t)WG_BK * 256 + 32 + (size_t)(p.nt + 1) / 2 * sizeof(int);
+  const size_t smem = 1024 + (size_t)WQ * 256 + 2 * WG_BK * sizeof(int4) + WG_KV_SMEM + (size_t)(p.nt + 1) / 2 * sizeof(int);
   CUtensorMap tk, tv;
   if (!tma_ready(c, p, smem, &tk, &tv)) return false;
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_fwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  k_fa_fwd_tma<<<(unsigned)((p.n + WQ - 1) / WQ * p.H), 288, smem, c->stream>>>(p, tk, tv);
+  k_fa_fwd_tma<<<(unsigned)((p.n + WQ - 1) / WQ * p.H), 384, smem, c->stream>>>(p, tk, tv);
   CUDA_LAUNCHED();
+  TRACE_DUMP(c, "fwd", (unsigned)((p.n + WQ - 1) / WQ * p.H));
   return true;
 }
 

@@ -129,83 +129,115 @@ static __device__ __forceinline__ void wgmma_rs_t(float (&d)[64], const uint32_t
 
 /* ---------------------------------------------------------------- flash attention tiles */
 #define WG_BK 128               /* keys per tile */
+#define WG_KV_TILE (WG_BK * 256)           /* bytes of one K or V tile */
+#define WG_KV_SMEM (4 * WG_KV_TILE + 64)   /* the K/V pipeline's two stages and their eight barriers */
 /* a thread's softmax state of its two rows (fragment rows g and g+8): running maxima of the
  * scaled scores (log2 domain) and sums */
 struct WgSoftmax { float m_a, m_b, l_a, l_b; };
 static __host__ __device__ __forceinline__ WgSoftmax wg_softmax_init() { return {-INFINITY, -INFINITY, 0.f, 0.f}; }
 
 #if USBX_WGMMA_DEVICE
-/* The two-stage K/V pipeline of the TMA kernels (k_flash_tma, k_fa_fwd_tma, k_fa_bwd_q_tma): stage
- * st holds a K and a V tile of WG_BK rows (two 64-column halves each) at sKV + 2·st·WG_KV_TILE;
- * full[st] counts the bytes of its copies, empty[st] the consumer warps done reading it. */
-#define WG_KV_TILE (WG_BK * 256)           /* bytes of one K or V tile */
-struct WgKV { unsigned char *sKV; uint64_t *full, *empty; };
-/* the pipeline at sKV: two stages, then their barriers */
+/* The K/V pipeline of the TMA kernels (k_flash_tma, k_fa_fwd_tma, k_fa_bwd_q_tma): two stages, stage
+ * st holding a K and a V tile of WG_BK rows (two 64-column halves each) at sKV + 2·st·WG_KV_TILE.
+ * K and V have their own barriers (full_k[st] / full_v[st] count the bytes of the copies, empty_k /
+ * empty_v the consumer warps done reading), so a warpgroup that still needs V of the previous tile
+ * does not hold back the next K (wg_flash_tiles). */
+struct WgKV { unsigned char *sKV; uint64_t *full_k, *full_v, *empty_k, *empty_v; };
+/* the pipeline at sKV: two stages, then their barriers; what follows starts at sKV + WG_KV_SMEM */
 static __device__ __forceinline__ WgKV wg_kv_at(unsigned char *sKV) {
   uint64_t *bar = (uint64_t *)(sKV + 4 * WG_KV_TILE);
-  return {sKV, bar, bar + 2};
+  return {sKV, bar, bar + 2, bar + 4, bar + 6};
 }
 /* dynamic shared memory rounded up to the 1024 bytes the 128-byte swizzle's atoms need */
 static __device__ __forceinline__ unsigned char *wg_smem_base(unsigned char *smem_raw) {
   return (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
 }
-/* one thread, before the block's barrier */
-static __device__ __forceinline__ void wg_kv_init(const WgKV &s, unsigned consumer_warps) {
-  for (int i = 0; i < 2; i++) { mbar_init(&s.full[i], 1); mbar_init(&s.empty[i], consumer_warps); }
+/* one thread, before the block's barrier; producer_lanes: the lanes of the producer warp that run
+ * wg_kv_produce (1: lane 0 alone; 32: the whole warp, staging more of each tile through `stage`) */
+static __device__ __forceinline__ void wg_kv_init(const WgKV &s, unsigned consumer_warps, unsigned producer_lanes = 1) {
+  for (int i = 0; i < 2; i++) {
+    mbar_init(&s.full_k[i], producer_lanes); mbar_init(&s.full_v[i], 1);
+    mbar_init(&s.empty_k[i], consumer_warps); mbar_init(&s.empty_v[i], consumer_warps);
+  }
   mbar_init_fence();
 }
-/* the producer thread: n tiles, tile a from row row_of(a) of the maps' column col (a KV head) */
-template <typename RowOf>
+/* the producer: n tiles, tile a from row row_of(a) of the maps' column col (a KV head).  Run by lane
+ * 0 alone or by the whole warp (wg_kv_init's producer_lanes); each running lane first calls
+ * stage(a, st) to write its share of what else the consumers read with K of tile a in stage st. */
+template <typename RowOf, typename Stage>
 static __device__ __forceinline__ void wg_kv_produce(const WgKV &s, const CUtensorMap *tm_k, const CUtensorMap *tm_v, int col, int n,
-                                                     RowOf row_of) {
+                                                     RowOf row_of, int lane, Stage stage) {
   constexpr uint32_t HALF = WG_KV_TILE / 2;
   for (int a = 0; a < n; a++) {
     const int st = a & 1;
-    if (a >= 2) mbar_wait(&s.empty[st], ((a >> 1) - 1) & 1);
-    mbar_expect_tx(&s.full[st], 2 * WG_KV_TILE);
+    const unsigned ph = ((a >> 1) - 1) & 1;
+    if (a >= 2) mbar_wait(&s.empty_k[st], ph);
+    stage(a, st);
+    if (lane != 0) {
+      mbar_arrive(&s.full_k[st]);
+      continue;
+    }
     unsigned char *sk = s.sKV + 2 * st * WG_KV_TILE, *sv = sk + WG_KV_TILE;
     const int row = row_of(a);
-    tma_load_2d(sk, tm_k, &s.full[st], col, row);
-    tma_load_2d(sk + HALF, tm_k, &s.full[st], col + 64, row);
-    tma_load_2d(sv, tm_v, &s.full[st], col, row);
-    tma_load_2d(sv + HALF, tm_v, &s.full[st], col + 64, row);
+    mbar_expect_tx(&s.full_k[st], WG_KV_TILE);
+    tma_load_2d(sk, tm_k, &s.full_k[st], col, row);
+    tma_load_2d(sk + HALF, tm_k, &s.full_k[st], col + 64, row);
+    if (a >= 2) mbar_wait(&s.empty_v[st], ph);
+    mbar_expect_tx(&s.full_v[st], WG_KV_TILE);
+    tma_load_2d(sv, tm_v, &s.full_v[st], col, row);
+    tma_load_2d(sv + HALF, tm_v, &s.full_v[st], col + 64, row);
   }
 }
-/* a consumer warp: wait for tile a; after reading it, release its stage */
-static __device__ __forceinline__ void wg_kv_acquire(const WgKV &s, int a) { mbar_wait(&s.full[a & 1], (a >> 1) & 1); }
-static __device__ __forceinline__ void wg_kv_release(const WgKV &s, int a, int lane) {
-  __syncwarp();
-  if (lane == 0) mbar_arrive(&s.empty[a & 1]);
+template <typename RowOf>
+static __device__ __forceinline__ void wg_kv_produce(const WgKV &s, const CUtensorMap *tm_k, const CUtensorMap *tm_v, int col, int n,
+                                                     RowOf row_of) {
+  wg_kv_produce(s, tm_k, tm_v, col, n, row_of, 0, [](int, int) {});
 }
+/* a consumer warp: wait for K (V) of tile a; after reading it, release its stage.  Every consumer
+ * warp releases both of every tile, read or not (the producer counts them). */
+static __device__ __forceinline__ void wg_k_acquire(const WgKV &s, int a) { mbar_wait(&s.full_k[a & 1], (a >> 1) & 1); }
+static __device__ __forceinline__ void wg_v_acquire(const WgKV &s, int a) { mbar_wait(&s.full_v[a & 1], (a >> 1) & 1); }
+static __device__ __forceinline__ void wg_k_release(const WgKV &s, int a, int lane) {
+  __syncwarp();
+  if (lane == 0) mbar_arrive(&s.empty_k[a & 1]);
+}
+static __device__ __forceinline__ void wg_v_release(const WgKV &s, int a, int lane) {
+  __syncwarp();
+  if (lane == 0) mbar_arrive(&s.empty_v[a & 1]);
+}
+/* named barriers 8 and 9: the two consumer warpgroups' turns at the tensor cores (wg_flash_tiles) */
+static __device__ __forceinline__ void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+static __device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+#define WG_TURN_BAR 8
 
-/* one key tile of WG_BK keys for this warpgroup, online softmax: dq, dk, dv the descriptors of its
- * Q rows (BR-row tile) and of the tile's K and V; sc the softmax scale times log2(e); mask hides
- * keys: mask.active() says whether it applies to this tile, mask.apply(col, xa, xb) -INF's the
- * scores of the thread's two rows at tile column col */
-template <int BR, typename Mask>
-static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgSoftmax &w, uint64_t dq, uint64_t dk, uint64_t dv,
-                                               float sc, int lane, const Mask &mask) {
-  float s[64];
-  wg_fence();
+/* the online softmax of one key tile for this warpgroup: s its scores (64 rows x WG_BK keys, as
+ * Q·Kᵀ left them); sc the softmax scale times log2(e); mask hides keys: mask.active() says whether
+ * it applies to this tile, mask.bits(lane, ba, bb) gives the visibility of the thread's 32 columns
+ * for its rows g and g + 8 (bit 2j + e: tile column 8j + 2·(lane % 4) + e).  Updates the running maxima and sums, rescales o_acc (which must hold every
+ * earlier tile's P·V) and writes P in bf16 as the A fragments of P·V into pa. */
+template <typename Mask>
+static __device__ __forceinline__ void wg_softmax_tile(float (&s)[64], WgSoftmax &w, float (&o_acc)[64], uint32_t (&pa)[8][4], float sc,
+                                                       int lane, const Mask &mask) {
+  if (mask.active()) {   /* bits first (a short loop), then selects: the code stays small */
+    uint32_t ba, bb;
+    mask.bits(lane, ba, bb);
 #pragma unroll
-  for (int kk = 0; kk < 8; kk++)   /* k slice kk of d: half kk/4 of a tile, 32 bytes per slice */
-    wgmma_ss(s, dq + (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4),
-             dk + (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4), kk > 0);
-  wg_commit();
-  wg_wait0();
-  const bool need_mask = mask.active();
+    for (int i = 0; i < 32; i++) {
+      if (!((ba >> i) & 1)) s[4 * (i >> 1) + (i & 1)] = -INFINITY;
+      if (!((bb >> i) & 1)) s[4 * (i >> 1) + 2 + (i & 1)] = -INFINITY;
+    }
+  }
   float ma[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, mb[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
   for (int j = 0; j < 16; j++) {
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-      float xa = s[4 * j + e], xb = s[4 * j + 2 + e];
-      if (need_mask) {
-        mask.apply(j * 8 + 2 * (lane & 3) + e, xa, xb);
-        s[4 * j + e] = xa; s[4 * j + 2 + e] = xb;
-      }
-      ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], xa);
-      mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], xb);
+      ma[(j & 1) * 2 + e] = fmaxf(ma[(j & 1) * 2 + e], s[4 * j + e]);
+      mb[(j & 1) * 2 + e] = fmaxf(mb[(j & 1) * 2 + e], s[4 * j + 2 + e]);
     }
   }
   float mx_a = fmaxf(fmaxf(ma[0], ma[1]), fmaxf(ma[2], ma[3])), mx_b = fmaxf(fmaxf(mb[0], mb[1]), fmaxf(mb[2], mb[3]));
@@ -218,7 +250,6 @@ static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgSoftmax &w,
   const float al_a = ex2(w.m_a - mu_a), al_b = ex2(w.m_b - mu_b);
   w.m_a = mn_a; w.m_b = mn_b;
   float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
-  uint32_t pa[8][4];
 #pragma unroll
   for (int j = 0; j < 16; j++) {
     s[4 * j] = ex2(fmaf(s[4 * j], sc, -mu_a)); s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sc, -mu_a));
@@ -233,12 +264,85 @@ static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgSoftmax &w,
 #pragma unroll
     for (int j = 0; j < 16; j++) { o_acc[4 * j] *= al_a; o_acc[4 * j + 1] *= al_a; o_acc[4 * j + 2] *= al_b; o_acc[4 * j + 3] *= al_b; }
   }
-  wg_fence();
+}
+/* S = Q·Kᵀ of one key tile into s: dq the descriptor of this warpgroup's Q rows (tile of BR rows),
+ * dk of the tile's K (issued, not waited for) */
+template <int BR>
+static __device__ __forceinline__ void wg_issue_s(float (&s)[64], uint64_t dq, uint64_t dk) {
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++)   /* k slice kk of d: half kk/4 of a tile, 32 bytes per slice */
+    wgmma_ss(s, dq + (uint64_t)(((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4),
+             dk + (uint64_t)(((kk >> 2) * WG_BK * 128 + (kk & 3) * 32) >> 4), kk > 0);
+}
+/* O += P·V of one key tile: dv the descriptor of its V, read MN-major (issued, not waited for) */
+static __device__ __forceinline__ void wg_issue_pv(float (&o_acc)[64], const uint32_t (&pa)[8][4], uint64_t dv) {
 #pragma unroll
   for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15: 16 rows of 128 bytes into each half */
     wgmma_rs_t(o_acc, pa[kk], dv + (uint64_t)((kk * 16 * 128) >> 4));
+}
+
+/* one key tile for this warpgroup, start to end (k_flash_wg's loop: a block-wide barrier per tile) */
+template <int BR, typename Mask>
+static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgSoftmax &w, uint64_t dq, uint64_t dk, uint64_t dv,
+                                               float sc, int lane, const Mask &mask) {
+  float s[64];
+  uint32_t pa[8][4];
+  wg_fence();
+  wg_issue_s<BR>(s, dq, dk);
   wg_commit();
   wg_wait0();
+  wg_softmax_tile(s, w, o_acc, pa, sc, lane, mask);
+  wg_fence();
+  wg_issue_pv(o_acc, pa, dv);
+  wg_commit();
+  wg_wait0();
+}
+
+/* The key tiles of a TMA pipeline (wg_kv_produce) for warpgroup wg (0 or 1) of two, FlashAttention-3's
+ * way: the tensor cores take the warpgroups in turns (named barriers WG_TURN_BAR + wg), and in its
+ * turn a warpgroup issues P·V of its previous tile together with S of the next, so one warpgroup's
+ * softmax runs while the other's products do.  mask_at(a, st): tile a's mask (wg_softmax_tile),
+ * which hides every key of a tile that has none for this warpgroup: no product is issued under a
+ * branch, which would make ptxas serialise them.  Both warpgroups run all n tiles. */
+template <int BR, typename MaskAt>
+static __device__ __forceinline__ void wg_flash_tiles(float (&o_acc)[64], WgSoftmax &w, const WgKV &kv, int n, uint64_t dq, float sc,
+                                                      int lane, int wg, MaskAt mask_at) {
+  if (n <= 0) return;
+  const uint64_t dk = wg_desc(kv.sKV, 16, 1024), dv = wg_desc(kv.sKV, WG_BK * 128, 1024);
+  const auto dk_at = [&](int a) { return dk + (uint64_t)((2 * (a & 1) * WG_KV_TILE) >> 4); };
+  const auto dv_at = [&](int a) { return dv + (uint64_t)(((2 * (a & 1) + 1) * WG_KV_TILE) >> 4); };
+  uint32_t pa[8][4];
+  float s[64];
+  if (wg == 1) named_bar_arrive(WG_TURN_BAR, 256);   /* warpgroup 0 goes first */
+  wg_k_acquire(kv, 0);
+  named_bar_sync(WG_TURN_BAR + wg, 256);
+  wg_fence();
+  wg_issue_s<BR>(s, dq, dk_at(0));
+  wg_commit();
+  if (wg == 0 || n > 1) named_bar_arrive(WG_TURN_BAR + (wg ^ 1), 256);   /* the other's turn */
+  wg_wait0();
+  wg_softmax_tile(s, w, o_acc, pa, sc, lane, mask_at(0, 0));
+  wg_k_release(kv, 0, lane);
+  for (int a = 1; a < n; a++) {
+    wg_v_acquire(kv, a - 1);
+    wg_k_acquire(kv, a);
+    named_bar_sync(WG_TURN_BAR + wg, 256);
+    wg_fence();
+    wg_issue_pv(o_acc, pa, dv_at(a - 1));
+    wg_issue_s<BR>(s, dq, dk_at(a));
+    wg_commit();
+    if (wg == 0 || a + 1 < n) named_bar_arrive(WG_TURN_BAR + (wg ^ 1), 256);
+    wg_wait0();
+    wg_v_release(kv, a - 1, lane);
+    wg_softmax_tile(s, w, o_acc, pa, sc, lane, mask_at(a, a & 1));
+    wg_k_release(kv, a, lane);
+  }
+  wg_v_acquire(kv, n - 1);
+  wg_fence();
+  wg_issue_pv(o_acc, pa, dv_at(n - 1));
+  wg_commit();
+  wg_wait0();
+  wg_v_release(kv, n - 1, lane);
 }
 
 #endif
