@@ -198,50 +198,55 @@ static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
 }
 
 /* ---------------------------------------------------------------- qk_norm_rope_bwd
- * One warp per (token, head), lanes over pairs (j, j + d/2) as the forward.  Every value a lane
- * needs is read before it writes, and it writes only the positions it read, so dx may alias x
- * (or dy when dy_stride = heads·d).  dw: per-block column partials in shared memory, then an
- * ordered sum. */
-#define QKB_BLOCKS 256
-__global__ void k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x, const float *w,
-                         const int32_t *pos, int T, int heads, int d, float eps, float theta) {
-  __shared__ float accw[4][256];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = d / 2;
+ * A block per QKB_TOK tokens, as the forward: the rotation's cos and sin computed once per token
+ * into shared memory, then a warp per (token, head), lanes over pairs (j, j + d/2).  Every value a
+ * lane needs is read before it writes, and it writes only the positions it read, so dx may alias x
+ * (or dy when dy_stride = heads·d).  dw: per-block column partials, then an ordered sum.  (The
+ * earlier grid of 256 blocks, each computing the rotation again per head, took 3.6 ms of a 1.59 B
+ * step at 8k tokens on an H100.) */
+#define QKB_TOK 8
+__global__ void __launch_bounds__(256) k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x, const float *w,
+                                                const int32_t *pos, int T, int heads, int d, float eps, float theta) {
+  __shared__ float cs[QKB_TOK][128], sn[QKB_TOK][128], accw[8][256];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = d / 2, t0 = blockIdx.x * QKB_TOK;
+  const int nt = min(QKB_TOK, T - t0);
+  for (int i = threadIdx.x; i < nt * half; i += blockDim.x) {
+    const int tt = i / half, j = i % half;
+    const float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
+    sincosf((float)pos[t0 + tt] * inv, &sn[tt][j], &cs[tt][j]);
+  }
+  __syncthreads();
   float aw[4] = {0.f, 0.f, 0.f, 0.f}, bw[4] = {0.f, 0.f, 0.f, 0.f};
-  for (size_t pr = (size_t)blockIdx.x * 4 + warp; pr < (size_t)T * heads; pr += (size_t)gridDim.x * 4) {
-    int t = (int)(pr / heads), h = (int)(pr % heads);
+  for (int pr = warp; pr < nt * heads; pr += 8) {
+    const int tt = pr / heads, h = pr % heads, t = t0 + tt;
     const float *go = dy + (size_t)t * dy_stride + (size_t)h * d;
     const float *xh = x + ((size_t)t * heads + h) * d;
-    float fp = (float)pos[t];
     float xa[4], xb[4], ta[4], tb[4], ss = 0.f;
 #pragma unroll
     for (int p = 0; p < 4; p++) {
-      int j = lane + 32 * p;
+      const int j = lane + 32 * p;
       xa[p] = xb[p] = ta[p] = tb[p] = 0.f;
       if (j < half) {
-        float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
-        float sn, cs;
-        sincosf(fp * inv, &sn, &cs);
-        float g1 = go[j], g2 = go[j + half];
-        ta[p] = g1 * cs + g2 * sn;
-        tb[p] = g2 * cs - g1 * sn;
+        const float sv = sn[tt][j], cv = cs[tt][j], g1 = go[j], g2 = go[j + half];
+        ta[p] = g1 * cv + g2 * sv;
+        tb[p] = g2 * cv - g1 * sv;
         xa[p] = xh[j]; xb[p] = xh[j + half];
       }
       ss += xa[p] * xa[p] + xb[p] * xb[p];
     }
     ss = warp_sum(ss);
-    float rs = 1.0f / sqrtf(ss / (float)d + eps);
+    const float rs = 1.0f / sqrtf(ss / (float)d + eps);
     double dot = 0;
 #pragma unroll
     for (int p = 0; p < 4; p++) {
-      int j = lane + 32 * p;
+      const int j = lane + 32 * p;
       if (j < half) dot += (double)ta[p] * w[j] * xa[p] + (double)tb[p] * w[j + half] * xb[p];
     }
     dot = warp_sum_d(dot);
-    double cc = dot * (double)rs * rs * rs / d;
+    const double cc = dot * (double)rs * rs * rs / d;
 #pragma unroll
     for (int p = 0; p < 4; p++) {
-      int j = lane + 32 * p;
+      const int j = lane + 32 * p;
       if (j < half) {
         if (dx) {
           float *o = dx + ((size_t)t * heads + h) * d;
@@ -256,21 +261,24 @@ __global__ void k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride
   if (!partw) return;
 #pragma unroll
   for (int p = 0; p < 4; p++) {
-    int j = lane + 32 * p;
+    const int j = lane + 32 * p;
     if (j < half) { accw[warp][j] = aw[p]; accw[warp][j + half] = bw[p]; }
   }
   __syncthreads();
-  for (int j = threadIdx.x; j < d; j += blockDim.x)
-    partw[(size_t)blockIdx.x * d + j] = accw[0][j] + accw[1][j] + accw[2][j] + accw[3][j];
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float v = 0.f;
+    for (int k = 0; k < 8; k++) v += accw[k][j];
+    partw[(size_t)blockIdx.x * d + j] = v;
+  }
 }
 static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
                                const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta) {
   usbx_cuda *c = CU(be);
   if (d <= 0 || (d & 1) || d > 256) usbx_die("cuda qk_norm_rope_bwd: head dim %d must be even and <= 256", d);
   if (T <= 0 || heads <= 0) return;
-  int nb = (int)std::min<size_t>(QKB_BLOCKS, ((size_t)T * heads + 3) / 4);
+  const int nb = (T + QKB_TOK - 1) / QKB_TOK;
   float *part = dw ? (float *)cu_scratch(c, (size_t)nb * d * sizeof(float)) : NULL;
-  k_qk_bwd<<<nb, 128, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, heads, d, eps, theta);
+  k_qk_bwd<<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, heads, d, eps, theta);
   CUDA_LAUNCHED();
   if (dw) { k_colsum_parts<<<(d + 255) / 256, 256, 0, c->stream>>>(dw, part, nb, d); CUDA_LAUNCHED(); }
 }
