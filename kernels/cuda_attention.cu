@@ -413,13 +413,13 @@ __global__ void __launch_bounds__(384, 1) k_flash_tma(AttnP p, const __grid_cons
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
-  const int wg_max = r0 + wg * 64 < p.R ? row_lim(p, min(r0 + wg * 64 + 63, p.R - 1)) : 0;
   const int ra = r0 + warp * 16 + (lane >> 2), rb = ra + 8;
   WgRows w = wg_rows(p, ra, rb);
   float o_acc[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
-  /* a tile past this warpgroup's rows' limits (t·WG_BK >= wg_max) is wholly hidden by its prefix mask */
+  /* a tile past the limits of every row of a warp is wholly hidden by its prefix mask (which is on
+   * from the warp's smallest limit): no tile is skipped */
   wg_flash_tiles<BR>(o_acc, w.sm, kv, n_tiles, wg_desc(sQ + wg * 64 * 128, 16, 1024), p.scale_log2, lane, wg,
                      [&](int t, int) { return prefix_mask(w, t * WG_BK); });
   wg_store(p, o_acc, w, ra, rb, kvh, lane);

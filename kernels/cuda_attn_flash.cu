@@ -759,7 +759,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_fwd_tma(FP p, const __grid_consta
  * consumer warpgroups, K and V of the active key tiles through TMA from a producer warp).  S, dP
  * and dQ take 192 accumulator registers per thread: the producer is a whole warpgroup that gives
  * its registers to the consumers (setmaxnreg: 24 against 240), as FlashAttention-3 does.  (32 against
- * 240 hung on an H100, 2026-11-27: the block then needs every register of the SM.) */
+ * 240, which leaves no register of the SM free, hung its test on an H100, 2026-11-27.) */
 __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_constant__ CUtensorMap tm_k,
                                                          const __grid_constant__ CUtensorMap tm_v) {
 #if USBX_WGMMA_DEVICE
