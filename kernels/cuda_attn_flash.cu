@@ -572,11 +572,16 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
  * hidden whole (both halves empty), taken whole (both full) or masked per element. */
 constexpr int WQ = 128;                /* queries per block */
 #if USBX_WGMMA_DEVICE
-constexpr int WG_IDX = (1 << 28) - 1;  /* list entry: key tile | mode of warpgroup w << (28 + 2w) */
-constexpr int WG_SKIP = 0, WG_WHOLE = 1, WG_MASKED = 2;   /* the modes */
+/* The Hopper kernels' tile lists: an entry is a tile index | the mode of warpgroup w << (28 + 2w),
+ * the mode saying how that warpgroup takes the tile (k_fa_fwd_tma, k_fa_bwd_q_tma, k_fa_bwd_tma). */
+constexpr int WG_IDX = (1 << 28) - 1;
+constexpr int WG_SKIP = 0, WG_WHOLE = 1, WG_MASKED = 2;   /* no partner / all visible / per element */
+__device__ __forceinline__ int entry_mode_bits(int mode, int w) { return mode << (28 + 2 * w); }
+__device__ __forceinline__ int entry_mode(int e, int w) { return (e >> (28 + 2 * w)) & 3; }
+__device__ __forceinline__ bool entry_masked(int e) { return entry_mode(e, 0) == WG_MASKED || entry_mode(e, 1) == WG_MASKED; }
 
-/* the block's active 128-key tiles for query tiles qt0 and qt0 + 1 (warp 0 builds the list); each
- * warpgroup's mode: 0 skip, 1 whole, 2 masked.  Returns the count (all threads). */
+/* the block's active 128-key tiles for query tiles qt0 and qt0 + 1 (warp 0 builds the list).
+ * Returns the count (all threads). */
 __device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
   __shared__ int count;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nk = (nt + 1) / 2;
@@ -590,7 +595,7 @@ __device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
         if (qt >= nt) continue;
         const uint8_t s0 = st[(size_t)qt * nt + 2 * t], s1 = 2 * t + 1 < nt ? st[(size_t)qt * nt + 2 * t + 1] : T_NONE;
         const int mode = s0 == T_NONE && s1 == T_NONE ? WG_SKIP : s0 == T_FULL && s1 == T_FULL ? WG_WHOLE : WG_MASKED;
-        e |= mode << (28 + 2 * w);
+        e |= entry_mode_bits(mode, w);
       }
       c = warp_append(list, c, t < nk && (e >> 28) != 0, e, lane);
     }
@@ -636,7 +641,7 @@ struct MetaMask {
  * zeros, never visible), for a tile some warpgroup masks per element: for the others the
  * consumers read none, and the loads would only delay the tile */
 __device__ __forceinline__ void stage_key_meta(int4 *dst, const FP &p, int e, int lane) {
-  if (((e >> 28) & 3) != WG_MASKED && ((e >> 30) & 3) != WG_MASKED) return;
+  if (!entry_masked(e)) return;
   const int k0 = (e & WG_IDX) * WG_BK;
   for (int r = lane; r < WG_BK; r += 32) dst[r] = k0 + r < p.n ? p.meta[k0 + r] : make_int4(0, 0, 0, 0);
 }
@@ -735,7 +740,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_fwd_tma(FP p, const __grid_consta
 #pragma unroll
   for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
   wg_flash_tiles<WQ>(o_acc, sm, kv, n_act, wg_desc(sQ + wg * 64 * 128, 16, 1024), p.sl2, lane, wg,
-                     [&](int a, int st) { return MetaMask{sKM + st * WG_BK, mqa, mqb, (list[a] >> (28 + 2 * wg)) & 3}; });
+                     [&](int a, int st) { return MetaMask{sKM + st * WG_BK, mqa, mqb, entry_mode(list[a], wg)}; });
   TRACE_END(wg);
   const float l_a = quad_sum(sm.l_a), l_b = quad_sum(sm.l_b);
   const int cb = 2 * (lane & 3);
@@ -809,7 +814,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
   const uint64_t dq = wg_desc(sQ + wg * 64 * 128, 16, 1024), ddo = wg_desc(sO + wg * 64 * 128, 16, 1024);
   const uint64_t dk = wg_desc(sKV, 16, 1024), dkt = wg_desc(sKV, WG_BK * 128, 1024);
   for (int a = 0; a < n_act; a++) {
-    const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3;
+    const int st = a & 1, e = list[a], mode = entry_mode(e, wg);
     wg_k_acquire(kv, a);
     wg_v_acquire(kv, a);
     if (mode)
@@ -849,8 +854,8 @@ constexpr int FB_Q = 64;                       /* queries per streamed tile: the
 constexpr int FB_K = 128;                      /* keys per block: two classification tiles */
 constexpr uint32_t FB_QT = FB_Q * 256;         /* bytes of a Q or dO tile (two 64-column halves) */
 #if USBX_WGMMA_DEVICE
-/* the block's query tiles with an active partner among key tiles 2·kb and 2·kb + 1: entry qt |
- * mode of warpgroup w << (28 + 2w) (0 skip, 1 whole, 2 masked); returns the count (all threads) */
+/* the block's query tiles with an active partner among key tiles 2·kb and 2·kb + 1 (warpgroup w's
+ * keys: key tile 2·kb + w); returns the count (all threads) */
 __device__ int fb_active_tiles(int *list, const uint8_t *st, int kb, int nt) {
   __shared__ int count;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -862,7 +867,7 @@ __device__ int fb_active_tiles(int *list, const uint8_t *st, int kb, int nt) {
       for (int w = 0; w < 2 && qt < nt; w++) {
         const int kt = 2 * kb + w;
         const uint8_t s = kt < nt ? st[(size_t)qt * nt + kt] : T_NONE;
-        e |= (s == T_NONE ? 0 : s == T_FULL ? 1 : 2) << (28 + 2 * w);
+        e |= entry_mode_bits(s == T_NONE ? WG_SKIP : s == T_FULL ? WG_WHOLE : WG_MASKED, w);
       }
       c = warp_append(list, c, qt < nt && (e >> 28) != 0, e, lane);
     }
@@ -912,7 +917,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
     }
     for (int a = 0; a < n_act; a++) {
       const int st = a & 1, q0 = (list[a] & WG_IDX) * FB_Q;
-      const bool masked = ((list[a] >> 28) & 3) == WG_MASKED || ((list[a] >> 30) & 3) == WG_MASKED;   /* only then the consumers read sM */
+      const bool masked = entry_masked(list[a]);   /* only then the consumers read sM */
       if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
       float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
       for (int r = lane; r < FB_Q; r += 32) {   /* padding rows: 0 (their Q and dO rows read as zeros) */
@@ -947,7 +952,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
   mbar_wait(kv_full, 0);
 
   for (int a = 0; a < n_act; a++) {
-    const int st = a & 1, e = list[a], mode = (e >> (28 + 2 * wg)) & 3, q0 = (e & WG_IDX) * FB_Q;
+    const int st = a & 1, e = list[a], mode = entry_mode(e, wg), q0 = (e & WG_IDX) * FB_Q;
     unsigned char *sq = sQO + 2 * st * FB_QT, *so = sq + FB_QT, *ds = sdS + st * FB_K * 128;
     mbar_wait(&full[st], (a >> 1) & 1);
     if (mode) {
@@ -976,7 +981,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
           for (int x = 0; x < 2; x++) {
             const float lq = x ? l2.y : l2.x, dd = x ? d2.y : d2.x;
             float pa = ex2(fmaf(s[4 * j + x], p.sl2, -lq)), pb = ex2(fmaf(s[4 * j + 2 + x], p.sl2, -lq));
-            if (mode == 2) {   /* from shared memory: with this kernel's shared memory, L1 is too small to hold it */
+            if (mode == WG_MASKED) {   /* from shared memory: with this kernel's shared memory, L1 is too small to hold it */
               const int4 mq = sM[st * FB_Q + c + x];
               if (!vis(mq, mka)) pa = 0.f;
               if (!vis(mq, mkb)) pb = 0.f;
