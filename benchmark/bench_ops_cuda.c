@@ -106,6 +106,45 @@ static double time_attention(int n_q, int q_start, int kv, bool causal, int reps
   return ms;
 }
 
+/* ---------------------------------------------------------------- the MLP's gate|up product */
+typedef struct { void *act, *x, *w, *gu_mm; float *gu; int M, F, K, path; } gu_arg;
+static void gu_fn(void *p) {
+  gu_arg *a = p;
+  const size_t FK = (size_t)a->F * a->K * 2, MF = (size_t)a->M * a->F * 2;
+  void *wu = (char *)a->w + FK, *g_mm = a->gu_mm, *u_mm = (char *)a->gu_mm + MF;
+  switch (a->path) {
+    case 0: {   /* f32 gate and up products, then silu_mul (bagel.c's path before the fused kernel) */
+      float *g = a->gu, *u = a->gu + (size_t)a->M * a->F;
+      be->matmul(be, g, a->x, a->w, NULL, a->M, a->F, a->K, false);
+      be->matmul(be, u, a->x, wu, NULL, a->M, a->F, a->K, false);
+      be->silu_mul(be, a->act, g, u, a->M, a->F);
+      break;
+    }
+    case 1:     /* one bf16 product [gate | up], then silu_mul_gu (option gateup_bf16, upstream's rounding) */
+      be->matmul_mm(be, a->gu_mm, a->x, a->w, a->M, 2 * a->F, a->K);
+      be->silu_mul_gu(be, a->act, a->gu_mm, a->M, a->F);
+      break;
+    case 3:     /* the trainer's forward: gate and up kept in bf16 for the backward */
+      be->matmul_mm(be, g_mm, a->x, a->w, a->M, a->F, a->K);
+      be->matmul_mm(be, u_mm, a->x, wu, a->M, a->F, a->K);
+      be->silu_mul_mm(be, a->act, g_mm, u_mm, a->M, a->F);
+      break;
+    default:    /* 2: fused */
+      if (!be->gate_up_silu(be, a->act, a->x, a->w, wu, a->M, a->F, a->K)) usbx_die("gate_up_silu does not take M=%d F=%d K=%d", a->M, a->F, a->K);
+  }
+}
+static double time_gate_up(int M, int F, int K, int path, int reps) {
+  gu_arg a = {0};
+  a.M = M; a.F = F; a.K = K; a.path = path;
+  a.x = rand_dev((size_t)M * K, true, 1.f); a.w = rand_dev((size_t)2 * F * K, true, 0.05f);
+  a.act = be->alloc(be, (size_t)M * F * 2);
+  if (path == 0) a.gu = be->alloc(be, (size_t)M * 2 * F * 4);
+  else a.gu_mm = be->alloc(be, (size_t)M * 2 * F * 2);
+  double ms = usbx_cuda_time_ms(be, gu_fn, &a, 3, reps);
+  be->free(be, a.x); be->free(be, a.w); be->free(be, a.act); be->free(be, a.gu); be->free(be, a.gu_mm);
+  return ms;
+}
+
 /* ---------------------------------------------------------------- fp32 autoencoder ops */
 typedef struct { float *y, *x, *w, *b; int M, N, K; } mf_arg;
 static void mf_fn(void *p) {
@@ -233,7 +272,7 @@ int main(int argc, char **argv) {
   out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up, CUDA events, random data\n\n",
       be->name, date, reps);
 
-  /* BENCH_ONLY=gemm|gemv|attn|vae|train|ew runs one section; BENCH_ATTN_CASES=n the first n attention
+  /* BENCH_ONLY=gemm|gemv|attn|vae|train|mlp|ew runs one section; BENCH_ATTN_CASES=n the first n attention
    * cases; BENCH_VARIANT=v one prefill attention variant (for profiling) */
   const char *only = getenv("BENCH_ONLY");
 #define SECTION(name) (!only || !strcmp(only, name))
@@ -375,6 +414,24 @@ int main(int argc, char **argv) {
     time_train_attn(ln, 2, 12, 2, lt, reps > 10 ? 10 : reps, false, &f, &b, &pairs);
     out("| %d | 2 | %d | %.3f | %.1f | %.3f | %.1f |\n", ln, lt, f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
   }
+  }
+  if (SECTION("mlp")) {
+  out("\n### MLP gate|up product and SiLU·up, act[M,F] (bf16) = silu(x Wg^T) * (x Wu^T), K = hidden\n\n");
+  out("| M | F | K | path | ms | TFLOP/s (of the product) |\n|---|---|---|---|---|---|\n");
+  /* the gen expert's latent rows of a two-branch 512² / 1024² pass at the 7B-MoT shape, a 1000-token
+   * prefill, and the 1.59 B trainer's shape */
+  int gs[][3] = {{2048, 18944, 3584}, {8192, 18944, 3584}, {1000, 18944, 3584}, {8192, 8960, 1536}};
+  static const char *gname[] = {"f32 products + silu_mul", "bf16 product + silu_mul_gu", "gate_up_silu (fused)",
+                                "trainer's: bf16 products kept + silu_mul_mm"};
+  int old_bf = usbx_cuda_set_option(be, "gateup_bf16", 1);
+  for (int i = 0; i < 4; i++)
+    for (int path = 0; path < 4; path++) {
+      if (path == 3 && i != 3) continue;   /* the trainer's path at its shape */
+      double ms = time_gate_up(gs[i][0], gs[i][1], gs[i][2], path, reps > 20 ? 20 : reps);
+      out("| %d | %d | %d | %s | %.3f | %.0f |\n", gs[i][0], gs[i][1], gs[i][2], gname[path], ms,
+          4.0 * gs[i][0] * gs[i][1] * gs[i][2] / (ms * 1e-3) / 1e12);
+    }
+  usbx_cuda_set_option(be, "gateup_bf16", old_bf);
   }
   if (SECTION("ew")) {
   out("\n### Element-wise (GB/s = bytes read + written)\n\n| op | shape | us | GB/s |\n|---|---|---|---|\n");

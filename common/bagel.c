@@ -507,12 +507,14 @@ void usbx_bagel_scratch(usbx_bagel *m, int T) {
   m->cap_T = cap;
 }
 
-/* act (mm [n, F]) = silu(h·gateᵀ) * (h·upᵀ) for n rows starting at scratch row r0.  gate and up
- * are adjacent after fuse_experts: one product [gate | up], in mm where the backend offers
+/* act (mm [n, F]) = silu(h·gateᵀ) * (h·upᵀ) for n rows starting at scratch row r0: one product
+ * with SiLU·up in its epilogue where the backend's gate_up_silu takes the shape; else, gate and up
+ * being adjacent after fuse_experts, one product [gate | up], in mm where the backend offers
  * silu_mul_gu (m->gate, f32 [cap, F], holds [n, 2F] mm values: the same bytes), else in f32. */
 static void mlp_gate_up(usbx_bagel *m, const expert_w *w, void *act, const void *h, int n, int r0) {
   usbx_backend *be = m->be;
   int D = m->cfg.hidden, F = m->cfg.inter;
+  if (n > 1 && be->gate_up_silu && be->gate_up_silu(be, act, h, w->gate, w->up, n, F, D)) return;
   if (w->fused && n > 1 && be->silu_mul_gu && F % 2 == 0) {
     void *gu = (char *)m->gate + (size_t)r0 * 2 * F * usbx_dtype_size(be->mm_dtype);
     be->matmul_mm(be, gu, h, w->gate, n, 2 * F, D);

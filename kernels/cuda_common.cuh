@@ -41,6 +41,7 @@ __device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float(((uint32_
 /* a value of either storage type as f32 (kernels templated on it) */
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16 h) { return bf2f(h); }
+__device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
 /* 8 bf16 (16 bytes) to f32 and back */
 __device__ __forceinline__ void bf8_to_f(const uint4 &u, float *f) {
   f[0] = __uint_as_float(u.x << 16); f[1] = __uint_as_float(u.x & 0xffff0000u);
@@ -95,6 +96,7 @@ typedef struct {
   int opt_attn_masked_flash; /* attention_masked(_bwd): 1 flash kernels (cuda_attn_flash.cu) where they apply */
   int opt_attn_masked_row;  /* cuBLAS path: 1 one block per L x L row in registers (softmax, P/dS), 0 warp per row */
   int opt_attn_masked_wg;   /* flash forward: 1 warpgroup MMAs fed by TMA on sm_90 at head dim 128, 0 mma.sync */
+  int opt_gate_up_fused;    /* gate_up_silu: 1 the fused sm_90 kernel (cuda_gate_up.cu), 0 off (matmul + silu_mul) */
   int opt_attn_bwd_fused;   /* that Hopper path's backward: 1 dK, dV and dQ in one kernel (dQ by TMA reductions), 0 two kernels */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
@@ -163,6 +165,9 @@ bool cu_attn_masked_fwd_tc(usbx_backend *be, bf16 *out, float *lse, const bf16 *
                            const usbx_attn_masked_args *a);
 bool cu_attn_masked_bwd_tc(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
                            const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a);
+
+/* cuda_gate_up.cu: ops.h gate_up_silu */
+bool cu_gate_up_silu(usbx_backend *be, void *act, const void *x, const void *wg, const void *wu, int T, int F, int K);
 
 /* cuda_attention.cu */
 void cu_attention(usbx_backend *be, void *out, const void *q, const void *k, const void *v, const usbx_attn_args *a);

@@ -256,7 +256,6 @@ void cu_to_mm(usbx_backend *be, void *out, int out_stride, const float *x, int T
   CUDA_LAUNCHED();
 }
 
-__device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
 __device__ __forceinline__ float gelu_f(float x) {
   const float k = 0.7978845608028654f; /* sqrt(2/pi) */
   return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));

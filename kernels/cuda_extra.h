@@ -47,8 +47,11 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *   "attn_masked_row" [1] in that path, the masked softmax and the P/dS pass with one block per
  *                  row of the L x L matrices held in registers (up to 16,384 keys), else one warp
  *                  per row with two passes over memory.  Env USBX_CUDA_ATTN_MASKED_ROW.
- *   "gateup_bf16" [0] inference's MLP gate|up product rounded to bf16 (ops.h silu_mul_gu, NULL
- *                  when off; the trainer always keeps gate and up in bf16).  Env
+ *   "gate_up_fused" [1] inference's MLP gate|up product with SiLU·up in the product's epilogue on
+ *                  sm_90 (ops.h gate_up_silu, cuda_gate_up.cu): no f32 [T, 2F] product in memory;
+ *                  0 runs matmul + silu_mul.  Env USBX_CUDA_GATEUP_FUSED.
+ *   "gateup_bf16" [0] where gate_up_fused does not apply, inference's MLP gate|up product rounded to
+ *                  bf16 (ops.h silu_mul_gu, NULL when off; the trainer always keeps gate and up in bf16).  Env
  *                  USBX_CUDA_GATEUP_BF16=1.
  * Returns the previous value, or -1 for an unknown name. */
 int usbx_cuda_set_option(struct usbx_backend *be, const char *name, int value);

@@ -1,6 +1,7 @@
-/* cuda_wgmma.cuh — Hopper (sm_90a) warpgroup matrix products for the flash attention kernel:
- * shared-memory matrix descriptors for 128-byte-swizzled bf16 tiles and wgmma m64n128k16 with
- * fp32 accumulation, the A operand from shared memory or from registers.
+/* cuda_wgmma.cuh — Hopper (sm_90a) warpgroup matrix products for the flash attention kernels and the
+ * MLP's gate|up kernel: shared-memory matrix descriptors for 128-byte-swizzled bf16 tiles, wgmma
+ * m64n{64,128,256}k16 with fp32 accumulation (the A operand from shared memory or from registers),
+ * mbarriers and TMA copies.
  *
  * Tile layout (both operands): a tile of R rows x 128 bf16 columns is two halves of R rows x 64
  * columns (128 bytes per row), the second half R*128 bytes after the first; within a half the
@@ -74,6 +75,12 @@ static __device__ __forceinline__ void tma_reduce_add_2d(const void *tmap, const
   asm volatile("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3}], [%1];\n"
                ::"l"((uint64_t)tmap), "r"(smem_u32(src)), "r"(c0), "r"(c1) : "memory");
 }
+/* one TMA box of shared memory stored to a 2-D tensor map's global memory (rows past the map's end
+ * are left alone), as a bulk group of the issuing thread */
+static __device__ __forceinline__ void tma_store_2d(const void *tmap, const void *src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n"
+               ::"l"((uint64_t)tmap), "r"(smem_u32(src)), "r"(c0), "r"(c1) : "memory");
+}
 static __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 /* the issuing thread's bulk groups: all have read their shared memory / all are complete */
 static __device__ __forceinline__ void bulk_wait_read0() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
@@ -81,15 +88,14 @@ static __device__ __forceinline__ void bulk_wait0() { asm volatile("cp.async.bul
 
 /* the 64 fp32 accumulators of an m64n128 product: their PTX operand list and their bindings */
 #define WG_ACC64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-#define WG_OUT64(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+/* ... bound to d[o .. o + 63] (WG_OUT32_AT: d[o .. o + 31]) */
+#define WG_OUT32_AT(d, o) \
+  "+f"(d[(o) + 0]), "+f"(d[(o) + 1]), "+f"(d[(o) + 2]), "+f"(d[(o) + 3]), "+f"(d[(o) + 4]), "+f"(d[(o) + 5]), "+f"(d[(o) + 6]), "+f"(d[(o) + 7]), \
+  "+f"(d[(o) + 8]), "+f"(d[(o) + 9]), "+f"(d[(o) + 10]), "+f"(d[(o) + 11]), "+f"(d[(o) + 12]), "+f"(d[(o) + 13]), "+f"(d[(o) + 14]), "+f"(d[(o) + 15]), \
+  "+f"(d[(o) + 16]), "+f"(d[(o) + 17]), "+f"(d[(o) + 18]), "+f"(d[(o) + 19]), "+f"(d[(o) + 20]), "+f"(d[(o) + 21]), "+f"(d[(o) + 22]), "+f"(d[(o) + 23]), \
+  "+f"(d[(o) + 24]), "+f"(d[(o) + 25]), "+f"(d[(o) + 26]), "+f"(d[(o) + 27]), "+f"(d[(o) + 28]), "+f"(d[(o) + 29]), "+f"(d[(o) + 30]), "+f"(d[(o) + 31])
+#define WG_OUT64_AT(d, o) WG_OUT32_AT(d, o), WG_OUT32_AT(d, (o) + 32)
+#define WG_OUT64(d) WG_OUT64_AT(d, 0)
 
 /* d (+)= A·Bᵀ, A [64 x 16] and B [128 x 16], both K-major tiles in shared memory */
 static __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
@@ -101,11 +107,7 @@ static __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uin
 }
 /* the 32 fp32 accumulators of an m64n64 product */
 #define WG_ACC32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define WG_OUT32(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define WG_OUT32(d) WG_OUT32_AT(d, 0)
 /* m64n64k16 from shared memory: d (+)= A·Bᵀ with A [64 x 16] and B [64 x 16] K-major tiles (TRANS
  * 0), or d (+)= A·B with A [16 x 64] and B [16 x 64] MN-major tiles (TRANS 1: both read transposed) */
 template <int TRANS>
@@ -116,6 +118,20 @@ static __device__ __forceinline__ void wgmma_ss64(float (&d)[32], uint64_t da, u
       : WG_OUT32(d)
       : "l"(da), "l"(db), "r"(accumulate), "n"(TRANS));
 }
+/* the 128 fp32 accumulators of an m64n256 product */
+#define WG_ACC128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define WG_OUT128(d) WG_OUT64_AT(d, 0), WG_OUT64_AT(d, 64)
+/* d (+)= A·Bᵀ, A [64 x 16] and B [256 x 16], both K-major tiles in shared memory */
+static __device__ __forceinline__ void wgmma_ss256(float (&d)[128], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WG_ACC128 ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : WG_OUT128(d)
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+/* wait until at most N of this warpgroup's committed groups are still running */
+template <int N>
+static __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 /* d += A·B, A [64 x 16] bf16 in registers (the m16n8k16 A fragment of each warp's 16 rows), B
  * [16 x 128] an MN-major tile in shared memory (rows of 128 columns, transposed on the fly) */
 static __device__ __forceinline__ void wgmma_rs_t(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {

@@ -143,6 +143,11 @@ struct usbx_backend {
   /* Optional (NULL unless the CUDA option gateup_bf16 is on): inference's gate|up product in mm,
    * out[T,F] (mm) = silu(gu[:, :F]) * gu[:, F:] for gu (mm) [T, 2F] made by one matmul_mm. */
   void (*silu_mul_gu)(usbx_backend *be, void *out, const void *gu, int T, int F);
+  /* Optional (NULL where not offered): act[T,F] (mm) = silu(x·Wgᵀ) * (x·Wuᵀ) for x (mm) [T, K] and
+   * wg, wu (mm) [F, K]: fp32 accumulation rounded once, the values of matmul + silu_mul up to the
+   * order of the sums.  Returns false, doing nothing, for a shape or device it does not take (CUDA:
+   * sm_90, at least 128 rows, F a multiple of 128, K of 8); the caller then runs those ops. */
+  bool (*gate_up_silu)(usbx_backend *be, void *act, const void *x, const void *wg, const void *wu, int T, int F, int K);
   /* out (mm) = gelu_tanh(x) elementwise, n elements */
   void (*gelu_tanh)(usbx_backend *be, void *out, const float *x, size_t n);
   /* x[n] += y[n] (f32) */

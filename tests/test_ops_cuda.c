@@ -483,6 +483,31 @@ static void test_act(int which) {   /* 0 silu_mul, 1 gelu_tanh, 2 add */
   }
 }
 
+/* the MLP gate|up tests' inputs: x [M,K] and w [2F,K] (gate rows, then up rows), random and exact
+ * in bf16; and their references: ref = float64 silu(x·gᵀ)·(x·uᵀ), oc = the CPU's matmul + silu_mul */
+static void gate_up_case(int M, int F, int K, float **x, float **w) {
+  *x = randn((size_t)M * K, 1.0);
+  *w = randn((size_t)2 * F * K, 1.0 / sqrt((double)K));
+  for (size_t i = 0; i < (size_t)M * K; i++) (*x)[i] = usbx_bf16_to_f32(usbx_f32_to_bf16((*x)[i]));
+  for (size_t i = 0; i < (size_t)2 * F * K; i++) (*w)[i] = usbx_bf16_to_f32(usbx_f32_to_bf16((*w)[i]));
+}
+static void gate_up_refs(const float *x, const float *w, int M, int F, int K, double **ref, float **oc) {
+  size_t n = (size_t)M * F;
+  *ref = xmalloc(n * sizeof **ref);
+  *oc = xmalloc(n * sizeof **oc);
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < F; j++) {
+      double a = 0, b = 0;
+      for (int k = 0; k < K; k++) { a += (double)x[(size_t)i * K + k] * w[(size_t)j * K + k]; b += (double)x[(size_t)i * K + k] * w[(size_t)(F + j) * K + k]; }
+      (*ref)[(size_t)i * F + j] = a / (1 + exp(-a)) * b;
+    }
+  float *g = xmalloc(n * sizeof *g), *u = xmalloc(n * sizeof *u);
+  cpu->matmul(cpu, g, x, w, NULL, M, F, K, false);
+  cpu->matmul(cpu, u, x, w + (size_t)F * K, NULL, M, F, K, false);
+  cpu->silu_mul(cpu, *oc, g, u, M, F);
+  free(g); free(u);
+}
+
 /* matmul_mm + silu_mul_gu (the MLP's gate|up product in mm) against float64 and the CPU's
  * matmul + silu_mul */
 static void test_gate_up(void) {
@@ -490,32 +515,63 @@ static void test_gate_up(void) {
   struct { int M, F, K; } cs[] = {{2, 64, 32}, {300, 512, 256}, {1000, 1000, 3584}, {1026, 2048, 128}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int M = cs[ci].M, F = cs[ci].F, K = cs[ci].K;
-    float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)2 * F * K, 1.0 / sqrt((double)K));
-    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = usbx_bf16_to_f32(usbx_f32_to_bf16(x[i]));
-    for (size_t i = 0; i < (size_t)2 * F * K; i++) w[i] = usbx_bf16_to_f32(usbx_f32_to_bf16(w[i]));
+    float *x, *w;
+    gate_up_case(M, F, K, &x, &w);
     void *dx = dev_mm(x, (size_t)M * K), *dw = dev_mm(w, (size_t)2 * F * K);
     void *gu = be->alloc(be, (size_t)M * 2 * F * MMS), *dout = be->alloc(be, (size_t)M * F * MMS);
     poison(dout, (size_t)M * F * MMS);
     be->matmul_mm(be, gu, dx, dw, M, 2 * F, K);
     be->silu_mul_gu(be, dout, gu, M, F);
-    float *out = get_mm(dout, (size_t)M * F);
-    double *ref = xmalloc((size_t)M * F * sizeof *ref);
-    float *g = xmalloc((size_t)M * F * sizeof *g), *u = xmalloc((size_t)M * F * sizeof *u), *oc = xmalloc((size_t)M * F * sizeof *oc);
-    for (int i = 0; i < M; i++)
-      for (int j = 0; j < F; j++) {
-        double a = 0, b = 0;
-        for (int k = 0; k < K; k++) { a += (double)x[(size_t)i * K + k] * w[(size_t)j * K + k]; b += (double)x[(size_t)i * K + k] * w[(size_t)(F + j) * K + k]; }
-        ref[(size_t)i * F + j] = a / (1 + exp(-a)) * b;
-      }
-    cpu->matmul(cpu, g, x, w, NULL, M, F, K, false);
-    cpu->matmul(cpu, u, x, w + (size_t)F * K, NULL, M, F, K, false);
-    cpu->silu_mul(cpu, oc, g, u, M, F);
+    float *out = get_mm(dout, (size_t)M * F), *oc;
+    double *ref;
+    gate_up_refs(x, w, M, F, K, &ref, &oc);
     char cas[64];
     snprintf(cas, sizeof cas, "M=%d F=%d K=%d", M, F, K);
     report("matmul_mm+silu_mul_gu", cas, relerr(out, ref, (size_t)M * F), 1e-2);
     report("matmul_mm+silu_mul_gu vs cpu", cas, relerr_f(out, oc, (size_t)M * F), 1e-2);
-    free(x); free(w); free(out); free(ref); free(g); free(u); free(oc);
+    free(x); free(w); free(out); free(ref); free(oc);
     be->free(be, dx); be->free(be, dw); be->free(be, gu); be->free(be, dout);
+  }
+}
+
+/* gate_up_silu (the MLP's gate|up product with SiLU·up in its epilogue) against float64 and the
+ * CPU's matmul + silu_mul on the same bf16 inputs: they differ by the output's one rounding and the
+ * order of the sums.  Rows past T must stay untouched; a shape the op does not take must leave out
+ * as it was and return false.  Cases: row tiles cut short (to 44 rows: the second warpgroup's TMA
+ * store lies wholly past the end; to 84 rows: partly), K not a multiple of the 64-column stage,
+ * more tiles than multiprocessors (blocks run several, the stage ring wraps, more than one group
+ * of 16 row tiles), K = 3584. */
+static void test_gate_up_silu(void) {
+  if (!be->gate_up_silu) return;
+  struct { int M, F, K; bool taken; } cs[] = {{128, 128, 64, true}, {300, 512, 200, true}, {2132, 1280, 256, true},
+                                              {256, 1024, 3584, true}, {100, 512, 256, false}, {256, 200, 256, false}};
+  for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+    int M = cs[ci].M, F = cs[ci].F, K = cs[ci].K, pad = 8;
+    float *x, *w;
+    gate_up_case(M, F, K, &x, &w);
+    void *dx = dev_mm(x, (size_t)M * K), *dwg = dev_mm(w, (size_t)F * K), *dwu = dev_mm(w + (size_t)F * K, (size_t)F * K);
+    size_t n = (size_t)M * F, all = (size_t)(M + pad) * F;
+    void *dout = be->alloc(be, all * MMS);
+    poison(dout, all * MMS);
+    bool taken = be->gate_up_silu(be, dout, dx, dwg, dwu, M, F, K);
+    char cas[64];
+    snprintf(cas, sizeof cas, "M=%d F=%d K=%d", M, F, K);
+    CHECKF(taken == cs[ci].taken, "%s: gate_up_silu returned %d", cas, (int)taken);
+    uint16_t *raw = xmalloc(all * MMS);
+    be->download(be, raw, dout, all * MMS);
+    size_t first = taken ? n : 0, stray = 0;   /* values past `first` must still hold the poison */
+    for (size_t i = first; i < all; i++) stray += raw[i] != 0xffff;
+    report("gate_up_silu untouched", cas, (double)stray, 0.0);
+    if (taken) {
+      float *out = get_mm(dout, n), *oc;
+      double *ref;
+      gate_up_refs(x, w, M, F, K, &ref, &oc);
+      report("gate_up_silu", cas, relerr(out, ref, n), 4e-3);
+      report("gate_up_silu vs cpu", cas, relerr_f(out, oc, n), 4e-3);
+      free(out); free(ref); free(oc);
+    }
+    free(raw); free(x); free(w);
+    be->free(be, dx); be->free(be, dwg); be->free(be, dwu); be->free(be, dout);
   }
 }
 
@@ -1400,6 +1456,7 @@ int main(int argc, char **argv) {
   RUN(test_matmul());
   RUN(test_lanes());
   RUN(test_gate_up());
+  RUN(test_gate_up_silu());
   RUN(test_embed());
   RUN(test_norm(false));
   RUN(test_norm(true));
