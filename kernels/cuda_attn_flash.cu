@@ -172,22 +172,35 @@ __device__ __forceinline__ int warp_append(int *list, int c, bool act, int e, in
   return c + __popc(b);
 }
 
-/* the non-empty entries of nt statuses st[j·stride] as j | FULL_BIT (all visible), in order;
- * returns their count (all threads) */
-__device__ int active_tiles(int *list, const uint8_t *st, size_t stride, int nt) {
+/* a block's work list: warp 0 appends, in order of j < n, the entries entry_of(j, act) whose act it
+ * sets; returns their count (all threads, after a block barrier).  The three tile lists below differ
+ * only in their entries. */
+template <typename EntryOf>
+__device__ __forceinline__ int build_list(int *list, int n, EntryOf entry_of) {
   __shared__ int count;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp == 0) {
     int c = 0;
-    for (int base = 0; base < nt; base += 32) {
+    for (int base = 0; base < n; base += 32) {
       const int j = base + lane;
-      const uint8_t s = j < nt ? st[(size_t)j * stride] : T_NONE;
-      c = warp_append(list, c, s != T_NONE, j | (s == T_FULL ? FULL_BIT : 0), lane);
+      bool act = false;
+      const int e = j < n ? entry_of(j, act) : 0;
+      c = warp_append(list, c, act, e, lane);
     }
     if (lane == 0) count = c;
   }
   __syncthreads();
   return count;
+}
+
+/* the non-empty entries of nt statuses st[j·stride] as j | FULL_BIT (all visible), in order;
+ * returns their count (all threads) */
+__device__ int active_tiles(int *list, const uint8_t *st, size_t stride, int nt) {
+  return build_list(list, nt, [&](int j, bool &act) {
+    const uint8_t s = st[(size_t)j * stride];
+    act = s != T_NONE;
+    return j | (s == T_FULL ? FULL_BIT : 0);
+  });
 }
 
 /* TB rows of head hh from src [n, HH, d] (bf16) starting at token t0 into dst [TB][LD]; rows past
@@ -583,26 +596,18 @@ __device__ __forceinline__ bool entry_masked(int e) { return entry_mode(e, 0) ==
 /* the block's active 128-key tiles for query tiles qt0 and qt0 + 1 (warp 0 builds the list).
  * Returns the count (all threads). */
 __device__ int wg_active_tiles(int *list, const uint8_t *st, int qt0, int nt) {
-  __shared__ int count;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nk = (nt + 1) / 2;
-  if (warp == 0) {
-    int c = 0;
-    for (int base = 0; base < nk; base += 32) {
-      const int t = base + lane;
-      int e = t;
-      for (int w = 0; w < 2 && t < nk; w++) {
-        const int qt = qt0 + w;
-        if (qt >= nt) continue;
-        const uint8_t s0 = st[(size_t)qt * nt + 2 * t], s1 = 2 * t + 1 < nt ? st[(size_t)qt * nt + 2 * t + 1] : T_NONE;
-        const int mode = s0 == T_NONE && s1 == T_NONE ? WG_SKIP : s0 == T_FULL && s1 == T_FULL ? WG_WHOLE : WG_MASKED;
-        e |= entry_mode_bits(mode, w);
-      }
-      c = warp_append(list, c, t < nk && (e >> 28) != 0, e, lane);
+  return build_list(list, (nt + 1) / 2, [&](int t, bool &act) {
+    int e = t;
+    for (int w = 0; w < 2; w++) {
+      const int qt = qt0 + w;
+      if (qt >= nt) continue;
+      const uint8_t s0 = st[(size_t)qt * nt + 2 * t], s1 = 2 * t + 1 < nt ? st[(size_t)qt * nt + 2 * t + 1] : T_NONE;
+      const int mode = s0 == T_NONE && s1 == T_NONE ? WG_SKIP : s0 == T_FULL && s1 == T_FULL ? WG_WHOLE : WG_MASKED;
+      e |= entry_mode_bits(mode, w);
     }
-    if (lane == 0) count = c;
-  }
-  __syncthreads();
-  return count;
+    act = (e >> 28) != 0;
+    return e;
+  });
 }
 
 /* ops.h's rule per element of a key tile: km its keys' metadata (staged in shared memory by the
@@ -857,24 +862,16 @@ constexpr uint32_t FB_QT = FB_Q * 256;         /* bytes of a Q or dO tile (two 6
 /* the block's query tiles with an active partner among key tiles 2·kb and 2·kb + 1 (warpgroup w's
  * keys: key tile 2·kb + w); returns the count (all threads) */
 __device__ int fb_active_tiles(int *list, const uint8_t *st, int kb, int nt) {
-  __shared__ int count;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp == 0) {
-    int c = 0;
-    for (int base = 0; base < nt; base += 32) {
-      const int qt = base + lane;
-      int e = qt;
-      for (int w = 0; w < 2 && qt < nt; w++) {
-        const int kt = 2 * kb + w;
-        const uint8_t s = kt < nt ? st[(size_t)qt * nt + kt] : T_NONE;
-        e |= entry_mode_bits(s == T_NONE ? WG_SKIP : s == T_FULL ? WG_WHOLE : WG_MASKED, w);
-      }
-      c = warp_append(list, c, qt < nt && (e >> 28) != 0, e, lane);
+  return build_list(list, nt, [&](int qt, bool &act) {
+    int e = qt;
+    for (int w = 0; w < 2; w++) {
+      const int kt = 2 * kb + w;
+      const uint8_t s = kt < nt ? st[(size_t)qt * nt + kt] : T_NONE;
+      e |= entry_mode_bits(s == T_NONE ? WG_SKIP : s == T_FULL ? WG_WHOLE : WG_MASKED, w);
     }
-    if (lane == 0) count = c;
-  }
-  __syncthreads();
-  return count;
+    act = (e >> 28) != 0;
+    return e;
+  });
 }
 #endif
 
