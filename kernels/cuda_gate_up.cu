@@ -1,23 +1,23 @@
 /* cuda_gate_up.cu — the MLP's gate|up product with SiLU·up in its epilogue, for inference on
- * sm_90 (ops.h gate_up_silu):  out[T,F] (bf16) = silu(x·Wgᵀ) * (x·Wuᵀ), fp32 accumulation, one
+ * sm_90 (ops.h gate_up_silu):  act[T,F] (bf16) = silu(x·Wgᵀ) * (x·Wuᵀ), fp32 accumulation, one
  * rounding at the end: the values of matmul (f32) + silu_mul up to the order of the sums, without
  * writing the [T, 2F] f32 product to memory and reading it back (2.5 GB per layer of a two-branch
  * 1024² sampling pass at the 7B-MoT shape).
  *
  * A persistent kernel of one block per SM: a producer warp feeds a ring of GU_STAGES stages by TMA,
  * each holding 64 columns of K of a 128-row tile of x and of the 128 gate rows and the 128 up rows
- * of W for one 128-column tile of out (128-byte swizzle, the layout the descriptors read); two
+ * of W for one 128-column tile of act (128-byte swizzle, the layout the descriptors read); two
  * consumer warpgroups each run 64 rows x 256 columns (gate | up) as wgmma m64n256k16 and release a
  * stage as soon as its products are done.  Each thread then holds the gate and the up value of the
  * same (row, column) in its accumulators (columns c and c + 128), so the epilogue is thread-local.
- * (The trainer keeps gate and up for its backward and runs matmul_mm twice + silu_mul_mm: at its
- * hidden size of 1536 cuBLAS's two products were as fast, and writing three outputs here needs more
- * registers than a consumer has.) */
+ * (The trainer keeps gate and up for its backward and runs matmul_mm twice + silu_mul_mm: a version
+ * of this kernel writing them too was slower with stores from registers, and with staged TMA stores
+ * needed more registers than a consumer has; benchmark/RESULTS.md, 2026-11-27.) */
 #include "cuda_common.cuh"
 #include "cuda_wgmma.cuh"
 
 #define GU_BM 128                                  /* rows of x per tile (64 per consumer warpgroup) */
-#define GU_BN 128                                  /* columns of out per tile: 128 gate + 128 up rows of W */
+#define GU_BN 128                                  /* columns of act per tile: 128 gate + 128 up rows of W */
 #define GU_BK 64                                   /* K per stage: one 128-byte swizzle row */
 #define GU_STAGES 4
 #define GU_A_BYTES (GU_BM * GU_BK * 2)
@@ -115,22 +115,23 @@ __global__ void __launch_bounds__(384, 1) k_gate_up_silu(GuP p, const __grid_con
     const int rr = (warp & 3) * 16 + (lane >> 2);
     unsigned char *stg = out_stage + wg * GU_OUT_BYTES + rr * 128 + 4 * (lane & 3);   /* swz_off's terms of this thread */
     const uint32_t sw = (uint32_t)(rr & 7) << 4;                                   /* rows rr and rr + 8 swizzle alike */
-    const auto store_out = [&](const CUtensorMap *tm, auto pair_at) {
-      if (wt == 0) bulk_wait_read0();   /* the previous store has read the staging buffer */
-      named_bar_sync(1 + wg, 128);
+    if (wt == 0) bulk_wait_read0();   /* the previous tile's store has read the staging buffer */
+    named_bar_sync(1 + wg, 128);
 #pragma unroll
-      for (int j = 0; j < 16; j++)
+    for (int j = 0; j < 16; j++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) *(uint32_t *)(stg + (j >> 3) * (GU_OUT_BYTES / 2) + h * 1024 + (((j & 7) << 4) ^ sw)) = pair_at(4 * j + 2 * h);
-      fence_proxy_async();
-      named_bar_sync(1 + wg, 128);
-      if (wt == 0) {
-        tma_store_2d(tm, out_stage + wg * GU_OUT_BYTES, col0, row0 + wg * 64);
-        tma_store_2d(tm, out_stage + wg * GU_OUT_BYTES + GU_OUT_BYTES / 2, col0 + 64, row0 + wg * 64);
-        bulk_commit();
+      for (int h = 0; h < 2; h++) {
+        const float *g = &acc[4 * j + 2 * h], *u = &acc[64 + 4 * j + 2 * h];
+        *(uint32_t *)(stg + (j >> 3) * (GU_OUT_BYTES / 2) + h * 1024 + (((j & 7) << 4) ^ sw)) =
+            pack_bf16(silu_f(g[0]) * u[0], silu_f(g[1]) * u[1]);
       }
-    };
-    store_out(&tm_act, [&](int i) { return pack_bf16(silu_f(acc[i]) * acc[64 + i], silu_f(acc[i + 1]) * acc[64 + i + 1]); });
+    fence_proxy_async();
+    named_bar_sync(1 + wg, 128);
+    if (wt == 0) {
+      tma_store_2d(&tm_act, out_stage + wg * GU_OUT_BYTES, col0, row0 + wg * 64);
+      tma_store_2d(&tm_act, out_stage + wg * GU_OUT_BYTES + GU_OUT_BYTES / 2, col0 + 64, row0 + wg * 64);
+      bulk_commit();
+    }
   }
   if (wt == 0) bulk_wait0();   /* the last stores are done before the block's shared memory goes */
 #else
