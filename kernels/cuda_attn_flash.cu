@@ -673,7 +673,7 @@ static __device__ __forceinline__ void wg_tile_dq(float (&dq_acc)[64], uint64_t 
     wgmma_ss(dp, ddo + oa, dv + ob, kk > 0);
   }
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
   const bool need_mask = mask.active();
   uint32_t pa[8][4];
 #pragma unroll
@@ -697,7 +697,7 @@ static __device__ __forceinline__ void wg_tile_dq(float (&dq_acc)[64], uint64_t 
   for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15 */
     wgmma_rs_t(dq_acc, pa[kk], dkt + (uint64_t)((kk * 16 * 128) >> 4));
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
 }
 #endif
 
@@ -967,7 +967,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
           wgmma_ss64<0>(dp, dVw + (uint64_t)(((kk >> 2) * FB_K * 128 + (kk & 3) * 32) >> 4),
                         dOk + (uint64_t)(((kk >> 2) * FB_Q * 128 + (kk & 3) * 32) >> 4), kk > 0);
         wg_commit();
-        wg_wait0();
+        wg_wait<0>();
         /* element 4j + e (+2): key row ra (rb), query column c + e, c = 8j + 2(lane % 4) */
         const float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
 #pragma unroll
@@ -1026,7 +1026,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
     for (int kk = 0; kk < 8; kk++)   /* keys 16kk..16kk+15 */
       wgmma_ss64<1>(dqa, dsd + (uint64_t)((kk * 16 * 128) >> 4), dKt + (uint64_t)((kk * 16 * 128) >> 4), kk > 0);
     wg_commit();
-    wg_wait0();
+    wg_wait<0>();
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[st]);
     {   /* dQ through shared memory, added into dq by the TMA unit (one reduction per 32 columns) */

@@ -443,9 +443,9 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   c->opt_attn_masked_wg = 1;
   if (getenv("USBX_CUDA_ATTN_MASKED_WG")) c->opt_attn_masked_wg = atoi(getenv("USBX_CUDA_ATTN_MASKED_WG"));
   c->opt_attn_bwd_fused = 1;
+  if (getenv("USBX_CUDA_ATTN_BWD_FUSED")) c->opt_attn_bwd_fused = atoi(getenv("USBX_CUDA_ATTN_BWD_FUSED"));
   c->opt_gate_up_fused = 1;
   if (getenv("USBX_CUDA_GATEUP_FUSED")) c->opt_gate_up_fused = atoi(getenv("USBX_CUDA_GATEUP_FUSED"));
-  if (getenv("USBX_CUDA_ATTN_BWD_FUSED")) c->opt_attn_bwd_fused = atoi(getenv("USBX_CUDA_ATTN_BWD_FUSED"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
            c->prop.major, c->prop.minor);
 

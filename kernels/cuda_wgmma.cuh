@@ -39,7 +39,9 @@ static __device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lb
 #if USBX_WGMMA_DEVICE
 static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* wait until at most N of this warpgroup's committed groups are still running */
+template <int N>
+static __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 /* cp.async writes (generic proxy) made visible to wgmma's reads (async proxy) */
 static __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -129,9 +131,6 @@ static __device__ __forceinline__ void wgmma_ss256(float (&d)[128], uint64_t da,
       : WG_OUT128(d)
       : "l"(da), "l"(db), "r"(accumulate));
 }
-/* wait until at most N of this warpgroup's committed groups are still running */
-template <int N>
-static __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 /* d += A·B, A [64 x 16] bf16 in registers (the m16n8k16 A fragment of each warp's 16 rows), B
  * [16 x 128] an MN-major tile in shared memory (rows of 128 columns, transposed on the fly) */
 static __device__ __forceinline__ void wgmma_rs_t(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
@@ -306,12 +305,12 @@ static __device__ __forceinline__ void wg_tile(float (&o_acc)[64], WgSoftmax &w,
   wg_fence();
   wg_issue_s<BR>(s, dq, dk);
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
   wg_softmax_tile(s, w, o_acc, pa, sc, lane, mask);
   wg_fence();
   wg_issue_pv(o_acc, pa, dv);
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
 }
 
 /* The key tiles of a TMA pipeline (wg_kv_produce) for warpgroup wg (0 or 1) of two, FlashAttention-3's
@@ -336,7 +335,7 @@ static __device__ __forceinline__ void wg_flash_tiles(float (&o_acc)[64], WgSoft
   wg_issue_s<BR>(s, dq, dk_at(0));
   wg_commit();
   if (wg == 0 || n > 1) named_bar_arrive(WG_TURN_BAR + (wg ^ 1), 256);   /* the other's turn */
-  wg_wait0();
+  wg_wait<0>();
   wg_softmax_tile(s, w, o_acc, pa, sc, lane, mask_at(0, 0));
   wg_k_release(kv, 0, lane);
   for (int a = 1; a < n; a++) {
@@ -348,7 +347,7 @@ static __device__ __forceinline__ void wg_flash_tiles(float (&o_acc)[64], WgSoft
     wg_issue_s<BR>(s, dq, dk_at(a));
     wg_commit();
     if (wg == 0 || a + 1 < n) named_bar_arrive(WG_TURN_BAR + (wg ^ 1), 256);
-    wg_wait0();
+    wg_wait<0>();
     wg_v_release(kv, a - 1, lane);
     wg_softmax_tile(s, w, o_acc, pa, sc, lane, mask_at(a, a & 1));
     wg_k_release(kv, a, lane);
@@ -357,7 +356,7 @@ static __device__ __forceinline__ void wg_flash_tiles(float (&o_acc)[64], WgSoft
   wg_fence();
   wg_issue_pv(o_acc, pa, dv_at(n - 1));
   wg_commit();
-  wg_wait0();
+  wg_wait<0>();
   wg_v_release(kv, n - 1, lane);
 }
 
