@@ -2,7 +2,9 @@
  * Times with CUDA events on the backend's stream (usbx_cuda_time_ms): warm-up, then the median of
  * N timed runs.  Inputs are random (never zeros).  Where one set of operands would fit in L2
  * (GEMV, decode attention), several copies are rotated so that every run reads device memory.
- * Prints a markdown report on stdout (and into argv[1] if given).  Without a GPU it says
+ * BENCH_WARM_S=S first runs each case for S seconds, so that the card reaches the clocks it holds
+ * under sustained load (a long generation runs at its power limit; short bursts run at the boost
+ * clock).  Prints a markdown report on stdout (and into argv[1] if given).  Without a GPU it says
  * "skipped" and exits 0. */
 #include "ops.h"
 #include "tensor.h"
@@ -48,6 +50,17 @@ static void out(const char *fmt, ...) {
   if (rep) { va_start(ap, fmt); vfprintf(rep, fmt, ap); va_end(ap); }
 }
 
+/* usbx_cuda_time_ms after BENCH_WARM_S seconds of the same case (0 or unset: none) */
+static double time_ms(void (*fn)(void *), void *arg, int warmup, int reps) {
+  static double warm_s = -1;
+  if (warm_s < 0) warm_s = getenv("BENCH_WARM_S") ? atof(getenv("BENCH_WARM_S")) : 0;
+  for (double t0 = usbx_now(); warm_s > 0 && usbx_now() - t0 < warm_s;) {
+    for (int i = 0; i < 8; i++) fn(arg);
+    be->sync(be);
+  }
+  return usbx_cuda_time_ms(be, fn, arg, warmup, reps);
+}
+
 /* ---------------------------------------------------------------- matmul */
 typedef struct { float *y; void **x, **w; float *b; int M, N, K, nrot, i; } mm_arg;
 static void mm_fn(void *p) {
@@ -65,7 +78,7 @@ static double time_matmul(int M, int N, int K, bool bias, int reps, double *gbs)
   for (int r = 0; r < nrot; r++) { a.x[r] = rand_dev((size_t)M * K, true, 1.f); a.w[r] = rand_dev((size_t)N * K, true, 0.05f); }
   a.y = be->alloc(be, (size_t)M * N * 4);
   a.b = bias ? rand_dev(N, false, 1.f) : NULL;
-  double ms = usbx_cuda_time_ms(be, mm_fn, &a, 5 + nrot, reps);
+  double ms = time_ms(mm_fn, &a, 5 + nrot, reps);
   if (gbs) *gbs = ((double)wbytes + (double)M * K * 2 + (double)M * N * 4) / (ms * 1e-3) / 1e9;
   for (int r = 0; r < nrot; r++) { be->free(be, a.x[r]); be->free(be, a.w[r]); }
   be->free(be, a.y); be->free(be, a.b);
@@ -95,7 +108,7 @@ static double time_attention(int n_q, int q_start, int kv, bool causal, int reps
     a.v[r] = rand_dev((size_t)kv * Hkv * d, true, 1.f);
   }
   a.o = be->alloc(be, (size_t)n_q * H * d * 2);
-  double ms = usbx_cuda_time_ms(be, at_fn, &a, 3 + nrot, reps);
+  double ms = time_ms(at_fn, &a, 3 + nrot, reps);
   double keys = 0;     /* visible (query, key) pairs */
   for (int i = 0; i < n_q; i++) keys += causal ? q_start + i + 1 : q_start + n_q;
   *tflops = 4.0 * keys * H * d / (ms * 1e-3) / 1e12;
@@ -140,7 +153,7 @@ static double time_gate_up(int M, int F, int K, int path, int reps) {
   a.act = be->alloc(be, (size_t)M * F * 2);
   if (path == 0) a.gu = be->alloc(be, (size_t)M * 2 * F * 4);
   else a.gu_mm = be->alloc(be, (size_t)M * 2 * F * 2);
-  double ms = usbx_cuda_time_ms(be, gu_fn, &a, 3, reps);
+  double ms = time_ms(gu_fn, &a, 3, reps);
   be->free(be, a.x); be->free(be, a.w); be->free(be, a.act); be->free(be, a.gu); be->free(be, a.gu_mm);
   return ms;
 }
@@ -156,7 +169,7 @@ static double time_matmul_f32(int M, int N, int K, int reps) {
   a.M = M; a.N = N; a.K = K;
   a.x = rand_dev((size_t)M * K, false, 1.f); a.w = rand_dev((size_t)N * K, false, 0.05f); a.b = rand_dev(N, false, 1.f);
   a.y = be->alloc(be, (size_t)M * N * 4);
-  double ms = usbx_cuda_time_ms(be, mf_fn, &a, 3, reps);
+  double ms = time_ms(mf_fn, &a, 3, reps);
   be->free(be, a.x); be->free(be, a.w); be->free(be, a.b); be->free(be, a.y);
   return ms;
 }
@@ -173,7 +186,7 @@ static double time_vae_attn(int HW, int C, bool f32, int reps) {
   size_t n = (size_t)HW * C;
   a.q = rand_dev(n, !f32, 0.3f); a.k = rand_dev(n, !f32, 0.3f); a.v = rand_dev(n, !f32, 1.f);
   a.o = be->alloc(be, n * 4);
-  double ms = usbx_cuda_time_ms(be, af_fn, &a, f32 ? 1 : 0, reps);
+  double ms = time_ms(af_fn, &a, f32 ? 1 : 0, reps);
   be->free(be, a.q); be->free(be, a.k); be->free(be, a.v); be->free(be, a.o);
   return ms;
 }
@@ -222,9 +235,9 @@ static void time_train_attn(int n, int ns, int H, int Hkv, int text_len, int rep
   a.dout = rand_dev(nq, false, 1.f);
   a.dq = be->alloc(be, nq * 4); a.dk = be->alloc(be, nk * 4); a.dv = be->alloc(be, nk * 4);
   a.bwd = false;
-  *fwd_ms = usbx_cuda_time_ms(be, tm_fn, &a, 1, reps);
+  *fwd_ms = time_ms(tm_fn, &a, 1, reps);
   a.bwd = true;
-  *bwd_ms = usbx_cuda_time_ms(be, tm_fn, &a, 1, reps);
+  *bwd_ms = time_ms(tm_fn, &a, 1, reps);
   be->free(be, a.q); be->free(be, a.k); be->free(be, a.v); be->free(be, a.o); be->free(be, a.lse); be->free(be, a.dout);
   be->free(be, a.dq); be->free(be, a.dk); be->free(be, a.dv); be->free(be, dm);
   if (drows) be->free(be, drows);
@@ -255,7 +268,7 @@ static void bench_ew(const char *name, int op, int T, int D, double bytes, int r
   a.pos = be->alloc(be, (size_t)T * 4 > 64 ? (size_t)T * 4 : 64);
   be->upload(be, a.pos, pos, (size_t)T * 4);
   free(pos);
-  double ms = usbx_cuda_time_ms(be, ew_fn, &a, 5, reps);
+  double ms = time_ms(ew_fn, &a, 5, reps);
   out("| %s | %d x %d | %.1f | %.0f |\n", name, T, D, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
   be->free(be, a.x); be->free(be, a.y); be->free(be, a.w); be->free(be, a.dw); be->free(be, a.o); be->free(be, a.pos);
 }
@@ -270,8 +283,9 @@ int main(int argc, char **argv) {
   char date[32];
   strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
   int reps = getenv("BENCH_REPS") ? atoi(getenv("BENCH_REPS")) : 30;
-  out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up, CUDA events, random data\n\n",
-      be->name, date, reps);
+  const char *warm = getenv("BENCH_WARM_S");
+  out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up%s%s%s, CUDA events, random data\n\n",
+      be->name, date, reps, warm ? " (each case first run for " : "", warm ? warm : "", warm ? " s)" : "");
 
   /* BENCH_ONLY=gemm|gemv|attn|vae|train|mlp|ew runs one section; BENCH_ATTN_CASES=n the first n attention
    * cases; BENCH_VARIANT=v one prefill attention variant (for profiling) */
@@ -433,6 +447,10 @@ int main(int argc, char **argv) {
           4.0 * gs[i][0] * gs[i][1] * gs[i][2] / (ms * 1e-3) / 1e12);
     }
   usbx_cuda_set_option(be, "gateup_bf16", old_bf);
+  /* for scale: the pass's other large product, down (cuBLAS), at the two-branch 1024² rows */
+  double ms = time_matmul(8192, 3584, 18944, false, reps > 20 ? 20 : reps, NULL);
+  out("\nFor scale, the down product through cublasLt (M 8192, N 3584, K 18944, f32 out): %.3f ms, %.0f TFLOP/s\n", ms,
+      2.0 * 8192 * 3584 * 18944 / (ms * 1e-3) / 1e12);
   }
   if (SECTION("ew")) {
   out("\n### Element-wise (GB/s = bytes read + written)\n\n| op | shape | us | GB/s |\n|---|---|---|---|\n");
