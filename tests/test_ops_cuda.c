@@ -1083,8 +1083,9 @@ static void test_norm_bwd(bool ln) {
 }
 
 static void test_qk_bwd(void) {
+  /* the last case is the 1.59 B trainer's q (8k tokens, 12 heads): 1024 partial rows for dw */
   struct { int T, heads, d, pad; bool alias; } cs[] = {{7, 4, 128, 64, false}, {300, 28, 128, 0, false}, {5, 3, 72, 8, false},
-                                                       {9, 2, 6, 0, true}, {33, 4, 128, 0, true}};
+                                                       {9, 2, 6, 0, true}, {33, 4, 128, 0, true}, {8192, 12, 128, 0, false}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int T = cs[ci].T, Hh = cs[ci].heads, d = cs[ci].d, stride = Hh * d + cs[ci].pad;
     size_t n = (size_t)T * Hh * d, ny = (size_t)T * stride;
