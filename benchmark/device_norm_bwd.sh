@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The backward's column sums (k_colsum_parts: a block of warps per 32 columns; row chunks of the
-# bias and norm weight gradients) on one GPU, against the previous commit's binaries (old/ in the
-# bundle): test_ops_cuda's backward groups,
-# plain and under compute-sanitizer memcheck; bench_ops_cuda's element-wise section (rmsnorm_bwd
-# rows) old/new alternating; the 1.59 B trainer at 8k tokens (30 steps) old/new twice, and at 32k
-# (--accum 4, 12 steps) once; the CUDA fixtures; Nsight Compute of one 8k step.  Bundle extracted
-# in the repo root; results under $OUT.
+# The backward's element-wise sums (column sums of weight and bias gradients, the q/k-norm+RoPE
+# backward) on one GPU, against the previous commit's binaries (old/ in the bundle):
+# test_ops_cuda's backward groups (GROUP= for the whole test_ops_cuda), plain and under
+# compute-sanitizer memcheck; bench_ops_cuda's element-wise section (rmsnorm_bwd rows) old/new
+# alternating; the 1.59 B trainer at 8k tokens (30 steps) old/new twice and at 32k (--accum 4,
+# 12 steps) once; the CUDA fixtures; Nsight Compute of one 8k step.  Bundle extracted in the repo
+# root; results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dnb
 export PATH=$PATH:/usr/local/cuda/bin
-timeout 200 build/tests/test_ops_cuda _bwd > "$R/test_bwd.txt" 2>&1; echo "test_ops_cuda _bwd rc=$?"
+timeout 300 build/tests/test_ops_cuda ${GROUP-_bwd} > "$R/test_bwd.txt" 2>&1; echo "test_ops_cuda ${GROUP-_bwd} rc=$?"
 grep -E "_bwd|FAIL|passed|failed" "$R/test_bwd.txt" | grep -v "^  " | tail -n 14
 for g in norm_bwd qk_bwd matmul_bwd; do
   timeout 200 compute-sanitizer --tool memcheck build/tests/test_ops_cuda $g > "$R/memcheck_$g.txt" 2>&1; echo "memcheck $g rc=$?: $(tail -n 1 "$R/memcheck_$g.txt")"

@@ -215,7 +215,9 @@ static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
 }
 
 /* ---------------------------------------------------------------- qk_norm_rope_bwd
- * A block per QKB_TOK tokens, as the forward: the rotation's cos and sin computed once per token
+ * A block per tpb = T / (2 · SMs) tokens, within [1, QKB_TOK] (so that a call over a batch's few
+ * text tokens spreads over blocks instead of leaving each warp a dozen (token, head) pairs in
+ * turn), as the forward: the rotation's cos and sin computed once per token
  * into shared memory, then a warp per (token, head), lanes over pairs (j, j + d/2).  Every value a
  * lane needs is read before it writes, and it writes only the positions it read, so dx may alias x
  * (or dy when dy_stride = heads·d).  dw: per-block column partials, then an ordered sum.  (The
@@ -223,10 +225,10 @@ static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
  * step at 8k tokens on an H100.) */
 #define QKB_TOK 8
 __global__ void __launch_bounds__(256) k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x, const float *w,
-                                                const int32_t *pos, int T, int heads, int d, float eps, float theta) {
+                                                const int32_t *pos, int T, int tpb, int heads, int d, float eps, float theta) {
   __shared__ float cs[QKB_TOK][128], sn[QKB_TOK][128], accw[8][256];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = d / 2, t0 = blockIdx.x * QKB_TOK;
-  const int nt = min(QKB_TOK, T - t0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = d / 2, t0 = blockIdx.x * tpb;
+  const int nt = min(tpb, T - t0);
   for (int i = threadIdx.x; i < nt * half; i += blockDim.x) {
     const int tt = i / half, j = i % half;
     const float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
@@ -293,9 +295,9 @@ static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const flo
   usbx_cuda *c = CU(be);
   if (d <= 0 || (d & 1) || d > 256) usbx_die("cuda qk_norm_rope_bwd: head dim %d must be even and <= 256", d);
   if (T <= 0 || heads <= 0) return;
-  const int nb = (T + QKB_TOK - 1) / QKB_TOK;
+  const int tpb = std::max(1, std::min(QKB_TOK, T / (2 * c->prop.multiProcessorCount))), nb = (T + tpb - 1) / tpb;
   float *part = dw ? (float *)cu_scratch(c, (size_t)nb * d * sizeof(float)) : NULL;
-  k_qk_bwd<<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, heads, d, eps, theta);
+  k_qk_bwd<<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
   CUDA_LAUNCHED();
   if (dw) colsum_parts(c, dw, part, nb, d);
 }
