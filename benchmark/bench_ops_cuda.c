@@ -50,10 +50,14 @@ static void out(const char *fmt, ...) {
   if (rep) { va_start(ap, fmt); vfprintf(rep, fmt, ap); va_end(ap); }
 }
 
-/* usbx_cuda_time_ms after BENCH_WARM_S seconds of the same case (0 or unset: none) */
+/* BENCH_WARM_S (0 when unset) */
+static double warm_seconds(void) {
+  const char *e = getenv("BENCH_WARM_S");
+  return e ? atof(e) : 0;
+}
+/* usbx_cuda_time_ms after warm_seconds() of the same case */
 static double time_ms(void (*fn)(void *), void *arg, int warmup, int reps) {
-  static double warm_s = -1;
-  if (warm_s < 0) warm_s = getenv("BENCH_WARM_S") ? atof(getenv("BENCH_WARM_S")) : 0;
+  const double warm_s = warm_seconds();
   for (double t0 = usbx_now(); warm_s > 0 && usbx_now() - t0 < warm_s;) {
     for (int i = 0; i < 8; i++) fn(arg);
     be->sync(be);
@@ -283,9 +287,10 @@ int main(int argc, char **argv) {
   char date[32];
   strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
   int reps = getenv("BENCH_REPS") ? atoi(getenv("BENCH_REPS")) : 30;
-  const char *warm = getenv("BENCH_WARM_S");
-  out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up%s%s%s, CUDA events, random data\n\n",
-      be->name, date, reps, warm ? " (each case first run for " : "", warm ? warm : "", warm ? " s)" : "");
+  char warm[64] = "";
+  if (warm_seconds() > 0) snprintf(warm, sizeof warm, " (each case first run for %g s)", warm_seconds());
+  out("## CUDA ops at BAGEL-7B shapes\n\ncard: %s; date: %s; median of %d runs after warm-up%s, CUDA events, random data\n\n",
+      be->name, date, reps, warm);
 
   /* BENCH_ONLY=gemm|gemv|attn|vae|train|mlp|ew runs one section; BENCH_ATTN_CASES=n the first n attention
    * cases; BENCH_VARIANT=v one prefill attention variant (for profiling) */

@@ -6,7 +6,7 @@ when KERNEL runs once per layer), averaged over those windows, per kernel name, 
 Windows of more than 60 launches (a pass boundary) are skipped.  NCU_CSV may be gzipped."""
 import collections, csv, gzip, sys
 
-args = [a for a in sys.argv[1:]]
+args = sys.argv[1:]
 per = None
 if "--per" in args:
     i = args.index("--per"); per = args[i + 1]; del args[i:i + 2]
