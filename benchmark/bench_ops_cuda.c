@@ -249,7 +249,7 @@ static void time_train_attn(int n, int ns, int H, int Hkv, int text_len, int rep
 }
 
 /* ---------------------------------------------------------------- element-wise */
-typedef struct { int op; void *o; float *x, *y, *w, *dw; int32_t *pos; int T, D; } ew_arg;
+typedef struct { int op; void *o, *o_mm; float *x, *y, *w, *dw; int32_t *pos; int T, D; } ew_arg;
 static void ew_fn(void *p) {
   ew_arg *a = p;
   switch (a->op) {
@@ -258,7 +258,8 @@ static void ew_fn(void *p) {
     case 2: be->qk_norm_rope(be, a->o, a->D, a->x, a->w, a->pos, a->T, a->D / 128, 128, 1e-6f, 1e6f); break;
     case 3: be->add(be, a->x, a->y, (size_t)a->T * a->D); break;
     case 4: be->argmax(be, a->pos, a->x, a->T, a->D); break;
-    case 5: be->rmsnorm_bwd(be, a->o, a->dw, a->y, a->x, a->w, a->T, a->D, 1e-6f); break;   /* dx, dw += */
+    case 5: be->rmsnorm_bwd(be, a->o, NULL, a->dw, a->y, a->x, a->w, a->T, a->D, 1e-6f); break;   /* dx, dw += */
+    case 6: be->rmsnorm_bwd(be, a->o, a->o_mm, a->dw, a->y, a->x, a->w, a->T, a->D, 1e-6f); break;   /* and dx in bf16 */
   }
 }
 static void bench_ew(const char *name, int op, int T, int D, double bytes, int reps) {
@@ -266,7 +267,7 @@ static void bench_ew(const char *name, int op, int T, int D, double bytes, int r
   a.op = op; a.T = T; a.D = D;
   size_t n = (size_t)T * D;
   a.x = rand_dev(n, false, 1.f); a.y = rand_dev(n, false, 1.f); a.w = rand_dev(D, false, 1.f); a.dw = rand_dev(D, false, 1.f);
-  a.o = rand_dev(n, false, 1.f);
+  a.o = rand_dev(n, false, 1.f); a.o_mm = be->alloc(be, n * 2);
   int32_t *pos = xmalloc((size_t)T * 4);
   for (int t = 0; t < T; t++) pos[t] = t;
   a.pos = be->alloc(be, (size_t)T * 4 > 64 ? (size_t)T * 4 : 64);
@@ -274,7 +275,7 @@ static void bench_ew(const char *name, int op, int T, int D, double bytes, int r
   free(pos);
   double ms = time_ms(ew_fn, &a, 5, reps);
   out("| %s | %d x %d | %.1f | %.0f |\n", name, T, D, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
-  be->free(be, a.x); be->free(be, a.y); be->free(be, a.w); be->free(be, a.dw); be->free(be, a.o); be->free(be, a.pos);
+  be->free(be, a.x); be->free(be, a.y); be->free(be, a.w); be->free(be, a.dw); be->free(be, a.o); be->free(be, a.o_mm); be->free(be, a.pos);
 }
 
 int main(int argc, char **argv) {
@@ -467,8 +468,21 @@ int main(int argc, char **argv) {
   bench_ew("add f32", 3, 4098, 3584, 4098.0 * 3584 * 12, reps);
   bench_ew("argmax (lm head logits)", 4, 1, 152064, 152064.0 * 4, reps);
   /* the trainer's norms (1.59 B: 8k tokens x 1536) and the 7B-MoT's; bytes: x and dy read, dx read and written */
-  bench_ew("rmsnorm_bwd (dx, dw)", 5, 8192, 1536, 8192.0 * 1536 * 16, reps);
-  bench_ew("rmsnorm_bwd (dx, dw)", 5, 8192, 3584, 8192.0 * 3584 * 16, reps);
+  /* (the trainer's call also writes dx in bf16 for the next product: 18 bytes; two passes = the
+   * previous kernels, then to_mm) */
+  for (int fused = 1; fused >= 0; fused--) {
+    usbx_cuda_set_option(be, "rms_bwd_fused", fused);
+    const char *v = fused ? "" : ", two passes";
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm_bwd (dx, dw%s)", v);
+    bench_ew(name, 5, 8192, 1536, 8192.0 * 1536 * 16, reps);
+    bench_ew(name, 5, 8192, 3584, 8192.0 * 3584 * 16, reps);
+    snprintf(name, sizeof name, "rmsnorm_bwd (dx, dx bf16, dw%s)", v);
+    bench_ew(name, 6, 8192, 1536, 8192.0 * 1536 * 18, reps);
+    bench_ew(name, 6, 8192, 3584, 8192.0 * 3584 * 18, reps);
+    bench_ew(name, 6, 40, 1536, 40.0 * 1536 * 18, reps);
+  }
+  usbx_cuda_set_option(be, "rms_bwd_fused", 1);
   }
   if (rep) fclose(rep);
   be->destroy(be);

@@ -4,8 +4,8 @@
 # training-attention micro-benchmark and the 1.59 B step (8k tokens, and 32k with --accum 4) with
 # the fused backward (default) and with the two-kernel one (USBX_CUDA_ATTN_BWD_FUSED=0),
 # alternating, in one call (VARIANTS="1 2 0": the option's values to compare, 2 = dQ by atomics;
-# QUICK=1: no profile, no 32k step).  FULL=1 adds the whole test_ops_cuda and the CUDA fixtures.  Results
-# under $OUT.
+# QUICK=1: no profile, no 32k step).  FULL=1 adds the whole test_ops_cuda and the CUDA fixtures;
+# TRACE=1 a CUPTI timeline of 6 steps at 8k (benchmark/gpu_idle.py).  Results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dbf
@@ -41,17 +41,9 @@ for v in $VARIANTS; do
   echo "32k fused=$v rc=$?: $(train_summary "$R/b15_32k_$v.jsonl")"
 done
 date -u
-if [ "${NSYS:-0}" = 1 ]; then   # where the GPU waits for the host in the 8k step (nsys timeline)
-  export PATH=$PATH:/usr/local/cuda/bin
-  nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-  if [ -n "$nsys_bin" ]; then
-    timeout 200 "$nsys_bin" profile -t cuda -o "$R/trace" --force-overwrite true usbx-train $ARGS --steps 6 > "$R/nsys_train.jsonl" 2> "$R/nsys.err"
-    echo "nsys rc=$?"
-    "$nsys_bin" stats --report cuda_gpu_trace --format csv "$R/trace.nsys-rep" > "$R/gpu_trace.csv" 2>> "$R/nsys.err"
-    python3 benchmark/gpu_idle.py "$R/gpu_trace.csv" | tee "$R/gpu_idle.txt"
-    rm -f "$R/trace.sqlite" "$R/trace.nsys-rep"; gzip -f "$R/gpu_trace.csv"
-  else
-    echo "no nsys on this machine"
-  fi
+if [ "${TRACE:-0}" = 1 ] && cupti_build; then   # where the GPU waits in the 8k step (CUPTI timeline)
+  cupti_run "$R/trace.txt" timeout 200 usbx-train $ARGS --steps 6 > "$R/trace_train.jsonl" 2> "$R/trace.err"
+  echo "traced rc=$?"
+  python3 benchmark/gpu_idle.py "$R/trace.txt" | tee "$R/gpu_idle.txt" | head -n 40; gzip -f "$R/trace.txt"
   date -u
 fi

@@ -57,3 +57,27 @@ device_results() {
   date -u | tee "$R/date.txt"
   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpus.txt"
 }
+
+# cupti_build: compiles benchmark/cupti_trace.c against this machine's CUPTI (the CUDA toolkit's or
+# PyTorch's nvidia-cuda-cupti wheel) into $W/libcupti_trace.so; cupti_run FILE CMD...: runs CMD with
+# it injected, its timeline written to FILE (benchmark/gpu_idle.py reads it)
+cupti_build() {
+  local inc lib so hdrs k mc ms py
+  py=$(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null)
+  inc=$(dirname "$(find /usr/local/cuda/extras/CUPTI/include /usr/local/cuda/include $py -name cupti.h 2>/dev/null | head -1)")
+  so=$(find /usr/local/cuda/extras/CUPTI/lib64 /usr/local/cuda/lib64 $py -name 'libcupti.so*' 2>/dev/null | head -1)   # maybe only libcupti.so.N
+  lib=$(dirname "$so")
+  [ -f "$inc/cupti.h" ] && [ -f "$so" ] || { echo "cupti_build: no CUPTI found"; return 1; }
+  hdrs="$inc/cupti_activity.h"
+  k=$(grep -ho '} CUpti_ActivityKernel[0-9]*;' $hdrs | tr -d '}; ' | sort -V | tail -1)
+  mc=$(grep -ho '} CUpti_ActivityMemcpy[0-9]*;' $hdrs | tr -d '}; ' | sort -V | tail -1)
+  ms=$(grep -ho '} CUpti_ActivityMemset[0-9]*;' $hdrs | tr -d '}; ' | sort -V | tail -1)
+  echo "cupti_build: $inc, $lib; records $k $mc $ms"
+  CUPTI_LIB_DIR=$lib
+  gcc -O2 -shared -fPIC -Wall -Wextra -Werror -Wno-unused-parameter -DKREC=$k -DMCREC=$mc -DMSREC=$ms -I"$inc" -I/usr/local/cuda/include \
+    benchmark/cupti_trace.c -o "$W/libcupti_trace.so" "$so" -Wl,-rpath,"$lib"
+}
+cupti_run() {
+  local f=$1; shift
+  USBX_CUPTI_TRACE=$f CUDA_INJECTION64_PATH=$W/libcupti_trace.so LD_LIBRARY_PATH=$CUPTI_LIB_DIR:$LD_LIBRARY_PATH "$@"
+}

@@ -668,10 +668,14 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
 
   prof_mark(t, 2, &pt);
   /* ---- backward through the decoder */
+  /* dx, the gradient of the residual stream, and dxm, its mm copy for the product that takes it
+   * next (the MLP's down, then o), written by the norm backward that updates dx */
   float *dx = F32Z(P, (size_t)n * D);
+  void *dxm = MM(P, (size_t)n * D);
   for (int r = 0; r < nr; r++) {
     int r0 = runs[r].r0;
-    be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, m->norm[runs[r].e]), dfin + (size_t)r0 * D, x + (size_t)r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
+    be->rmsnorm_bwd(be, dx + (size_t)r0 * D, (char *)dxm + (size_t)r0 * D * mmb, G(t, m->norm[runs[r].e]), dfin + (size_t)r0 * D,
+                    x + (size_t)r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
   }
   float *dact = F32(P, (size_t)n * F), *dh = F32(P, (size_t)n * D);
   void *dg = MM(P, (size_t)n * F), *du = MM(P, (size_t)n * F);
@@ -690,20 +694,22 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd_dx(t, dact + (size_t)r0 * F, false, dx + (size_t)r0 * D, (char *)s->act + (size_t)r0 * F * mmb, w->down, NULL, nn, D, F);
+      char *dxm_r = (char *)dxm + (size_t)r0 * D * mmb;
+      lin_bwd_mm(t, dact + (size_t)r0 * F, false, dxm_r, (char *)s->act + (size_t)r0 * F * mmb, w->down, nn, D, F);
       /* dgate, dup straight in mm */
       void *dgm = (char *)dg + (size_t)r0 * F * mmb, *dum = (char *)du + (size_t)r0 * F * mmb;
       be->silu_mul_bwd_mm(be, dgm, dum, dact + (size_t)r0 * F, (char *)s->gate + (size_t)r0 * F * mmb, (char *)s->up + (size_t)r0 * F * mmb, nn, F);
       char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
       lin_bwd_mm(t, dh + (size_t)r0 * D, false, dgm, h2, w->gate, nn, F, D);
       lin_bwd_mm(t, dh + (size_t)r0 * D, true, dum, h2, w->up, nn, F, D);
-      be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
+      be->rmsnorm_bwd(be, dx + (size_t)r0 * D, dxm_r, G(t, w->post_norm), dh + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, w->post_norm, nn,
+                      D, c->eps);
     }
     prof_mark(t, 4, &pt);
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      lin_bwd_dx(t, dO + (size_t)r0 * Hd, false, dx + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd);
+      lin_bwd_mm(t, dO + (size_t)r0 * Hd, false, (char *)dxm + (size_t)r0 * D * mmb, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, nn, D, Hd);
     }
     prof_mark(t, 5, &pt);
     be->attention_masked_bwd(be, dq, dk, dv, dO, s->q, s->k, s->v, s->o, s->lse, &aa);
@@ -717,7 +723,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       lin_bwd_dx(t, dh + (size_t)r0 * D, false, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
       lin_bwd(t, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
       lin_bwd(t, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
-      be->rmsnorm_bwd(be, dx + (size_t)r0 * D, G(t, w->in_norm), dh + (size_t)r0 * D, s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
+      be->rmsnorm_bwd(be, dx + (size_t)r0 * D, l > 0 ? (char *)dxm + (size_t)r0 * D * mmb : NULL, G(t, w->in_norm), dh + (size_t)r0 * D,
+                      s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
     }
     if (t->layer_done) t->layer_done(t->layer_ctx, l);
     prof_mark(t, 7, &pt);
@@ -741,7 +748,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     be->silu_bwd(be, dpre, dte, te_h, (size_t)nv * D);
     lin_bwd(t, NULL, dpre, feat_mm, m->te_w1, m->te_b1, nv, D, 256);
   }
-  be->sync(be);
+  /* no synchronisation: the pool's buffers are reused in stream order and every upload is staged, so
+   * the host may prepare the next batch while this one runs (the step's gradient norm waits) */
   prof_mark(t, 8, &pt);
   free(S); free(x_in); free(perm); free(inv); free(hp); free(seg_off);
   P_release(P);

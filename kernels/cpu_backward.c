@@ -48,7 +48,7 @@ static void rms_row_bwd(float *dx, double *dw, const float *dy, const float *x, 
   if (dw) for (int i = 0; i < dim; i++) dw[i] += (double)dy[i] * x[i] * r;
 }
 
-void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w,
+void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w,
                           int rows, int dim, float eps) {
   if (dim <= 0) return;
   double *acc = dw ? xcalloc((size_t)dim, sizeof(double)) : NULL;
@@ -58,6 +58,7 @@ void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, float *dw, const float *d
     for (int i = 0; i < dim; i++) dw[i] += (float)acc[i];
     free(acc);
   }
+  if (dx && dx_mm) be->to_mm(be, dx_mm, dim, dx, rows, dim);
 }
 
 /* y = x̂·w + b, x̂ = (x − mean)·inv, inv = (var + eps)^(-1/2) (biased variance):

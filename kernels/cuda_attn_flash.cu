@@ -1236,7 +1236,7 @@ bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf1
 }
 
 bool cu_attn_masked_bwd_flash(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
-                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a) {
+                              const bf16 *v, const bf16 *out, const float *lse, float *D, const usbx_attn_masked_args *a) {
   if (!flash_ok(a, q, k, v, NULL) || ((((uintptr_t)dq) | ((uintptr_t)dk) | ((uintptr_t)dv)) & 7u)) return false;
   usbx_cuda *c = CU(be);
   const size_t nq = (size_t)a->n * a->n_heads * a->head_dim;
@@ -1244,7 +1244,7 @@ bool cu_attn_masked_bwd_flash(usbx_backend *be, float *dq, float *dk, float *dv,
   void *ws;   /* dO in bf16, then (GQA) the per-head dK and dV shares */
   FP p = prepare(c, a, nq * sizeof(bf16) + (parts ? 2 * nq * sizeof(float) + 256 : 0), &ws);
   bf16 *dob = (bf16 *)ws;
-  cu_convert_to_bf16(c->stream, dob, dout, USBX_F32, nq);
+  cu_attn_D(c, D, dob, dout, out, a->n, a->n_heads, a->head_dim);
   p.q = q; p.k = k; p.v = v; p.dob = dob; p.lse_in = lse; p.D = D;
   p.dq = dq; p.dk = dk; p.dv = dv;
   if (parts) {

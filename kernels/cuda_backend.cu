@@ -444,6 +444,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   if (getenv("USBX_CUDA_ATTN_MASKED_WG")) c->opt_attn_masked_wg = atoi(getenv("USBX_CUDA_ATTN_MASKED_WG"));
   c->opt_attn_bwd_fused = 1;
   if (getenv("USBX_CUDA_ATTN_BWD_FUSED")) c->opt_attn_bwd_fused = atoi(getenv("USBX_CUDA_ATTN_BWD_FUSED"));
+  c->opt_rms_bwd_fused = 1;
+  if (getenv("USBX_CUDA_RMS_BWD_FUSED")) c->opt_rms_bwd_fused = atoi(getenv("USBX_CUDA_RMS_BWD_FUSED"));
   c->opt_gate_up_fused = 1;
   if (getenv("USBX_CUDA_GATEUP_FUSED")) c->opt_gate_up_fused = atoi(getenv("USBX_CUDA_GATEUP_FUSED"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
@@ -525,6 +527,7 @@ extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int valu
          : !strcmp(name, "attn_masked_wg") ? &c->opt_attn_masked_wg
          : !strcmp(name, "attn_bwd_fused") ? &c->opt_attn_bwd_fused
          : !strcmp(name, "gate_up_fused") ? &c->opt_gate_up_fused
+         : !strcmp(name, "rms_bwd_fused") ? &c->opt_rms_bwd_fused
          : !strcmp(name, "attn_masked_flash") ? &c->opt_attn_masked_flash : NULL;
   if (!strcmp(name, "gateup_bf16")) {
     int old = be->silu_mul_gu != NULL;

@@ -58,6 +58,18 @@ __device__ __forceinline__ uint4 f_to_bf8(const float *f) {
   return u;
 }
 
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+/* store 4 floats to bf16 (8 bytes) or f32 (16 bytes) */
+__device__ __forceinline__ void store4(void *out, bool mm, size_t i, float4 v) {
+  if (mm) {
+    uint2 u;
+    u.x = (uint32_t)f32_to_bf16_bits(v.x) | ((uint32_t)f32_to_bf16_bits(v.y) << 16);
+    u.y = (uint32_t)f32_to_bf16_bits(v.z) | ((uint32_t)f32_to_bf16_bits(v.w) << 16);
+    *(uint2 *)((uint16_t *)out + i) = u;
+  } else {
+    *(float4 *)((float *)out + i) = v;
+  }
+}
 /* Private state behind be->impl. */
 #define USBX_CUDA_PLAN_CACHE 96
 typedef struct {
@@ -98,6 +110,7 @@ typedef struct {
   int opt_attn_masked_wg;   /* flash forward: 1 warpgroup MMAs fed by TMA on sm_90 at head dim 128, 0 mma.sync */
   int opt_gate_up_fused;    /* gate_up_silu: 1 the fused sm_90 kernel (cuda_gate_up.cu), 0 off (matmul + silu_mul) */
   int opt_attn_bwd_fused;   /* that Hopper path's backward: 1 dK, dV and dQ in one kernel (dQ by TMA reductions), 0 two kernels */
+  int opt_rms_bwd_fused;    /* rmsnorm_bwd: 1 dx and the weight gradient's partials in one pass where dim = 512·k <= 4096, 0 two passes */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
@@ -154,8 +167,12 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
  * is not a multiple of 8 up to 128 or a pointer is not 16-byte aligned */
 bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                               const usbx_attn_masked_args *a);
+/* (the backward computes D = rowsum(dout·out) into D itself, with dout's bf16 copy: cu_attn_D) */
 bool cu_attn_masked_bwd_flash(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const bf16 *q, const bf16 *k,
-                              const bf16 *v, const float *lse, const float *D, const usbx_attn_masked_args *a);
+                              const bf16 *v, const bf16 *out, const float *lse, float *D, const usbx_attn_masked_args *a);
+/* cuda_train.cu: D[h, q] = Σ_c dout·out of the training attention's backward; dob (may be NULL):
+ * dout in bf16 */
+void cu_attn_D(usbx_cuda *c, float *D, bf16 *dob, const float *dout, const bf16 *out, int n, int H, int d);
 
 /* cuda_train.cu: sets the training ops of the table */
 void cu_install_train_ops(usbx_backend *be);

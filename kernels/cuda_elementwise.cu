@@ -4,7 +4,6 @@
 #include "cuda_common.cuh"
 #include <math.h>
 
-static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 static inline int grid_for(size_t n, int threads, int cap = 65535 * 8) {
   size_t g = (n + threads - 1) / threads;
   if (g < 1) g = 1;
@@ -13,17 +12,6 @@ static inline int grid_for(size_t n, int threads, int cap = 65535 * 8) {
 }
 static inline cudaStream_t S(usbx_backend *be) { return CU(be)->stream; }
 
-/* store 4 floats to bf16 (8 bytes) or f32 (16 bytes) */
-__device__ __forceinline__ void store4(void *out, bool mm, size_t i, float4 v) {
-  if (mm) {
-    uint2 u;
-    u.x = (uint32_t)f32_to_bf16_bits(v.x) | ((uint32_t)f32_to_bf16_bits(v.y) << 16);
-    u.y = (uint32_t)f32_to_bf16_bits(v.z) | ((uint32_t)f32_to_bf16_bits(v.w) << 16);
-    *(uint2 *)((uint16_t *)out + i) = u;
-  } else {
-    *(float4 *)((float *)out + i) = v;
-  }
-}
 __device__ __forceinline__ void store1(void *out, bool mm, size_t i, float v) {
   if (mm) ((uint16_t *)out)[i] = f32_to_bf16_bits(v);
   else ((float *)out)[i] = v;

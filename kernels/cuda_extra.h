@@ -50,6 +50,9 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *   "gate_up_fused" [1] inference's MLP gate|up product with SiLU·up in the product's epilogue on
  *                  sm_90 (ops.h gate_up_silu, cuda_gate_up.cu): no f32 [T, 2F] product in memory;
  *                  0 runs matmul + silu_mul.  Env USBX_CUDA_GATEUP_FUSED.
+ *   "rms_bwd_fused" [1] rmsnorm_bwd in one pass (dx, its mm copy and the weight gradient's column
+ *                  partials) where dim is a multiple of 512 up to 4096; 0 the two-pass kernels.
+ *                  Env USBX_CUDA_RMS_BWD_FUSED.
  *   "gateup_bf16" [0] where gate_up_fused does not apply, inference's MLP gate|up product rounded to
  *                  bf16 (ops.h silu_mul_gu, NULL when off; the trainer always keeps gate and up in bf16).  Env
  *                  USBX_CUDA_GATEUP_BF16=1.

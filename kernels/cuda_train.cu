@@ -182,6 +182,89 @@ __global__ void k_norm_wgrad(float *partw, float *partb, const float *dy, const 
   if (partw) partw[(size_t)blockIdx.y * dim + c] = (float)sw;
   if (partb) partb[(size_t)blockIdx.y * dim + c] = (float)sb;
 }
+/* RMSNorm backward with the weight gradient's column partials in the same pass, so x and dy are read
+ * once: a block of 128 threads per chunk of rpb rows, each thread V float4 columns (dim = 512·V).
+ * Per row one block sum of (Σx², Σdy·w·x), then dx (and its mm copy); the thread's partials
+ * Σ dy·x·rstd stay in registers until the chunk ends.  Two summation buffers alternate between
+ * rows, so one barrier per row suffices.  (The two-pass kernels, rows then column partials over
+ * x and dy again: 157 us for 8192 x 1536 on an H100.) */
+template <int V>
+__global__ void __launch_bounds__(128) k_rms_bwd_fused(float *dx, void *dx_mm, float *partw, const float *dy, const float *x,
+                                                       const float *w, int rows, int rpb, float eps) {
+  constexpr int DIM = 512 * V;
+  __shared__ float2 red[2][4];
+  const int t = threadIdx.x, lane = t & 31, wid = t >> 5, r0 = blockIdx.x * rpb, r1 = min(rows, r0 + rpb);
+  float4 wv[V], pw[V];
+#pragma unroll
+  for (int v = 0; v < V; v++) { wv[v] = ((const float4 *)w)[v * 128 + t]; pw[v] = make_float4(0.f, 0.f, 0.f, 0.f); }
+  for (int r = r0, b = 0; r < r1; r++, b ^= 1) {
+    const float4 *xr = (const float4 *)(x + (size_t)r * DIM), *gr = (const float4 *)(dy + (size_t)r * DIM);
+    float4 xv[V], gv[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) { xv[v] = xr[v * 128 + t]; gv[v] = gr[v * 128 + t]; }
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      ss += xv[v].x * xv[v].x + xv[v].y * xv[v].y + xv[v].z * xv[v].z + xv[v].w * xv[v].w;
+      dot += gv[v].x * wv[v].x * xv[v].x + gv[v].y * wv[v].y * xv[v].y + gv[v].z * wv[v].z * xv[v].z + gv[v].w * wv[v].w * xv[v].w;
+    }
+    for (int o = 16; o; o >>= 1) { ss += __shfl_xor_sync(0xffffffffu, ss, o); dot += __shfl_xor_sync(0xffffffffu, dot, o); }
+    if (lane == 0) red[b][wid] = make_float2(ss, dot);
+    __syncthreads();
+    const float2 s0 = red[b][0], s1 = red[b][1], s2 = red[b][2], s3 = red[b][3];
+    ss = (s0.x + s1.x) + (s2.x + s3.x);
+    dot = (s0.y + s1.y) + (s2.y + s3.y);
+    const float rs = 1.0f / sqrtf(ss / (float)DIM + eps), cc = dot * rs * rs * rs / (float)DIM;
+    if (dx) {
+      float4 *dr = (float4 *)(dx + (size_t)r * DIM);
+#pragma unroll
+      for (int v = 0; v < V; v++) {
+        float4 d = dr[v * 128 + t];
+        d.x += rs * wv[v].x * gv[v].x - cc * xv[v].x;
+        d.y += rs * wv[v].y * gv[v].y - cc * xv[v].y;
+        d.z += rs * wv[v].z * gv[v].z - cc * xv[v].z;
+        d.w += rs * wv[v].w * gv[v].w - cc * xv[v].w;
+        dr[v * 128 + t] = d;
+        if (dx_mm) store4(dx_mm, true, (size_t)r * DIM + (size_t)(v * 128 + t) * 4, d);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      pw[v].x += gv[v].x * xv[v].x * rs; pw[v].y += gv[v].y * xv[v].y * rs;
+      pw[v].z += gv[v].z * xv[v].z * rs; pw[v].w += gv[v].w * xv[v].w * rs;
+    }
+  }
+  if (partw)
+#pragma unroll
+    for (int v = 0; v < V; v++) ((float4 *)(partw + (size_t)blockIdx.x * DIM))[v * 128 + t] = pw[v];
+}
+template <int V>
+static void rms_bwd_fused(usbx_cuda *c, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w, int rows,
+                          float eps) {
+  static int occ;   /* resident blocks per SM: the chunks fill one wave */
+  if (!occ) CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_rms_bwd_fused<V>, 128, 0));
+  const int target = std::max(1, occ) * c->prop.multiProcessorCount, rpb = (rows + target - 1) / target, nb = (rows + rpb - 1) / rpb;
+  float *part = dw ? (float *)cu_scratch(c, (size_t)nb * 512 * V * sizeof(float)) : NULL;
+  k_rms_bwd_fused<V><<<nb, 128, 0, c->stream>>>(dx, dx_mm, part, dy, x, w, rows, rpb, eps);
+  CUDA_LAUNCHED();
+  if (dw) colsum_parts(c, dw, part, nb, 512 * V);
+}
+static bool rms_bwd_fast(usbx_cuda *c, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w, int rows,
+                         int dim, float eps) {
+  if (dim % 512 || dim > 4096 || !aligned16(dy) || !aligned16(x) || !aligned16(w) || (dx && !aligned16(dx)) || ((uintptr_t)dx_mm & 7u))
+    return false;
+  switch (dim / 512) {
+  case 1: rms_bwd_fused<1>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  case 2: rms_bwd_fused<2>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  case 3: rms_bwd_fused<3>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  case 4: rms_bwd_fused<4>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  case 5: rms_bwd_fused<5>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  case 6: rms_bwd_fused<6>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  case 7: rms_bwd_fused<7>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  default: rms_bwd_fused<8>(c, dx, dx_mm, dw, dy, x, w, rows, eps); break;
+  }
+  return true;
+}
 static void norm_bwd(usbx_backend *be, bool ln, float *dx, float *dw, float *db, const float *dy, const float *x,
                      const float *w, int rows, int dim, float eps) {
   usbx_cuda *c = CU(be);
@@ -205,9 +288,12 @@ static void norm_bwd(usbx_backend *be, bool ln, float *dx, float *dw, float *db,
     if (db && ln) colsum_parts(c, db, pb, ch, dim);
   }
 }
-static void c_rmsnorm_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w, int rows,
-                          int dim, float eps) {
+static void c_rmsnorm_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w,
+                          int rows, int dim, float eps) {
+  if (rows <= 0 || dim <= 0) return;
+  if (CU(be)->opt_rms_bwd_fused && rms_bwd_fast(CU(be), dx, dx_mm, dw, dy, x, w, rows, dim, eps)) return;
   norm_bwd(be, false, dx, dw, NULL, dy, x, w, rows, dim, eps);
+  if (dx && dx_mm) cu_to_mm(be, dx_mm, dim, dx, rows, dim);
 }
 static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x,
                             const float *w, int rows, int dim, float eps) {
@@ -222,10 +308,15 @@ static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
  * lane needs is read before it writes, and it writes only the positions it read, so dx may alias x
  * (or dy when dy_stride = heads·d).  dw: per-block column partials, then an ordered sum.  (The
  * earlier grid of 256 blocks, each computing the rotation again per head, took 3.6 ms of a 1.59 B
- * step at 8k tokens on an H100.) */
+ * step at 8k tokens on an H100.)  The pairs per lane are a template parameter and the sums are in
+ * float, so a block needs 40 registers per thread at d = 128 instead of 95 (6 resident blocks per
+ * SM instead of 2: the trainer's q call, 8k tokens x 12 heads, had taken ~122 us, 2.4x its reads
+ * and writes at memory bandwidth). */
 #define QKB_TOK 8
-__global__ void __launch_bounds__(256) k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x, const float *w,
-                                                const int32_t *pos, int T, int tpb, int heads, int d, float eps, float theta) {
+template <int P>   /* pairs (j, j + d/2) per lane: head dims up to 64·P */
+__global__ void __launch_bounds__(256, 4) k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x,
+                                                   const float *w, const int32_t *pos, int T, int tpb, int heads, int d, float eps,
+                                                   float theta) {
   __shared__ float cs[QKB_TOK][128], sn[QKB_TOK][128], accw[8][256];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = d / 2, t0 = blockIdx.x * tpb;
   const int nt = min(tpb, T - t0);
@@ -234,15 +325,22 @@ __global__ void __launch_bounds__(256) k_qk_bwd(float *dx, float *partw, const f
     const float inv = 1.0f / powf(theta, (float)(2 * j) / (float)d);
     sincosf((float)pos[t0 + tt] * inv, &sn[tt][j], &cs[tt][j]);
   }
+  float wa[P], wb[P], aw[P], bw[P];
+#pragma unroll
+  for (int p = 0; p < P; p++) {
+    const int j = lane + 32 * p;
+    wa[p] = j < half ? w[j] : 0.f;
+    wb[p] = j < half ? w[j + half] : 0.f;
+    aw[p] = bw[p] = 0.f;
+  }
   __syncthreads();
-  float aw[4] = {0.f, 0.f, 0.f, 0.f}, bw[4] = {0.f, 0.f, 0.f, 0.f};
   for (int pr = warp; pr < nt * heads; pr += 8) {
     const int tt = pr / heads, h = pr % heads, t = t0 + tt;
     const float *go = dy + (size_t)t * dy_stride + (size_t)h * d;
     const float *xh = x + ((size_t)t * heads + h) * d;
-    float xa[4], xb[4], ta[4], tb[4], ss = 0.f;
+    float xa[P], xb[P], ta[P], tb[P], ss = 0.f, dot = 0.f;
 #pragma unroll
-    for (int p = 0; p < 4; p++) {
+    for (int p = 0; p < P; p++) {
       const int j = lane + 32 * p;
       xa[p] = xb[p] = ta[p] = tb[p] = 0.f;
       if (j < half) {
@@ -252,25 +350,18 @@ __global__ void __launch_bounds__(256) k_qk_bwd(float *dx, float *partw, const f
         xa[p] = xh[j]; xb[p] = xh[j + half];
       }
       ss += xa[p] * xa[p] + xb[p] * xb[p];
+      dot += ta[p] * wa[p] * xa[p] + tb[p] * wb[p] * xb[p];
     }
-    ss = warp_sum(ss);
-    const float rs = 1.0f / sqrtf(ss / (float)d + eps);
-    double dot = 0;
+    for (int o = 16; o; o >>= 1) { ss += __shfl_xor_sync(0xffffffffu, ss, o); dot += __shfl_xor_sync(0xffffffffu, dot, o); }
+    const float rs = 1.0f / sqrtf(ss / (float)d + eps), cc = dot * rs * rs * rs / (float)d;
 #pragma unroll
-    for (int p = 0; p < 4; p++) {
-      const int j = lane + 32 * p;
-      if (j < half) dot += (double)ta[p] * w[j] * xa[p] + (double)tb[p] * w[j + half] * xb[p];
-    }
-    dot = warp_sum_d(dot);
-    const double cc = dot * (double)rs * rs * rs / d;
-#pragma unroll
-    for (int p = 0; p < 4; p++) {
+    for (int p = 0; p < P; p++) {
       const int j = lane + 32 * p;
       if (j < half) {
         if (dx) {
           float *o = dx + ((size_t)t * heads + h) * d;
-          o[j] = (float)((double)rs * w[j] * ta[p] - cc * xa[p]);
-          o[j + half] = (float)((double)rs * w[j + half] * tb[p] - cc * xb[p]);
+          o[j] = rs * wa[p] * ta[p] - cc * xa[p];
+          o[j + half] = rs * wb[p] * tb[p] - cc * xb[p];
         }
         aw[p] += ta[p] * xa[p] * rs;
         bw[p] += tb[p] * xb[p] * rs;
@@ -279,7 +370,7 @@ __global__ void __launch_bounds__(256) k_qk_bwd(float *dx, float *partw, const f
   }
   if (!partw) return;
 #pragma unroll
-  for (int p = 0; p < 4; p++) {
+  for (int p = 0; p < P; p++) {
     const int j = lane + 32 * p;
     if (j < half) { accw[warp][j] = aw[p]; accw[warp][j + half] = bw[p]; }
   }
@@ -297,7 +388,9 @@ static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const flo
   if (T <= 0 || heads <= 0) return;
   const int tpb = std::max(1, std::min(QKB_TOK, T / (2 * c->prop.multiProcessorCount))), nb = (T + tpb - 1) / tpb;
   float *part = dw ? (float *)cu_scratch(c, (size_t)nb * d * sizeof(float)) : NULL;
-  k_qk_bwd<<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
+  if (d <= 64) k_qk_bwd<1><<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
+  else if (d <= 128) k_qk_bwd<2><<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
+  else k_qk_bwd<4><<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
   CUDA_LAUNCHED();
   if (dw) colsum_parts(c, dw, part, nb, d);
 }
@@ -457,17 +550,26 @@ __global__ void k_attn_masked_fwd(bf16 *out, float *lse, const bf16 *q, const bf
   for (int c = 0; c < 4; c++) { int col = lane + 32 * c; if (col < m.d) orow[col] = f2bf(o[c] * inv); }
   if (lane == 0 && lse) lse[(size_t)h * m.n + qi] = l > 0.f ? mx + logf(l) : -INFINITY;
 }
-/* D[h, q] = Σ_c dout·out */
-__global__ void k_attn_masked_D(float *D, const float *dout, const bf16 *out, MaskP m) {
+/* D[h, q] = Σ_c dout·out, a warp per (h, q); dob (may be NULL): dout in bf16 as well, for the flash
+ * backward (one pass over dout instead of a conversion pass besides) */
+__global__ void k_attn_masked_D(float *D, bf16 *dob, const float *dout, const bf16 *out, int n, int H, int d) {
   int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-  if (wid >= m.n * m.H) return;
-  int h = wid / m.n, qi = wid % m.n;
-  const float *gr = dout + ((size_t)qi * m.H + h) * m.d;
-  const bf16 *orow = out + ((size_t)qi * m.H + h) * m.d;
+  if (wid >= n * H) return;
+  int h = wid / n, qi = wid % n;
+  const size_t row = ((size_t)qi * H + h) * d;
   double s = 0;
-  for (int c = lane; c < m.d; c += 32) s += (double)gr[c] * bf2f(orow[c]);
+  for (int c = lane; c < d; c += 32) {
+    const float g = dout[row + c];
+    s += (double)g * bf2f(out[row + c]);
+    if (dob) dob[row + c] = f2bf(g);
+  }
   s = warp_sum_d(s);
-  if (lane == 0) D[(size_t)h * m.n + qi] = (float)s;
+  if (lane == 0) D[(size_t)h * n + qi] = (float)s;
+}
+void cu_attn_D(usbx_cuda *c, float *D, bf16 *dob, const float *dout, const bf16 *out, int n, int H, int d) {
+  const size_t warps = (size_t)n * H;
+  k_attn_masked_D<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(D, dob, dout, out, n, H, d);
+  CUDA_LAUNCHED();
 }
 /* dq[q, h] = scale Σ_j P (dO·v_j − D) k_j : one warp per (q, h) */
 __global__ void k_attn_masked_dq(float *dq, const float *dout, const bf16 *q, const bf16 *k, const bf16 *v,
@@ -593,11 +695,10 @@ static void c_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float
   if (m.n == 0 || (!dq && !dk && !dv)) return;
   float *D = (float *)cu_scratch(c, (size_t)m.n * m.H * sizeof(float));
   size_t warps = (size_t)m.n * m.H;
-  k_attn_masked_D<<<(unsigned)((warps + 7) / 8), 256, 0, c->stream>>>(D, dout, (const bf16 *)out, m);
-  CUDA_LAUNCHED();
-  if (c->opt_attn_masked_flash &&
-      cu_attn_masked_bwd_flash(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
+  if (c->opt_attn_masked_flash &&   /* it computes D itself, with dout's bf16 copy */
+      cu_attn_masked_bwd_flash(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)out, lse, D, a))
     return;
+  cu_attn_D(c, D, NULL, dout, (const bf16 *)out, m.n, m.H, m.d);
   if (c->opt_attn_masked_gemm &&
       cu_attn_masked_bwd_gemm(be, dq, dk, dv, dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, a))
     return;

@@ -176,8 +176,10 @@ struct usbx_backend {
    * db[N] += Σ_rows dy.  x, w mm. */
   void (*matmul_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
                      const void *x, const void *w, int M, int N, int K, bool dx_add);
-  /* RMSNorm (out = x/rms(x)*w): dx += ..., dw += ... */
-  void (*rmsnorm_bwd)(usbx_backend *be, float *dx, float *dw, const float *dy, const float *x, const float *w, int rows, int dim, float eps);
+  /* RMSNorm (out = x/rms(x)*w): dx += ..., dw += ...; dx_mm (with dx; may be NULL): the updated dx
+   * in mm as well, as to_mm would make it, for the product that takes dx next */
+  void (*rmsnorm_bwd)(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w, int rows,
+                      int dim, float eps);
   /* LayerNorm: dx, dw, db all += */
   void (*layernorm_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
                         int rows, int dim, float eps);

@@ -226,7 +226,7 @@ static void test_norms(usbx_backend *be) {
     float *dx0 = rand_f(n, 1), *dw0 = rand_f(dim, 1), *db0 = rand_f(dim, 1);
     float *dx = copy_f(dx0, n), *dw = copy_f(dw0, dim), *db = copy_f(db0, dim);
     if (ln) be->layernorm_bwd(be, dx, dw, db, R, x, w, rows, dim, eps);
-    else be->rmsnorm_bwd(be, dx, dw, R, x, w, rows, dim, eps);
+    else be->rmsnorm_bwd(be, dx, NULL, dw, R, x, w, rows, dim, eps);
     sub_init(dx, dx0, n); sub_init(dw, dw0, dim); sub_init(db, db0, dim);
     loss_fn f = ln ? ln_loss : rms_loss;
     snprintf(what, sizeof what, "%s dx", nm); CHECK_GRAD(what, dx, c.x, n, f, &c, 1000);
@@ -236,7 +236,7 @@ static void test_norms(usbx_backend *be) {
     for (int skip = 0; skip < (ln ? 3 : 2); skip++) {
       float *ex = copy_f(dx0, n), *ew = copy_f(dw0, dim), *eb = copy_f(db0, dim);
       if (ln) be->layernorm_bwd(be, skip == 0 ? NULL : ex, skip == 1 ? NULL : ew, skip == 2 ? NULL : eb, R, x, w, rows, dim, eps);
-      else be->rmsnorm_bwd(be, skip == 0 ? NULL : ex, skip == 1 ? NULL : ew, R, x, w, rows, dim, eps);
+      else be->rmsnorm_bwd(be, skip == 0 ? NULL : ex, NULL, skip == 1 ? NULL : ew, R, x, w, rows, dim, eps);
       sub_init(ex, dx0, n); sub_init(ew, dw0, dim); sub_init(eb, db0, dim);
       if (skip != 0) CHECK(same_f(ex, dx, n));
       if (skip != 1) CHECK(same_f(ew, dw, dim));
@@ -316,7 +316,7 @@ static void test_qk_norm_rope(usbx_backend *be) {
     {
       float *rx = fill_f((size_t)heads * d, 0), *rdy = xmalloc(sizeof(float) * heads * d);
       for (int h = 0; h < heads; h++) memcpy(rdy + h * d, R + h * d, sizeof(float) * d);
-      be->rmsnorm_bwd(be, rx, NULL, rdy, x, w, heads, d, eps);
+      be->rmsnorm_bwd(be, rx, NULL, NULL, rdy, x, w, heads, d, eps);
       double m = 0;
       for (int i = 0; i < heads * d; i++) m = fmax(m, fabs((double)rx[i] - dx[i]));
       CHECKF(m <= 1e-5, "qk_norm_rope at pos 0 vs rmsnorm_bwd: %g", m);

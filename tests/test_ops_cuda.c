@@ -1054,38 +1054,56 @@ static void test_matmul_bwd(void) {
 }
 
 static void test_norm_bwd(bool ln) {
-  /* the last case is the 1.59 B trainer's (8k rows of 1536): many row chunks in the weight gradient */
-  int Rs[] = {1, 7, 300, 8192}, Ds[] = {3584, 1152, 13, 1536};
-  for (int ri = 0; ri < 4; ri++)
-    for (int di = 0; di < 4; di++) {
-      if ((ri == 3) != (di == 3)) continue;
-      int R = Rs[ri], D = Ds[di];
+  /* RMSNorm runs one pass where dim = 512·k <= 4096 (3584, 512, 4096, 1536), else two passes (1152,
+   * 13), and with the option off (usbx_cuda_set_option "rms_bwd_fused") two passes everywhere; dx's
+   * mm copy must equal to_mm of the updated dx bit for bit.  The last case is the 1.59 B trainer's
+   * (8k rows of 1536), and 40 x 1536 its text rows. */
+  struct { int R, D; } cs[] = {{1, 3584}, {7, 1152}, {300, 13}, {7, 3584}, {300, 1152}, {1, 13}, {300, 3584}, {7, 512},
+                               {300, 4096}, {40, 1536}, {8192, 1536}};
+  for (int fused = 1; fused >= (ln ? 1 : 0); fused--) {
+    int old = usbx_cuda_set_option(be, "rms_bwd_fused", fused);
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+      int R = cs[ci].R, D = cs[ci].D;
       size_t n = (size_t)R * D;
       float *x = randn(n, 2.0), *w = randn(D, 1.0), *dy = randn(n, 1.0);
       for (size_t i = 0; i < n; i++) x[i] += 0.3f;
       float *dx0 = randn(n, 1.0), *dw0 = randn(D, 1.0), *db0 = randn(D, 1.0);
       float *dxx = dev_f32(x, n), *dww = dev_f32(w, D), *ddy = dev_f32(dy, n);
       float *ddx = dev_f32(dx0, n), *ddw = dev_f32(dw0, D), *ddb = dev_f32(db0, D);
+      void *dxm = ln ? NULL : be->alloc(be, n * MMS);
       if (ln) be->layernorm_bwd(be, ddx, ddw, ddb, ddy, dxx, dww, R, D, 1e-6f);
-      else be->rmsnorm_bwd(be, ddx, ddw, ddy, dxx, dww, R, D, 1e-6f);
+      else be->rmsnorm_bwd(be, ddx, dxm, ddw, ddy, dxx, dww, R, D, 1e-6f);
       float *gx = get_f32(ddx, n), *gw = get_f32(ddw, D), *gb = get_f32(ddb, D);
       float *cx = copyf(dx0, n), *cw = copyf(dw0, D), *cb = copyf(db0, D);
       if (ln) cpu->layernorm_bwd(cpu, cx, cw, cb, dy, x, w, R, D, 1e-6f);
-      else cpu->rmsnorm_bwd(cpu, cx, cw, dy, x, w, R, D, 1e-6f);
+      else cpu->rmsnorm_bwd(cpu, cx, NULL, cw, dy, x, w, R, D, 1e-6f);
       char cas[64];
-      snprintf(cas, sizeof cas, "rows=%d dim=%d", R, D);
+      snprintf(cas, sizeof cas, "rows=%d dim=%d%s", R, D, fused ? "" : ", two passes");
       report(ln ? "layernorm_bwd dx vs cpu" : "rmsnorm_bwd dx vs cpu", cas, relerr_f(gx, cx, n), 1e-4);
       report(ln ? "layernorm_bwd dw vs cpu" : "rmsnorm_bwd dw vs cpu", cas, relerr_f(gw, cw, D), 1e-4);
       if (ln) report("layernorm_bwd db vs cpu", cas, relerr_f(gb, cb, D), 1e-5);
+      if (dxm) {   /* the copy against the rounding of the dx it wrote */
+        float *gm = get_mm(dxm, n);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+          float want = be->mm_dtype == USBX_BF16 ? usbx_bf16_to_f32(usbx_f32_to_bf16(gx[i])) : gx[i];
+          bad += memcmp(&gm[i], &want, sizeof want) != 0;
+        }
+        report("rmsnorm_bwd dx mm = to_mm(dx)", cas, (double)bad, 0);
+        free(gm);
+        be->free(be, dxm);
+      }
       free(x); free(w); free(dy); free(dx0); free(dw0); free(db0); free(gx); free(gw); free(gb); free(cx); free(cw); free(cb);
       be->free(be, dxx); be->free(be, dww); be->free(be, ddy); be->free(be, ddx); be->free(be, ddw); be->free(be, ddb);
     }
+    usbx_cuda_set_option(be, "rms_bwd_fused", old);
+  }
 }
 
 static void test_qk_bwd(void) {
   /* the last case is the 1.59 B trainer's q (8k tokens, 12 heads): 1024 partial rows for dw */
   struct { int T, heads, d, pad; bool alias; } cs[] = {{7, 4, 128, 64, false}, {300, 28, 128, 0, false}, {5, 3, 72, 8, false},
-                                                       {9, 2, 6, 0, true}, {33, 4, 128, 0, true}, {8192, 12, 128, 0, false}};
+                                                       {9, 2, 6, 0, true}, {33, 4, 128, 0, true}, {6, 3, 256, 16, false}, {8192, 12, 128, 0, false}};
   for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
     int T = cs[ci].T, Hh = cs[ci].heads, d = cs[ci].d, stride = Hh * d + cs[ci].pad;
     size_t n = (size_t)T * Hh * d, ny = (size_t)T * stride;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One round of checks and timings of a trainer change on one GPU, against the previous commit's
+# binaries (old/ in the bundle): test_ops_cuda ($TESTS: a group, or empty for all) and, for each group
+# in $MEMCHECK, the same under compute-sanitizer memcheck; bench_ops_cuda's element-wise section
+# (BENCH_ONLY=ew) old and new; the 1.59 B trainer at 8k tokens (20 steps, twice) and 32k (--accum 4,
+# 10 steps), old and new alternating, and new again with $AB_ENV set (an option's other value, e.g.
+# AB_ENV=USBX_CUDA_RMS_BWD_FUSED=0); the CUDA fixtures; a CUPTI timeline of new at 32k
+# (benchmark/gpu_idle.py).  Bundle extracted in the repo root; results under $OUT.
+set -uo pipefail
+. benchmark/device_env.sh
+device_results /tmp/dts
+export PATH=$PATH:/usr/local/cuda/bin
+timeout 300 build/tests/test_ops_cuda ${TESTS:-} > "$R/test_ops_cuda.txt" 2>&1; echo "test_ops_cuda ${TESTS:-(all)} rc=$?"
+tail -n 1 "$R/test_ops_cuda.txt"; grep FAIL "$R/test_ops_cuda.txt" | head
+for g in ${MEMCHECK:-}; do
+  timeout 300 compute-sanitizer --tool memcheck build/tests/test_ops_cuda $g > "$R/memcheck_$g.txt" 2>&1; echo "memcheck $g rc=$?: $(tail -n 1 "$R/memcheck_$g.txt")"
+done
+for v in old new; do
+  exe=build/bench/bench_ops_cuda; [ $v = old ] && exe=old/bench_ops_cuda
+  [ -x $exe ] && BENCH_ONLY=ew timeout 120 $exe "$R/ew_$v.md" > /dev/null 2>&1 && echo "ew $v:" && grep -E "rmsnorm_bwd|silu|to_mm" "$R/ew_$v.md"
+done
+b15_setup
+train_ab 8k_a $ARGS --steps 20
+train_ab 8k_b $ARGS --steps 20
+train_ab 32k $ARGS --accum 4 --steps 10
+if [ -n "${AB_ENV:-}" ]; then
+  env $AB_ENV timeout 200 usbx-train $ARGS --steps 20 > "$R/b15_8k_env.jsonl" 2> "$R/b15_8k_env.err"; echo "8k $AB_ENV rc=$?: $(train_summary "$R/b15_8k_env.jsonl")"
+  env $AB_ENV timeout 200 usbx-train $ARGS --accum 4 --steps 10 > "$R/b15_32k_env.jsonl" 2> "$R/b15_32k_env.err"; echo "32k $AB_ENV rc=$?: $(train_summary "$R/b15_32k_env.jsonl")"
+fi
+bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; grep -v "^  " "$R/fixtures.txt"
+if cupti_build; then
+  cupti_run "$R/trace_32k.txt" timeout 200 usbx-train $ARGS --accum 4 --steps 5 > "$R/tr_32k.jsonl" 2> "$R/tr_32k.err"
+  echo "traced 32k rc=$?: $(train_summary "$R/tr_32k.jsonl")"
+  python3 benchmark/gpu_idle.py "$R/trace_32k.txt" --top 30 > "$R/idle_32k.txt" 2>&1; head -n 12 "$R/idle_32k.txt"; sed -n '/kernels by/,$p' "$R/idle_32k.txt" | head -n 32
+  gzip -9 "$R/trace_32k.txt"
+fi
+date -u
