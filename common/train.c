@@ -677,7 +677,8 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     be->rmsnorm_bwd(be, dx + (size_t)r0 * D, (char *)dxm + (size_t)r0 * D * mmb, G(t, m->norm[runs[r].e]), dfin + (size_t)r0 * D,
                     x + (size_t)r0 * D, m->norm[runs[r].e], runs[r].n, D, c->eps);
   }
-  float *dact = F32(P, (size_t)n * F), *dh = F32(P, (size_t)n * D);
+  void *dact = MM(P, (size_t)n * F);   /* the MLP's input gradient to SiLU·up, in mm as autocast keeps it */
+  float *dh = F32(P, (size_t)n * D);
   void *dg = MM(P, (size_t)n * F), *du = MM(P, (size_t)n * F);
   float *dO = F32(P, (size_t)n * Hd), *dq = F32(P, (size_t)n * Hd), *dk = F32(P, (size_t)n * KVd), *dv = F32(P, (size_t)n * KVd);
   float *dqf = F32(P, (size_t)n * Hd), *dkf = F32(P, (size_t)n * KVd);
@@ -695,10 +696,12 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
       char *dxm_r = (char *)dxm + (size_t)r0 * D * mmb;
-      lin_bwd_mm(t, dact + (size_t)r0 * F, false, dxm_r, (char *)s->act + (size_t)r0 * F * mmb, w->down, nn, D, F);
+      char *dact_r = (char *)dact + (size_t)r0 * F * mmb;
+      be->matmul_dx_mm(be, dact_r, dxm_r, w->down, nn, D, F);
+      lin_bwd_mm(t, NULL, false, dxm_r, (char *)s->act + (size_t)r0 * F * mmb, w->down, nn, D, F);   /* dW */
       /* dgate, dup straight in mm */
       void *dgm = (char *)dg + (size_t)r0 * F * mmb, *dum = (char *)du + (size_t)r0 * F * mmb;
-      be->silu_mul_bwd_mm(be, dgm, dum, dact + (size_t)r0 * F, (char *)s->gate + (size_t)r0 * F * mmb, (char *)s->up + (size_t)r0 * F * mmb, nn, F);
+      be->silu_mul_bwd_mm(be, dgm, dum, dact_r, (char *)s->gate + (size_t)r0 * F * mmb, (char *)s->up + (size_t)r0 * F * mmb, nn, F);
       char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb;
       lin_bwd_mm(t, dh + (size_t)r0 * D, false, dgm, h2, w->gate, nn, F, D);
       lin_bwd_mm(t, dh + (size_t)r0 * D, true, dum, h2, w->up, nn, F, D);

@@ -49,7 +49,7 @@ usbx_backend *usbx_backend_cpu(void) {
     be.im2col = usbx_cpu_im2col; be.group_norm = usbx_cpu_group_norm; be.upsample2x = usbx_cpu_upsample2x;
     be.matmul_bwd = usbx_cpu_matmul_bwd; be.rmsnorm_bwd = usbx_cpu_rmsnorm_bwd; be.layernorm_bwd = usbx_cpu_layernorm_bwd;
     be.qk_norm_rope_bwd = usbx_cpu_qk_norm_rope_bwd; be.silu_mul_bwd = usbx_cpu_silu_mul_bwd;
-    be.silu_mul_bwd_mm = usbx_cpu_silu_mul_bwd_mm;
+    be.silu_mul_bwd_mm = usbx_cpu_silu_mul_bwd_mm; be.matmul_dx_mm = usbx_cpu_matmul_dx_mm;
     be.gelu_tanh_bwd = usbx_cpu_gelu_tanh_bwd; be.silu_bwd = usbx_cpu_silu_bwd; be.embed_bwd = usbx_cpu_embed_bwd;
     be.attention_masked = usbx_cpu_attention_masked; be.attention_masked_bwd = usbx_cpu_attention_masked_bwd;
     be.cross_entropy = usbx_cpu_cross_entropy;

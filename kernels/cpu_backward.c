@@ -142,8 +142,11 @@ void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const flo
 }
 
 /* mm is f32 on the CPU */
-void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F) {
+void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const void *dout, const void *gate, const void *up, int T, int F) {
   usbx_cpu_silu_mul_bwd(be, dgate, dup, dout, gate, up, T, F);
+}
+void usbx_cpu_matmul_dx_mm(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K) {
+  usbx_cpu_matmul_bwd(be, dx, NULL, NULL, dy, NULL, NULL, w, M, N, K, false);
 }
 
 /* gelu(x) = ½x(1 + tanh u), u = k(x + c·x³):

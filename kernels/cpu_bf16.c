@@ -1,7 +1,7 @@
 /* cpu_bf16.c — the cpu-bf16 backend: the CPU reference whose mm values are rounded to bf16
  * (round to nearest even) wherever the CUDA backend stores them as bf16: weights and other
  * matrix-product inputs as they are uploaded or written (norm outputs, q/k after RoPE, the KV
- * cache, SiLU/GELU products, products written in mm (matmul_mm), attention outputs, im2col
+ * cache, SiLU/GELU products, products written in mm (matmul_mm, matmul_dx_mm), attention outputs, im2col
  * patches, AdamW's weight copy) and the flash kernel's unnormalised probabilities
  * (cpu_attention.c).  Storage and all arithmetic stay fp32,
  * so the difference to the cpu backend is what bf16 rounding alone costs; check-fixtures on it
@@ -52,7 +52,11 @@ static void b_matmul_mm(usbx_backend *be, void *y, const void *x, const void *w,
   usbx_cpu_matmul_mm(be, y, x, w, M, N, K);
   round_rows(y, (size_t)N, (size_t)M, (size_t)N);
 }
-static void b_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F) {
+static void b_matmul_dx_mm(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K) {
+  usbx_cpu_matmul_dx_mm(be, dx, dy, w, M, N, K);
+  round_rows(dx, (size_t)K, (size_t)M, (size_t)K);
+}
+static void b_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const void *dout, const void *gate, const void *up, int T, int F) {
   usbx_cpu_silu_mul_bwd_mm(be, dgate, dup, dout, gate, up, T, F);
   if (dgate) round_rows(dgate, (size_t)F, (size_t)T, (size_t)F);
   if (dup) round_rows(dup, (size_t)F, (size_t)T, (size_t)F);
@@ -92,7 +96,7 @@ usbx_backend *usbx_backend_cpu_bf16(void) {
     be.mm_rounded = true;
     be.upload_convert = b_upload_convert;
     be.rmsnorm = b_rmsnorm; be.layernorm = b_layernorm; be.qk_norm_rope = b_qk_norm_rope; be.to_mm = b_to_mm;
-    be.silu_mul = b_silu_mul; be.silu_mul_mm = b_silu_mul_mm; be.matmul_mm = b_matmul_mm; be.silu_mul_bwd_mm = b_silu_mul_bwd_mm; be.gelu_tanh = b_gelu_tanh; be.attention = b_attention;
+    be.silu_mul = b_silu_mul; be.silu_mul_mm = b_silu_mul_mm; be.matmul_mm = b_matmul_mm; be.silu_mul_bwd_mm = b_silu_mul_bwd_mm; be.matmul_dx_mm = b_matmul_dx_mm; be.gelu_tanh = b_gelu_tanh; be.attention = b_attention;
     be.attention_masked = b_attention_masked; be.im2col = b_im2col; be.adamw = b_adamw;
   }
   return &be;

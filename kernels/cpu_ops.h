@@ -34,7 +34,8 @@ void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
 void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
                                const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta);
 void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
-void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F);
+void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const void *dout, const void *gate, const void *up, int T, int F);
+void usbx_cpu_matmul_dx_mm(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K);
 void usbx_cpu_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
 void usbx_cpu_silu_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
 void usbx_cpu_embed_bwd(usbx_backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int D);

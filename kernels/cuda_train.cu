@@ -114,6 +114,14 @@ static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, cons
   }
 }
 
+static void c_matmul_dx_mm(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K) {
+  usbx_cuda *c = CU(be);
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  const float one = 1.f, zero = 0.f;   /* dxᵀ[K,M] = (W as stored, K×N column-major) · dyᵀ[N,M], rounded to bf16 once */
+  CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, dy, CUDA_R_16BF, N, &zero, dx, CUDA_R_16BF, K,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 /* ---------------------------------------------------------------- rmsnorm_bwd / layernorm_bwd
  * Pass 1, one block per row: the forward's statistics (computed the same way), dx, and the
  * row's scalars for the weight gradients (rstd; mean too for LayerNorm).  Pass 2: column
@@ -396,15 +404,15 @@ static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const flo
 }
 
 /* ---------------------------------------------------------------- activation backward, embed_bwd */
-/* T = float (silu_mul_bwd, gate/up f32) or bf16 (silu_mul_bwd_mm: gate/up bf16, outputs rounded
- * as to_mm rounds; 8 values per 16-byte access when vec) */
+/* T = float (silu_mul_bwd: dout, gate, up f32) or bf16 (silu_mul_bwd_mm: dout, gate, up bf16,
+ * outputs rounded as to_mm rounds; 8 values per 16-byte access when vec) */
 __device__ __forceinline__ void silu_mul_grads(float go, float g, float u, float *dg, float *du) {
   float s = 1.0f / (1.0f + expf(-g));
   *du = go * g * s;
   *dg = go * u * s * (1.0f + g * (1.0f - s));
 }
 template <typename T>
-__global__ void k_silu_mul_bwd(T *dgate, T *dup, const float *dout, const T *gate, const T *up, size_t n, bool vec) {
+__global__ void k_silu_mul_bwd(T *dgate, T *dup, const T *dout, const T *gate, const T *up, size_t n, bool vec) {
   size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x, n8 = 0;
   if constexpr (sizeof(T) == 2) {
     n8 = vec ? n / 8 : 0;
@@ -412,8 +420,7 @@ __global__ void k_silu_mul_bwd(T *dgate, T *dup, const float *dout, const T *gat
       float g[8], u[8], go[8], dg[8], du[8];
       bf8_to_f(((const uint4 *)gate)[i], g);
       bf8_to_f(((const uint4 *)up)[i], u);
-      *(float4 *)go = ((const float4 *)dout)[2 * i];
-      *(float4 *)(go + 4) = ((const float4 *)dout)[2 * i + 1];
+      bf8_to_f(((const uint4 *)dout)[i], go);
       for (int k = 0; k < 8; k++) silu_mul_grads(go[k], g[k], u[k], &dg[k], &du[k]);
       if (dgate) ((uint4 *)dgate)[i] = f_to_bf8(dg);
       if (dup) ((uint4 *)dup)[i] = f_to_bf8(du);
@@ -421,7 +428,7 @@ __global__ void k_silu_mul_bwd(T *dgate, T *dup, const float *dout, const T *gat
   }
   for (size_t i = n8 * 8 + tid; i < n; i += step) {
     float dg, du;
-    silu_mul_grads(dout[i], to_f(gate[i]), to_f(up[i]), &dg, &du);
+    silu_mul_grads(to_f(dout[i]), to_f(gate[i]), to_f(up[i]), &dg, &du);
     if constexpr (sizeof(T) == 2) {
       if (dup) dup[i] = f2bf(du);
       if (dgate) dgate[i] = f2bf(dg);
@@ -451,13 +458,14 @@ static void c_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const flo
   k_silu_mul_bwd<float><<<grid_for(n, 256), 256, 0, S(be)>>>(dgate, dup, dout, gate, up, n, false);
   CUDA_LAUNCHED();
 }
-static void c_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T,
+static void c_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const void *dout, const void *gate, const void *up, int T,
                               int F) {
   size_t n = (size_t)T * F;
   if (!n || T < 0 || F < 0 || (!dgate && !dup)) return;
   bool vec = ((uintptr_t)dgate & 15u) == 0 && ((uintptr_t)dup & 15u) == 0 && ((uintptr_t)dout & 15u) == 0 && ((uintptr_t)gate & 15u) == 0 &&
              ((uintptr_t)up & 15u) == 0;
-  k_silu_mul_bwd<bf16><<<grid_for(n / 8 + 1, 256), 256, 0, S(be)>>>((bf16 *)dgate, (bf16 *)dup, dout, (const bf16 *)gate, (const bf16 *)up, n, vec);
+  k_silu_mul_bwd<bf16><<<grid_for(n / 8 + 1, 256), 256, 0, S(be)>>>((bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate,
+                                                                     (const bf16 *)up, n, vec);
   CUDA_LAUNCHED();
 }
 static void c_gelu_tanh_bwd(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n) {
@@ -941,6 +949,7 @@ void cu_install_train_ops(usbx_backend *be) {
   be->qk_norm_rope_bwd = c_qk_norm_rope_bwd;
   be->silu_mul_bwd = c_silu_mul_bwd;
   be->silu_mul_bwd_mm = c_silu_mul_bwd_mm;
+  be->matmul_dx_mm = c_matmul_dx_mm;
   be->gelu_tanh_bwd = c_gelu_tanh_bwd;
   be->silu_bwd = c_silu_bwd;
   be->embed_bwd = c_embed_bwd;

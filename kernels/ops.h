@@ -176,6 +176,9 @@ struct usbx_backend {
    * db[N] += Σ_rows dy.  x, w mm. */
   void (*matmul_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
                      const void *x, const void *w, int M, int N, int K, bool dx_add);
+  /* dx[M,K] (mm, overwrite) = dy[M,N] (mm) · W[N,K] (mm, as stored): an input gradient written in
+   * mm for the op after it (as PyTorch's bf16 autocast rounds it) */
+  void (*matmul_dx_mm)(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K);
   /* RMSNorm (out = x/rms(x)*w): dx += ..., dw += ...; dx_mm (with dx; may be NULL): the updated dx
    * in mm as well, as to_mm would make it, for the product that takes dx next */
   void (*rmsnorm_bwd)(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w, int rows,
@@ -189,9 +192,10 @@ struct usbx_backend {
                            const int32_t *pos, int T, int heads, int d, float eps, float theta);
   /* silu(gate)*up: dgate, dup (overwrite) */
   void (*silu_mul_bwd)(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
-  /* the same for gate, up in mm (silu_mul_mm's inputs), with dgate, dup written in mm as the
-   * products after it take them (the values to_mm would make of silu_mul_bwd's); no aliasing */
-  void (*silu_mul_bwd_mm)(usbx_backend *be, void *dgate, void *dup, const float *dout, const void *gate, const void *up, int T, int F);
+  /* the same for dout, gate, up in mm (dout as matmul_dx_mm writes it, gate and up silu_mul_mm's
+   * inputs), with dgate, dup written in mm as the products after it take them (the values to_mm
+   * would make of silu_mul_bwd's); no aliasing */
+  void (*silu_mul_bwd_mm)(usbx_backend *be, void *dgate, void *dup, const void *dout, const void *gate, const void *up, int T, int F);
   /* dx (overwrite) = dy * f'(x) */
   void (*gelu_tanh_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
   void (*silu_bwd)(usbx_backend *be, float *dx, const float *dy, const float *x, size_t n);
