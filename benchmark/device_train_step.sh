@@ -4,7 +4,8 @@
 # in $MEMCHECK, the same under compute-sanitizer memcheck; bench_ops_cuda's element-wise section
 # (BENCH_ONLY=ew) old and new; the 1.59 B trainer at 8k tokens (20 steps, twice) and 32k (--accum 4,
 # 10 steps), old and new alternating, and new again with $AB_ENV set (an option's other value, e.g.
-# AB_ENV=USBX_CUDA_RMS_BWD_FUSED=0); the CUDA fixtures; a CUPTI timeline of new at 32k
+# AB_ENV=USBX_CUDA_RMS_BWD_FUSED=0); RECOMPUTE=1: --recompute against the plain step (4 steps,
+# --deterministic); the CUDA fixtures; a CUPTI timeline of new at 32k
 # (benchmark/gpu_idle.py).  Bundle extracted in the repo root; results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
@@ -26,6 +27,10 @@ train_ab 32k $ARGS --accum 4 --steps 10
 if [ -n "${AB_ENV:-}" ]; then
   env $AB_ENV timeout 200 usbx-train $ARGS --steps 20 > "$R/b15_8k_env.jsonl" 2> "$R/b15_8k_env.err"; echo "8k $AB_ENV rc=$?: $(train_summary "$R/b15_8k_env.jsonl")"
   env $AB_ENV timeout 200 usbx-train $ARGS --accum 4 --steps 10 > "$R/b15_32k_env.jsonl" 2> "$R/b15_32k_env.err"; echo "32k $AB_ENV rc=$?: $(train_summary "$R/b15_32k_env.jsonl")"
+fi
+if [ "${RECOMPUTE:-0}" = 1 ]; then   # --recompute against the plain step, new binary, 4 steps (--deterministic: equal to the last digit)
+  for rc in "" --recompute; do timeout 200 usbx-train $ARGS --deterministic --steps 4 $rc > "$R/b15_det$rc.jsonl" 2> /dev/null; done
+  echo "recompute: $(jq -c '[.loss, .grad_norm]' "$R/b15_det.jsonl" | tr '\n' ' ') vs $(jq -c '[.loss, .grad_norm]' "$R/b15_det--recompute.jsonl" | tr '\n' ' ')"
 fi
 bin/usbx-ckpt check-fixtures --device cuda .devdata/bagel-tiny-a > "$R/fixtures.txt" 2>&1; echo "fixtures rc=$?"; grep -v "^  " "$R/fixtures.txt"
 if cupti_build; then

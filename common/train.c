@@ -425,15 +425,17 @@ typedef struct {
 /* buffers of one layer's saved activations (from the pool) */
 static void saved_alloc(pool *P, llm_saved *s, const usbx_bagel_config *c, int n) {
   int D = c->hidden, F = c->inter, Hd = c->heads * c->head_dim, KVd = c->kv_heads * c->head_dim;
-  s->x_in = F32(P, (size_t)n * D); s->x_mid = F32(P, (size_t)n * D);
+  s->x_in = NULL; s->x_mid = F32(P, (size_t)n * D);   /* x_in: the layer's input buffer itself (layer_forward) */
   s->h1 = MM(P, (size_t)n * D); s->qf = F32(P, (size_t)n * Hd); s->kf = F32(P, (size_t)n * KVd);
   s->q = MM(P, (size_t)n * Hd); s->k = MM(P, (size_t)n * KVd); s->v = MM(P, (size_t)n * KVd); s->o = MM(P, (size_t)n * Hd);
   s->lse = F32(P, (size_t)c->heads * n);
   s->h2 = MM(P, (size_t)n * D); s->gate = MM(P, (size_t)n * F); s->up = MM(P, (size_t)n * F); s->act = MM(P, (size_t)n * F);
 }
 
-/* layer l on x (f32 [n, D], updated in place), keeping its activations in s; vf: f32 [n, KVd] scratch */
-static void layer_forward(const layer_ctx *L, int l, llm_saved *s, float *x, float *vf) {
+/* layer l from xin (f32 [n, D], left as it is and kept as s->x_in) into xout, keeping its activations
+ * in s; vf: f32 [n, KVd] scratch.  The residual adds write beside their input (matmul_res), so no
+ * copy of the stream is made. */
+static void layer_forward(const layer_ctx *L, int l, llm_saved *s, const float *xin, float *xout, float *vf) {
   usbx_trainer *t = L->t;
   if (t->gather) t->gather(t->gather_ctx, l);
   usbx_bagel *m = t->m;
@@ -441,12 +443,12 @@ static void layer_forward(const layer_ctx *L, int l, llm_saved *s, float *x, flo
   const usbx_bagel_config *c = &m->cfg;
   int n = L->n, D = c->hidden, F = c->inter, H = c->heads, Hkv = c->kv_heads, d = c->head_dim, Hd = H * d, KVd = Hkv * d;
   size_t mmb = MMB(be);
-  be->copy(be, s->x_in, x, sizeof(float) * (size_t)n * D);
+  s->x_in = (float *)xin;
   for (int r = 0; r < L->nr; r++) {
     const expert_w *w = &m->layers[l].e[L->runs[r].e];
     int r0 = L->runs[r].r0, nn = L->runs[r].n;
     char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
-    be->rmsnorm(be, h1, true, x + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
+    be->rmsnorm(be, h1, true, xin + (size_t)r0 * D, w->in_norm, nn, D, c->eps);
     be->matmul(be, s->qf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D, false);
     be->matmul(be, s->kf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D, false);
     be->matmul(be, vf + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D, false);
@@ -458,19 +460,18 @@ static void layer_forward(const layer_ctx *L, int l, llm_saved *s, float *x, flo
   for (int r = 0; r < L->nr; r++) {
     const expert_w *w = &m->layers[l].e[L->runs[r].e];
     int r0 = L->runs[r].r0, nn = L->runs[r].n;
-    be->matmul(be, x + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, NULL, nn, D, Hd, true);
+    be->matmul_res(be, s->x_mid + (size_t)r0 * D, xin + (size_t)r0 * D, (char *)s->o + (size_t)r0 * Hd * mmb, w->o_w, nn, D, Hd);
   }
-  be->copy(be, s->x_mid, x, sizeof(float) * (size_t)n * D);
   for (int r = 0; r < L->nr; r++) {
     const expert_w *w = &m->layers[l].e[L->runs[r].e];
     int r0 = L->runs[r].r0, nn = L->runs[r].n;
     char *h2 = (char *)s->h2 + (size_t)r0 * D * mmb, *act = (char *)s->act + (size_t)r0 * F * mmb;
     char *gate = (char *)s->gate + (size_t)r0 * F * mmb, *up = (char *)s->up + (size_t)r0 * F * mmb;
-    be->rmsnorm(be, h2, true, x + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
+    be->rmsnorm(be, h2, true, s->x_mid + (size_t)r0 * D, w->post_norm, nn, D, c->eps);
     be->matmul_mm(be, gate, h2, w->gate, nn, F, D);
     be->matmul_mm(be, up, h2, w->up, nn, F, D);
     be->silu_mul_mm(be, act, gate, up, nn, F);
-    be->matmul(be, x + (size_t)r0 * D, act, w->down, NULL, nn, D, F, true);
+    be->matmul_res(be, xout + (size_t)r0 * D, s->x_mid + (size_t)r0 * D, act, w->down, nn, D, F);
   }
 }
 
@@ -595,14 +596,15 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   float **x_in = xcalloc((size_t)c->layers, sizeof *x_in), *x_rec = NULL;
   if (t->recompute) { saved_alloc(P, &R, c, n); x_rec = F32(P, (size_t)n * D); }
   for (int l = 0; l < c->layers; l++) {
+    float *xo = F32(P, (size_t)n * D);   /* the layer's output: the next one's input, kept for its backward */
     if (t->recompute) {
-      x_in[l] = F32(P, (size_t)n * D);
-      be->copy(be, x_in[l], x, sizeof(float) * (size_t)n * D);
-      layer_forward(&LC, l, &R, x, vf);
+      x_in[l] = x;
+      layer_forward(&LC, l, &R, x, xo, vf);
     } else {
       saved_alloc(P, &S[l], c, n);
-      layer_forward(&LC, l, &S[l], x, vf);
+      layer_forward(&LC, l, &S[l], x, xo, vf);
     }
+    x = xo;
   }
   /* final norm per expert */
   float *hfin = F32(P, (size_t)n * D);
@@ -686,8 +688,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     llm_saved *s = &S[l];
     if (t->gather) t->gather(t->gather_ctx, l);
     if (t->recompute) {
-      be->copy(be, x_rec, x_in[l], sizeof(float) * (size_t)n * D);
-      layer_forward(&LC, l, &R, x_rec, vf);
+      layer_forward(&LC, l, &R, x_in[l], x_rec, vf);   /* x_rec: the output, not needed */
       s = &R;
     }
     prof_mark(t, 3, &pt);

@@ -38,7 +38,7 @@ usbx_backend *usbx_backend_cpu(void) {
     be.alloc = cpu_alloc; be.free = cpu_free;
     be.upload = cpu_copy; be.download = cpu_copy; be.copy = cpu_copy;
     be.memset0 = cpu_memset0; be.sync = cpu_sync; be.mem_available = cpu_mem_available; be.upload_convert = cpu_upload_convert;
-    be.matmul = usbx_cpu_matmul; be.embed = usbx_cpu_embed; be.rmsnorm = usbx_cpu_rmsnorm;
+    be.matmul = usbx_cpu_matmul; be.matmul_res = usbx_cpu_matmul_res; be.embed = usbx_cpu_embed; be.rmsnorm = usbx_cpu_rmsnorm;
     be.layernorm = usbx_cpu_layernorm; be.qk_norm_rope = usbx_cpu_qk_norm_rope; be.to_mm = usbx_cpu_to_mm;
     be.silu_mul = usbx_cpu_silu_mul; be.silu_mul_mm = usbx_cpu_silu_mul_mm; be.matmul_mm = usbx_cpu_matmul_mm; be.gelu_tanh = usbx_cpu_gelu_tanh; be.add = usbx_cpu_add;
     be.scatter_rows = usbx_cpu_scatter_rows; be.gather_rows = usbx_cpu_gather_rows;

@@ -1,6 +1,7 @@
 /* cpu_matmul.c — y = x·Wᵀ (+b) through OpenBLAS sgemm. */
 #include "cpu_ops.h"
 #include <cblas.h>
+#include <string.h>
 
 void usbx_cpu_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias, int M, int N, int K, bool acc) {
   float beta = acc ? 1.0f : 0.0f;
@@ -17,6 +18,12 @@ void usbx_cpu_matmul(usbx_backend *be, float *y, const void *x, const void *w, c
     cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, K, x, 1, beta, y, 1);
   else
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, beta, y, N);
+}
+
+void usbx_cpu_matmul_res(usbx_backend *be, float *y, const float *res, const void *x, const void *w, int M, int N, int K) {
+  if (M <= 0 || N <= 0) return;
+  if (res != y) memcpy(y, res, sizeof(float) * (size_t)M * N);
+  usbx_cpu_matmul(be, y, x, w, NULL, M, N, K, true);
 }
 
 /* On the CPU the mm type is f32: matmul_mm and matmul_f32 are matmul. */

@@ -3,6 +3,7 @@
 #define USBX_CPU_OPS_H
 #include "ops.h"
 void usbx_cpu_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias, int M, int N, int K, bool acc);
+void usbx_cpu_matmul_res(usbx_backend *be, float *y, const float *res, const void *x, const void *w, int M, int N, int K);
 void usbx_cpu_embed(usbx_backend *be, float *out, const void *table, const int32_t *ids, int T, int D);
 void usbx_cpu_rmsnorm(usbx_backend *be, void *out, bool out_mm, const float *x, const float *w, int rows, int dim, float eps);
 void usbx_cpu_layernorm(usbx_backend *be, void *out, bool out_mm, const float *x, const float *w, const float *b, int rows, int dim, float eps);

@@ -237,10 +237,15 @@ static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bo
   }
   return p;
 }
-static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias,
-                     int M, int N, int K, bool accumulate) {
-  usbx_cuda *c = CU(be);
+/* y = (res +) x·Wᵀ (+ bias): res NULL overwrites, res == y accumulates in place, another res is
+ * read as cublasLt's C beside the output D */
+static void matmul_into(usbx_cuda *c, float *y, const float *res, const void *x, const void *w, const float *bias, int M, int N, int K) {
   if (M <= 0 || N <= 0) return;
+  if (res && res != y && (K <= 0 || !c->opt_lt || (c->opt_gemv && M <= 4))) {   /* the paths below that only accumulate in place */
+    CUDA_CHECK(cudaMemcpyAsync(y, res, (size_t)M * N * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
+    res = y;
+  }
+  const bool accumulate = res != NULL;
   if (K <= 0) {       /* empty product */
     if (!accumulate) CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->stream));
     if (bias) cu_add_bias(c->stream, y, bias, M, N);
@@ -249,18 +254,26 @@ static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, c
   if (c->opt_gemv && M <= 4 && cu_gemv(c->stream, y, (const bf16 *)x, (const bf16 *)w, bias, M, N, K, accumulate)) return;
   float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   if (c->opt_lt) {
-    int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(ptr_align(y), bias ? ptr_align(bias) : 256));
+    int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(std::min(ptr_align(y), res ? ptr_align(res) : 256), bias ? ptr_align(bias) : 256));
     usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al, 0);
     if (p->ok) {
       if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, y, p->lc, y, p->lc, &p->algo,
+      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, res ? res : y, p->lc, y, p->lc, &p->algo,
                                   c->workspace, p->ws, c->stream));
       return;
     }
   }
+  if (res && res != y) CUDA_CHECK(cudaMemcpyAsync(y, res, (size_t)M * N * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K,
                             &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias) cu_add_bias(c->stream, y, bias, M, N);
+}
+static void c_matmul(usbx_backend *be, float *y, const void *x, const void *w, const float *bias,
+                     int M, int N, int K, bool accumulate) {
+  matmul_into(CU(be), y, accumulate ? y : NULL, x, w, bias, M, N, K);
+}
+static void c_matmul_res(usbx_backend *be, float *y, const float *res, const void *x, const void *w, int M, int N, int K) {
+  matmul_into(CU(be), y, res, x, w, NULL, M, N, K);
 }
 
 static void c_matmul_mm(usbx_backend *be, void *y, const void *x, const void *w, int M, int N, int K) {
@@ -468,6 +481,7 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   be->mem_available = c_mem_available;
   be->upload_convert = c_upload_convert;
   be->matmul = c_matmul;
+  be->matmul_res = c_matmul_res;
   be->embed = cu_embed;
   be->rmsnorm = cu_rmsnorm;
   be->layernorm = cu_layernorm;

@@ -135,6 +135,9 @@ struct usbx_backend {
   void (*to_mm)(usbx_backend *be, void *out, int out_stride, const float *x, int T, int cols);
   /* out[T,F] (mm) = silu(gate) * up, gate/up f32 */
   void (*silu_mul)(usbx_backend *be, void *out, const float *gate, const float *up, int T, int F);
+  /* y[M,N] (f32) = res[M,N] (f32) + x[M,K] (mm) · W[N,K]ᵀ (mm): a residual add that leaves its input
+   * as it was (res may be y), so the trainer keeps each layer's input without copying it */
+  void (*matmul_res)(usbx_backend *be, float *y, const float *res, const void *x, const void *w, int M, int N, int K);
   /* y[M,N] (mm) = x[M,K] (mm) · W[N,K]ᵀ, fp32 accumulation rounded once; silu_mul_mm: the same
    * as silu_mul with gate/up in mm.  The trainer keeps the MLP's gate and up this way (bf16 on
    * CUDA, as upstream's autocast does), halving the traffic of its widest activations. */

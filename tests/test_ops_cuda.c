@@ -68,6 +68,7 @@ static float *get_mm(const void *d, size_t n) {
   free(t);
   return h;
 }
+static float *copyf(const float *x, size_t n) { float *y = xmalloc(n * sizeof *y); memcpy(y, x, n * sizeof *y); return y; }
 /* relative L2 error; NaN or Inf anywhere counts as infinite error */
 static double relerr(const float *out, const double *ref, size_t n) {
   double num = 0, den = 0;
@@ -215,6 +216,35 @@ static void test_matmul(void) {
   test_matmul_case(300, 3584, 3584, true, false);  /* prefill shapes */
   test_matmul_case(130, 18944, 3584, false, false);
   test_matmul_case(64, 3584, 18944, false, true);
+}
+
+/* matmul_res: y = res + x·Wᵀ beside res (res left as it was) and in place (res == y), against the
+ * CPU; M <= 4 and K = 0 take the paths that copy res first */
+static void test_matmul_res(void) {
+  struct { int M, N, K; } cs[] = {{300, 1536, 1536}, {7, 13, 40}, {3, 512, 3584}, {5, 64, 0}, {8204, 1536, 8960}};
+  for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+    int M = cs[ci].M, N = cs[ci].N, K = cs[ci].K;
+    const size_t ny = (size_t)M * N;
+    float *x = randn((size_t)M * K + 1, 1.0), *w = randn((size_t)N * K + 1, 0.1), *r = randn(ny, 1.0);
+    round_mm(x, (size_t)M * K); round_mm(w, (size_t)N * K);
+    void *dxm = dev_mm(x, (size_t)M * K + 1), *dwm = dev_mm(w, (size_t)N * K + 1);
+    float *dr = dev_f32(r, ny), *dy = be->alloc(be, ny * sizeof(float));
+    poison(dy, ny * sizeof(float));
+    float *want = copyf(r, ny);
+    cpu->matmul(cpu, want, x, w, NULL, M, N, K, true);
+    char cas[64];
+    snprintf(cas, sizeof cas, "M=%d N=%d K=%d", M, N, K);
+    be->matmul_res(be, dy, dr, dxm, dwm, M, N, K);
+    float *got = get_f32(dy, ny), *res = get_f32(dr, ny);
+    report("matmul_res vs cpu", cas, relerr_f(got, want, ny), 1e-4);
+    report("matmul_res leaves res", cas, memcmp(res, r, ny * sizeof(float)) ? 1.0 : 0.0, 0);
+    free(got); free(res);
+    be->matmul_res(be, dr, dr, dxm, dwm, M, N, K);   /* in place */
+    got = get_f32(dr, ny);
+    report("matmul_res in place vs cpu", cas, relerr_f(got, want, ny), 1e-4);
+    free(got); free(x); free(w); free(r); free(want);
+    be->free(be, dxm); be->free(be, dwm); be->free(be, dr); be->free(be, dy);
+  }
 }
 
 /* ---------------------------------------------------------------- lanes */
@@ -1020,7 +1050,6 @@ static void test_attention_f32(void) {
 }
 
 /* ================================================================ training ops (vs the CPU backend) */
-static float *copyf(const float *x, size_t n) { float *y = xmalloc(n * sizeof *y); memcpy(y, x, n * sizeof *y); return y; }
 
 static void test_matmul_bwd(void) {
   struct { int M, N, K; int dyform; bool dx_add; } cs[] = {   /* dyform: 0 both, 1 dy_mm only, 2 dy only */
@@ -1487,6 +1516,7 @@ int main(int argc, char **argv) {
   RUN(test_memory());
   RUN(test_upload_convert());
   RUN(test_matmul());
+  RUN(test_matmul_res());
   RUN(test_lanes());
   RUN(test_gate_up());
   RUN(test_gate_up_silu());
