@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ZeRO-3 with the next layer gathered on the second CUDA stream (two weight slots) on 2 GPUs:
 # identical results against ZeRO-2 and against ZeRO-3 in line (USBX_TRAIN_OVERLAP=0), then the
-# 1.59 B step with each (two 4,096-token images per GPU; --recompute too).  Results under $OUT.
+# 1.59 B step with each (two 4,096-token images per GPU; --recompute too; EQ_ONLY=1 skips those).
+# Results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dz3o
@@ -15,6 +16,7 @@ timeout 150 $TR --out "$W/z3r" --zero 3 --recompute "$W/pairs.jsonl" > "$R/eq_z3
 for f in eq_z3 eq_z3_inline eq_z3_rec; do
   if cmp -s <(jq -c '[.step, .loss, .mse, .grad_norm]' "$R/eq_z2.jsonl") <(jq -c '[.step, .loss, .mse, .grad_norm]' "$R/$f.jsonl"); then echo "$f: identical to ZeRO-2"; else echo "$f: DIFFERS from ZeRO-2"; fi
 done
+[ "${EQ_ONLY:-0}" = 1 ] && exit 0
 usbx-synth scenes --n 64 --render "$W/big" --size 256 --seed 3 > "$W/big.jsonl"
 usbx-ckpt init --config benchmark/mfu-1p5b.json --seed 1 "$W/b15" > /dev/null && cp .devdata/tokenizer.json "$W/b15/"
 B="usbx-train --model $W/b15 --out $W/b15run --device cuda --no-visual-und --warmup 1 --steps 8 --expected-tokens 8192 --max-tokens 8400 --no-save --gpus 2"
