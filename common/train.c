@@ -250,13 +250,19 @@ static void lin_bwd_dx(usbx_trainer *t, float *dx, bool dx_add, const float *dy,
   be->to_mm(be, dym, N, dy, M, N);
   be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
 }
+/* the same for a dy whose mm copy its producer already wrote (dym); dy (f32, may be NULL without b)
+ * for the bias gradient */
+static void lin_bwd_given(usbx_trainer *t, float *dx, bool dx_add, const void *dym, const float *dy, const void *xm, const void *w,
+                          const float *b, int M, int N, int K) {
+  float *dw = G(t, w), *db = b ? G(t, b) : NULL;
+  if (dx || dw || db) t->be->matmul_bwd(t->be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
+}
 static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
   lin_bwd_dx(t, dx, true, dy, xm, w, b, M, N, K);
 }
-/* the same without bias for a dy its producer already wrote in mm */
+/* without bias, for a dy its producer wrote in mm only */
 static void lin_bwd_mm(usbx_trainer *t, float *dx, bool dx_add, const void *dym, const void *xm, const void *w, int M, int N, int K) {
-  float *dw = G(t, w);
-  if (dx || dw) t->be->matmul_bwd(t->be, dx, dw, NULL, dym, NULL, xm, w, M, N, K, dx_add);
+  lin_bwd_given(t, dx, dx_add, dym, NULL, xm, w, NULL, M, N, K);
 }
 
 /* ---------------------------------------------------------------- ViT */
@@ -684,6 +690,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   void *dg = MM(P, (size_t)n * F), *du = MM(P, (size_t)n * F);
   float *dO = F32(P, (size_t)n * Hd), *dq = F32(P, (size_t)n * Hd), *dk = F32(P, (size_t)n * KVd), *dv = F32(P, (size_t)n * KVd);
   float *dqf = F32(P, (size_t)n * Hd), *dkf = F32(P, (size_t)n * KVd);
+  void *dqm = MM(P, (size_t)n * Hd), *dkm = MM(P, (size_t)n * KVd);   /* their mm copies for the q and k products */
   for (int l = c->layers - 1; l >= 0; l--) {
     llm_saved *s = &S[l];
     if (t->gather) t->gather(t->gather_ctx, l);
@@ -721,11 +728,14 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     for (int r = 0; r < nr; r++) {
       const expert_w *w = &m->layers[l].e[runs[r].e];
       int r0 = runs[r].r0, nn = runs[r].n;
-      be->qk_norm_rope_bwd(be, dqf + (size_t)r0 * Hd, G(t, w->q_norm), dq + (size_t)r0 * Hd, Hd, s->qf + (size_t)r0 * Hd, w->q_norm, d_pos + r0, nn, H, d, c->eps, c->theta);
-      be->qk_norm_rope_bwd(be, dkf + (size_t)r0 * KVd, G(t, w->k_norm), dk + (size_t)r0 * KVd, KVd, s->kf + (size_t)r0 * KVd, w->k_norm, d_pos + r0, nn, Hkv, d, c->eps, c->theta);
+      char *dqm_r = (char *)dqm + (size_t)r0 * Hd * mmb, *dkm_r = (char *)dkm + (size_t)r0 * KVd * mmb;
+      be->qk_norm_rope_bwd(be, dqf + (size_t)r0 * Hd, dqm_r, G(t, w->q_norm), dq + (size_t)r0 * Hd, Hd, s->qf + (size_t)r0 * Hd, w->q_norm,
+                           d_pos + r0, nn, H, d, c->eps, c->theta);
+      be->qk_norm_rope_bwd(be, dkf + (size_t)r0 * KVd, dkm_r, G(t, w->k_norm), dk + (size_t)r0 * KVd, KVd, s->kf + (size_t)r0 * KVd, w->k_norm,
+                           d_pos + r0, nn, Hkv, d, c->eps, c->theta);
       char *h1 = (char *)s->h1 + (size_t)r0 * D * mmb;
-      lin_bwd_dx(t, dh + (size_t)r0 * D, false, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
-      lin_bwd(t, dh + (size_t)r0 * D, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
+      lin_bwd_given(t, dh + (size_t)r0 * D, false, dqm_r, dqf + (size_t)r0 * Hd, h1, w->q_w, w->q_b, nn, Hd, D);
+      lin_bwd_given(t, dh + (size_t)r0 * D, true, dkm_r, dkf + (size_t)r0 * KVd, h1, w->k_w, w->k_b, nn, KVd, D);
       lin_bwd(t, dh + (size_t)r0 * D, dv + (size_t)r0 * KVd, h1, w->v_w, w->v_b, nn, KVd, D);
       be->rmsnorm_bwd(be, dx + (size_t)r0 * D, l > 0 ? (char *)dxm + (size_t)r0 * D * mmb : NULL, G(t, w->in_norm), dh + (size_t)r0 * D,
                       s->x_in + (size_t)r0 * D, w->in_norm, nn, D, c->eps);

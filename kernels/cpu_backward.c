@@ -100,7 +100,7 @@ void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
  * b = t[j+h].  Backward of the rotation: da = dout[j]·c + dout[j+h]·s, db = dout[j+h]·c − dout[j]·s;
  * then the RMSNorm backward.  dx is overwritten (it may alias x, or dy when dy_stride is
  * heads·d), dw accumulates. */
-void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
+void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, int dy_stride, const float *x,
                                const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta) {
   if (d <= 0 || (d & 1)) usbx_die("qk_norm_rope_bwd: head_dim %d must be even", d);
   int half = d / 2;
@@ -129,6 +129,7 @@ void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const flo
   if (dw) { for (int i = 0; i < d; i++) dw[i] += (float)acc[i]; free(acc); }
   free(dt);
   free(inv_freq);
+  if (dx && dx_mm) be->to_mm(be, dx_mm, heads * d, dx, T, heads * d);
 }
 
 /* out = silu(g)·u, silu(g) = g·σ(g), silu'(g) = σ(g)·(1 + g·(1 − σ(g))). */

@@ -32,7 +32,7 @@ void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, c
                           int rows, int dim, float eps);
 void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
                             int rows, int dim, float eps);
-void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
+void usbx_cpu_qk_norm_rope_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, int dy_stride, const float *x,
                                const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta);
 void usbx_cpu_silu_mul_bwd(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);
 void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const void *dout, const void *gate, const void *up, int T, int F);

@@ -314,7 +314,8 @@ static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
  * turn), as the forward: the rotation's cos and sin computed once per token
  * into shared memory, then a warp per (token, head), lanes over pairs (j, j + d/2).  Every value a
  * lane needs is read before it writes, and it writes only the positions it read, so dx may alias x
- * (or dy when dy_stride = heads·d).  dw: per-block column partials, then an ordered sum.  (The
+ * (or dy when dy_stride = heads·d); dx_mm gets the bf16 of each dx value it writes.  dw: per-block
+ * column partials, then an ordered sum.  (The
  * earlier grid of 256 blocks, each computing the rotation again per head, took 3.6 ms of a 1.59 B
  * step at 8k tokens on an H100.)  The pairs per lane are a template parameter and the sums are in
  * float, so a block needs 40 registers per thread at d = 128 instead of 95 (6 resident blocks per
@@ -322,7 +323,7 @@ static void c_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, c
  * and writes at memory bandwidth). */
 #define QKB_TOK 8
 template <int P>   /* pairs (j, j + d/2) per lane: head dims up to 64·P */
-__global__ void __launch_bounds__(256, 4) k_qk_bwd(float *dx, float *partw, const float *dy, int dy_stride, const float *x,
+__global__ void __launch_bounds__(256, 4) k_qk_bwd(float *dx, uint16_t *dx_mm, float *partw, const float *dy, int dy_stride, const float *x,
                                                    const float *w, const int32_t *pos, int T, int tpb, int heads, int d, float eps,
                                                    float theta) {
   __shared__ float cs[QKB_TOK][128], sn[QKB_TOK][128], accw[8][256];
@@ -367,9 +368,11 @@ __global__ void __launch_bounds__(256, 4) k_qk_bwd(float *dx, float *partw, cons
       const int j = lane + 32 * p;
       if (j < half) {
         if (dx) {
-          float *o = dx + ((size_t)t * heads + h) * d;
-          o[j] = rs * wa[p] * ta[p] - cc * xa[p];
-          o[j + half] = rs * wb[p] * tb[p] - cc * xb[p];
+          const size_t o = ((size_t)t * heads + h) * d;
+          const float va = rs * wa[p] * ta[p] - cc * xa[p], vb = rs * wb[p] * tb[p] - cc * xb[p];
+          dx[o + j] = va;
+          dx[o + j + half] = vb;
+          if (dx_mm) { dx_mm[o + j] = f32_to_bf16_bits(va); dx_mm[o + j + half] = f32_to_bf16_bits(vb); }
         }
         aw[p] += ta[p] * xa[p] * rs;
         bw[p] += tb[p] * xb[p] * rs;
@@ -389,16 +392,17 @@ __global__ void __launch_bounds__(256, 4) k_qk_bwd(float *dx, float *partw, cons
     partw[(size_t)blockIdx.x * d + j] = v;
   }
 }
-static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x,
+static void c_qk_norm_rope_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, int dy_stride, const float *x,
                                const float *w, const int32_t *pos, int T, int heads, int d, float eps, float theta) {
   usbx_cuda *c = CU(be);
   if (d <= 0 || (d & 1) || d > 256) usbx_die("cuda qk_norm_rope_bwd: head dim %d must be even and <= 256", d);
   if (T <= 0 || heads <= 0) return;
   const int tpb = std::max(1, std::min(QKB_TOK, T / (2 * c->prop.multiProcessorCount))), nb = (T + tpb - 1) / tpb;
   float *part = dw ? (float *)cu_scratch(c, (size_t)nb * d * sizeof(float)) : NULL;
-  if (d <= 64) k_qk_bwd<1><<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
-  else if (d <= 128) k_qk_bwd<2><<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
-  else k_qk_bwd<4><<<nb, 256, 0, c->stream>>>(dx, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
+  uint16_t *dm = dx ? (uint16_t *)dx_mm : NULL;
+  if (d <= 64) k_qk_bwd<1><<<nb, 256, 0, c->stream>>>(dx, dm, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
+  else if (d <= 128) k_qk_bwd<2><<<nb, 256, 0, c->stream>>>(dx, dm, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
+  else k_qk_bwd<4><<<nb, 256, 0, c->stream>>>(dx, dm, part, dy, dy_stride, x, w, pos, T, tpb, heads, d, eps, theta);
   CUDA_LAUNCHED();
   if (dw) colsum_parts(c, dw, part, nb, d);
 }
@@ -558,12 +562,13 @@ __global__ void k_attn_masked_fwd(bf16 *out, float *lse, const bf16 *q, const bf
   for (int c = 0; c < 4; c++) { int col = lane + 32 * c; if (col < m.d) orow[col] = f2bf(o[c] * inv); }
   if (lane == 0 && lse) lse[(size_t)h * m.n + qi] = l > 0.f ? mx + logf(l) : -INFINITY;
 }
-/* D[h, q] = Σ_c dout·out, a warp per (h, q); dob (may be NULL): dout in bf16 as well, for the flash
- * backward (one pass over dout instead of a conversion pass besides) */
+/* D[h, q] = Σ_c dout·out, a warp per (q, h), consecutive warps over a token's heads (contiguous
+ * rows); dob (may be NULL): dout in bf16 as well, for the flash backward (one pass over dout
+ * instead of a conversion pass besides) */
 __global__ void k_attn_masked_D(float *D, bf16 *dob, const float *dout, const bf16 *out, int n, int H, int d) {
   int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (wid >= n * H) return;
-  int h = wid / n, qi = wid % n;
+  int qi = wid / H, h = wid % H;
   const size_t row = ((size_t)qi * H + h) * d;
   double s = 0;
   for (int c = lane; c < d; c += 32) {

@@ -190,8 +190,9 @@ struct usbx_backend {
   void (*layernorm_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
                         int rows, int dim, float eps);
   /* qk_norm_rope: dy [T, out_stride] (the rows written by the forward), x [T, heads, d];
-   * dx = (overwrites) [T, heads, d], dw += [d] */
-  void (*qk_norm_rope_bwd)(usbx_backend *be, float *dx, float *dw, const float *dy, int dy_stride, const float *x, const float *w,
+   * dx = (overwrites) [T, heads, d], dw += [d]; dx_mm (with dx; may be NULL): dx in mm as well, as
+   * to_mm would make it, for the product that takes it next */
+  void (*qk_norm_rope_bwd)(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, int dy_stride, const float *x, const float *w,
                            const int32_t *pos, int T, int heads, int d, float eps, float theta);
   /* silu(gate)*up: dgate, dup (overwrite) */
   void (*silu_mul_bwd)(usbx_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up, int T, int F);

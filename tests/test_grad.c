@@ -307,7 +307,7 @@ static void test_qk_norm_rope(usbx_backend *be) {
     fprintf(stderr, "  qk_norm_rope theta %-8g forward rel err %.3g\n", (double)theta, e);
     CHECKF(e <= TOL_FWD, "qk_norm_rope forward theta %g: rel err %g", (double)theta, e);
     float *dx = fill_f(nx, 123.0f), *dw0 = rand_f(d, 1), *dw = copy_f(dw0, d);
-    be->qk_norm_rope_bwd(be, dx, dw, R, stride, x, w, pos, T, heads, d, eps, theta);
+    be->qk_norm_rope_bwd(be, dx, NULL, dw, R, stride, x, w, pos, T, heads, d, eps, theta);
     sub_init(dw, dw0, d);
     char what[96];
     snprintf(what, sizeof what, "qk_norm_rope theta %g dx", (double)theta); CHECK_GRAD(what, dx, c.x, nx, rope_loss, &c, 1000);
@@ -324,11 +324,11 @@ static void test_qk_norm_rope(usbx_backend *be) {
     }
     /* dw NULL: dx the same */
     float *dx2 = fill_f(nx, -7.0f);
-    be->qk_norm_rope_bwd(be, dx2, NULL, R, stride, x, w, pos, T, heads, d, eps, theta);
+    be->qk_norm_rope_bwd(be, dx2, NULL, NULL, R, stride, x, w, pos, T, heads, d, eps, theta);
     CHECK(same_f(dx2, dx, nx));
     /* in place: dx over x */
     float *xi = copy_f(x, nx);
-    be->qk_norm_rope_bwd(be, xi, NULL, R, stride, xi, w, pos, T, heads, d, eps, theta);
+    be->qk_norm_rope_bwd(be, xi, NULL, NULL, R, stride, xi, w, pos, T, heads, d, eps, theta);
     CHECK(same_f(xi, dx, nx));
     free(dx2); free(xi);
     free(x); free(w); free(R); free(y); free(yd); free(dx); free(dw0); free(dw);

@@ -1155,15 +1155,24 @@ static void test_qk_bwd(void) {
     int32_t *dp = dev_i32(pos, T);
     float *ddx = cs[ci].alias ? dxx : be->alloc(be, n * sizeof(float));
     if (!cs[ci].alias) poison(ddx, n * sizeof(float));
-    be->qk_norm_rope_bwd(be, ddx, ddw, ddy, stride, dxx, dww, dp, T, Hh, d, 1e-6f, 1e6f);
-    float *gx = get_f32(ddx, n), *gw = get_f32(ddw, d);
+    void *dxm = be->alloc(be, n * MMS);   /* dx's mm copy: equal to the rounding of the dx written */
+    be->qk_norm_rope_bwd(be, ddx, dxm, ddw, ddy, stride, dxx, dww, dp, T, Hh, d, 1e-6f, 1e6f);
+    float *gx = get_f32(ddx, n), *gw = get_f32(ddw, d), *gm = get_mm(dxm, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+      float want = be->mm_dtype == USBX_BF16 ? usbx_bf16_to_f32(usbx_f32_to_bf16(gx[i])) : gx[i];
+      bad += memcmp(&gm[i], &want, sizeof want) != 0;
+    }
+    free(gm);
+    be->free(be, dxm);
     float *cxin = copyf(x, n), *cw = copyf(dw0, d);
     float *cx = cs[ci].alias ? cxin : xmalloc(n * sizeof(float));
-    cpu->qk_norm_rope_bwd(cpu, cx, cw, dy, stride, cxin, w, pos, T, Hh, d, 1e-6f, 1e6f);
+    cpu->qk_norm_rope_bwd(cpu, cx, NULL, cw, dy, stride, cxin, w, pos, T, Hh, d, 1e-6f, 1e6f);
     char cas[80];
     snprintf(cas, sizeof cas, "T=%d heads=%d d=%d stride=%d%s", T, Hh, d, stride, cs[ci].alias ? " dx=x" : "");
     report("qk_norm_rope_bwd dx vs cpu", cas, relerr_f(gx, cx, n), 1e-4);
     report("qk_norm_rope_bwd dw vs cpu", cas, relerr_f(gw, cw, d), 1e-4);
+    report("qk_norm_rope_bwd dx mm = to_mm(dx)", cas, (double)bad, 0);
     free(x); free(w); free(dy); free(dw0); free(pos); free(gx); free(gw); free(cw);
     if (!cs[ci].alias) { free(cx); be->free(be, ddx); }
     free(cxin);
