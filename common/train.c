@@ -232,30 +232,29 @@ static void lin_f32(usbx_backend *be, float *y, void *xm, const float *x, const 
   be->matmul(be, y, xm, w, b, M, N, K, false);
 }
 
-/* backward of y = x·Wᵀ + b: dx += dy·W (when dx; dx = dy·W when !dx_add), dW, db accumulated
- * into the weight's slots.  dy's mm copy lives only for the product, so one buffer serves every
- * call (stream order keeps it safe; growing it frees the old one, which waits for the device). */
+/* backward of y = x·Wᵀ + b from dy's mm copy dym (written by dy's producer): dx += dy·W (when dx;
+ * dx = dy·W when !dx_add), dW, db accumulated into the weight's slots; dy (f32, may be NULL without
+ * b) for the bias gradient */
+static void lin_bwd_given(usbx_trainer *t, float *dx, bool dx_add, const void *dym, const float *dy, const void *xm, const void *w,
+                          const float *b, int M, int N, int K) {
+  float *dw = G(t, w), *db = b ? G(t, b) : NULL;
+  if (dx || dw || db) t->be->matmul_bwd(t->be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
+}
+/* the same from an f32 dy, converted here.  dy's mm copy lives only for the product, so one buffer
+ * serves every call (stream order keeps it safe; growing it frees the old one, which waits for the
+ * device). */
 static void lin_bwd_dx(usbx_trainer *t, float *dx, bool dx_add, const float *dy, const void *xm, const void *w, const float *b, int M, int N,
                        int K) {
   usbx_backend *be = t->be;
-  float *dw = G(t, w), *db = b ? G(t, b) : NULL;
-  if (!dx && !dw && !db) return;
+  if (!dx && !G(t, w) && !(b && G(t, b))) return;   /* nothing to compute: no conversion */
   size_t bytes = MMB(be) * (size_t)M * N;
   if (bytes > t->dy_cap) {
     if (t->dy_mm) be->free(be, t->dy_mm);
     t->dy_mm = be->alloc(be, bytes);
     t->dy_cap = bytes;
   }
-  void *dym = t->dy_mm;
-  be->to_mm(be, dym, N, dy, M, N);
-  be->matmul_bwd(be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
-}
-/* the same for a dy whose mm copy its producer already wrote (dym); dy (f32, may be NULL without b)
- * for the bias gradient */
-static void lin_bwd_given(usbx_trainer *t, float *dx, bool dx_add, const void *dym, const float *dy, const void *xm, const void *w,
-                          const float *b, int M, int N, int K) {
-  float *dw = G(t, w), *db = b ? G(t, b) : NULL;
-  if (dx || dw || db) t->be->matmul_bwd(t->be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
+  be->to_mm(be, t->dy_mm, N, dy, M, N);
+  lin_bwd_given(t, dx, dx_add, t->dy_mm, dy, xm, w, b, M, N, K);
 }
 static void lin_bwd(usbx_trainer *t, float *dx, const float *dy, const void *xm, const void *w, const float *b, int M, int N, int K) {
   lin_bwd_dx(t, dx, true, dy, xm, w, b, M, N, K);
