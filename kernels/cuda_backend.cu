@@ -241,10 +241,11 @@ static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bo
  * read as cublasLt's C beside the output D */
 static void matmul_into(usbx_cuda *c, float *y, const float *res, const void *x, const void *w, const float *bias, int M, int N, int K) {
   if (M <= 0 || N <= 0) return;
-  if (res && res != y && (K <= 0 || !c->opt_lt || (c->opt_gemv && M <= 4))) {   /* the paths below that only accumulate in place */
-    CUDA_CHECK(cudaMemcpyAsync(y, res, (size_t)M * N * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
-    res = y;
-  }
+  const auto res_into_y = [&] {   /* for the paths that only accumulate in place */
+    if (res && res != y) CUDA_CHECK(cudaMemcpyAsync(y, res, (size_t)M * N * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
+    if (res) res = y;
+  };
+  if (K <= 0 || !c->opt_lt || (c->opt_gemv && M <= 4)) res_into_y();
   const bool accumulate = res != NULL;
   if (K <= 0) {       /* empty product */
     if (!accumulate) CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->stream));
@@ -263,7 +264,7 @@ static void matmul_into(usbx_cuda *c, float *y, const float *res, const void *x,
       return;
     }
   }
-  if (res && res != y) CUDA_CHECK(cudaMemcpyAsync(y, res, (size_t)M * N * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
+  res_into_y();
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K,
                             &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias) cu_add_bias(c->stream, y, bias, M, N);

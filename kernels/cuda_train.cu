@@ -83,6 +83,13 @@ __global__ void k_colsum_chunks(float *part, const void *src, int rows, int cols
 static int row_chunks(int rows) { return std::max(1, std::min(256, rows / 32)); }
 
 /* ---------------------------------------------------------------- matmul_bwd */
+/* dxᵀ[K,M] (+)= (W as stored, K×N column-major) · dyᵀ[N,M]: dx in f32 (CUDA_R_32F) or bf16 (CUDA_R_16BF,
+ * rounded once); beta 1 accumulates */
+static void dx_product(usbx_cuda *c, void *dx, cudaDataType dx_type, float beta, const void *dy_mm, const void *w, int M, int N, int K) {
+  const float one = 1.f;
+  CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, dy_mm, CUDA_R_16BF, N, &beta, dx, dx_type, K,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
 static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
                          const void *x, const void *w, int M, int N, int K, bool dx_add) {
   usbx_cuda *c = CU(be);
@@ -97,10 +104,8 @@ static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, cons
     cu_to_mm(be, scr, N, dy, M, N);
     g = scr;
   }
-  float one = 1.f, beta_dx = dx_add ? 1.f : 0.f;
-  if (dx && K > 0)   /* dxᵀ[K,M] (+)= (W as stored, K×N column-major) · dyᵀ[N,M] */
-    CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
-                              &beta_dx, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  const float one = 1.f;
+  if (dx && K > 0) dx_product(c, dx, CUDA_R_32F, dx_add ? 1.f : 0.f, g, w, M, N, K);
   if (dw && K > 0)   /* dwᵀ[K,N] += xᵀ[K,M] · dy[M,N] */
     CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, x, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
                               &one, dw, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -115,11 +120,7 @@ static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, cons
 }
 
 static void c_matmul_dx_mm(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K) {
-  usbx_cuda *c = CU(be);
-  if (M <= 0 || N <= 0 || K <= 0) return;
-  const float one = 1.f, zero = 0.f;   /* dxᵀ[K,M] = (W as stored, K×N column-major) · dyᵀ[N,M], rounded to bf16 once */
-  CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, dy, CUDA_R_16BF, N, &zero, dx, CUDA_R_16BF, K,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (M > 0 && N > 0 && K > 0) dx_product(CU(be), dx, CUDA_R_16BF, 0.f, dy, w, M, N, K);
 }
 
 /* ---------------------------------------------------------------- rmsnorm_bwd / layernorm_bwd

@@ -69,6 +69,17 @@ static float *get_mm(const void *d, size_t n) {
   return h;
 }
 static float *copyf(const float *x, size_t n) { float *y = xmalloc(n * sizeof *y); memcpy(y, x, n * sizeof *y); return y; }
+/* how many values of the device mm copy dm differ bit for bit from to_mm's rounding of the host f32 x */
+static size_t mm_copy_mismatches(const void *dm, const float *x, size_t n) {
+  float *m = get_mm(dm, n);
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    float want = be->mm_dtype == USBX_BF16 ? usbx_bf16_to_f32(usbx_f32_to_bf16(x[i])) : x[i];
+    bad += memcmp(&m[i], &want, sizeof want) != 0;
+  }
+  free(m);
+  return bad;
+}
 /* relative L2 error; NaN or Inf anywhere counts as infinite error */
 static double relerr(const float *out, const double *ref, size_t n) {
   double num = 0, den = 0;
@@ -1124,14 +1135,7 @@ static void test_norm_bwd(bool ln) {
       report(ln ? "layernorm_bwd dw vs cpu" : "rmsnorm_bwd dw vs cpu", cas, relerr_f(gw, cw, D), 1e-4);
       if (ln) report("layernorm_bwd db vs cpu", cas, relerr_f(gb, cb, D), 1e-5);
       if (dxm) {   /* the copy against the rounding of the dx it wrote */
-        float *gm = get_mm(dxm, n);
-        size_t bad = 0;
-        for (size_t i = 0; i < n; i++) {
-          float want = be->mm_dtype == USBX_BF16 ? usbx_bf16_to_f32(usbx_f32_to_bf16(gx[i])) : gx[i];
-          bad += memcmp(&gm[i], &want, sizeof want) != 0;
-        }
-        report("rmsnorm_bwd dx mm = to_mm(dx)", cas, (double)bad, 0);
-        free(gm);
+        report("rmsnorm_bwd dx mm = to_mm(dx)", cas, (double)mm_copy_mismatches(dxm, gx, n), 0);
         be->free(be, dxm);
       }
       free(x); free(w); free(dy); free(dx0); free(dw0); free(db0); free(gx); free(gw); free(gb); free(cx); free(cw); free(cb);
@@ -1157,13 +1161,8 @@ static void test_qk_bwd(void) {
     if (!cs[ci].alias) poison(ddx, n * sizeof(float));
     void *dxm = be->alloc(be, n * MMS);   /* dx's mm copy: equal to the rounding of the dx written */
     be->qk_norm_rope_bwd(be, ddx, dxm, ddw, ddy, stride, dxx, dww, dp, T, Hh, d, 1e-6f, 1e6f);
-    float *gx = get_f32(ddx, n), *gw = get_f32(ddw, d), *gm = get_mm(dxm, n);
-    size_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-      float want = be->mm_dtype == USBX_BF16 ? usbx_bf16_to_f32(usbx_f32_to_bf16(gx[i])) : gx[i];
-      bad += memcmp(&gm[i], &want, sizeof want) != 0;
-    }
-    free(gm);
+    float *gx = get_f32(ddx, n), *gw = get_f32(ddw, d);
+    const size_t bad = mm_copy_mismatches(dxm, gx, n);
     be->free(be, dxm);
     float *cxin = copyf(x, n), *cw = copyf(dw0, d);
     float *cx = cs[ci].alias ? cxin : xmalloc(n * sizeof(float));
