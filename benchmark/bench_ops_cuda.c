@@ -224,7 +224,9 @@ static void time_train_attn(int n, int ns, int H, int Hkv, int text_len, int rep
   be->upload(be, dm, meta, 4 * (size_t)n * sizeof *dm);
   free(meta);
   tm_arg a = {0};
-  a.a = (usbx_attn_masked_args){.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = dm, .sample = dm + n, .split = dm + 2 * n, .mode = dm + 3 * n};
+  /* a meta_id, as the trainer passes: the tiles are classified once, not in every timed call */
+  a.a = (usbx_attn_masked_args){.n = n, .n_heads = H, .n_kv_heads = Hkv, .head_dim = d, .order = dm, .sample = dm + n, .split = dm + 2 * n, .mode = dm + 3 * n,
+                                .meta_id = usbx_attn_meta_id()};
   int32_t *seg_off = xmalloc(sizeof(int32_t) * (size_t)(ns + 1)), *rows = xmalloc(sizeof(int32_t) * (size_t)n), *drows = NULL;
   for (int s = 0; s <= ns; s++) seg_off[s] = s == ns ? n : s * per;
   for (int t = 0; t < n; t++) rows[t] = t;

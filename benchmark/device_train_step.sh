@@ -6,7 +6,8 @@
 # 10 steps), old and new alternating, and new again with $AB_ENV set (an option's other value, e.g.
 # AB_ENV=USBX_CUDA_RMS_BWD_FUSED=0); RECOMPUTE=1: --recompute against the plain step (4 steps,
 # --deterministic); the CUDA fixtures; a CUPTI timeline of new at 32k
-# (benchmark/gpu_idle.py).  Bundle extracted in the repo root; results under $OUT.
+# (benchmark/gpu_idle.py); BENCH_ATTN=1: bench_ops_cuda's training attention in the trainer layout, old
+# and new.  Bundle extracted in the repo root; results under $OUT.
 set -uo pipefail
 . benchmark/device_env.sh
 device_results /tmp/dts
@@ -20,6 +21,12 @@ for v in old new; do
   exe=build/bench/bench_ops_cuda; [ $v = old ] && exe=old/bench_ops_cuda
   [ -x $exe ] && BENCH_ONLY=ew timeout 120 $exe "$R/ew_$v.md" > /dev/null 2>&1 && echo "ew $v:" && grep -E "rmsnorm_bwd|silu|to_mm" "$R/ew_$v.md"
 done
+if [ "${BENCH_ATTN:-0}" = 1 ]; then
+  for v in old new; do
+    exe=build/bench/bench_ops_cuda; [ $v = old ] && exe=old/bench_ops_cuda
+    BENCH_ONLY=train BENCH_TRAIN_LAYOUT_ONLY=1 BENCH_TRAIN_LAYOUT=8204:20,8192:0 timeout 120 $exe "$R/attn_$v.md" > /dev/null 2>&1; echo "attention $v:"; grep "^| 8" "$R/attn_$v.md"
+  done
+fi
 b15_setup
 train_ab 8k_a $ARGS --steps 20
 train_ab 8k_b $ARGS --steps 20

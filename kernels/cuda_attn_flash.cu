@@ -52,6 +52,8 @@ struct FP {
   float *part_k, *part_v;              /* GQA: [n, H, d] per query head, summed into dk / dv */
   const int4 *meta;                    /* per stored token: {order, sample, split·4 + mode, 1} */
   const uint8_t *status;               /* [nt][nt]: query tile x key tile */
+  const int *slot;                     /* [nt][nt]: a masked pair's bits (k_status) */
+  const uint16_t *bits;
   const int *q_order, *k_order;        /* query / key tiles by falling cost (k_tile_order) */
   const int *q2_order;                 /* the same for pairs of query tiles (the Hopper kernels' blocks) */
   int n, H, Hkv, G, d, nt;
@@ -104,9 +106,35 @@ __global__ void k_meta(int4 *meta, const int32_t *order, const int32_t *sample, 
   if (i < n) meta[i] = make_int4(order[i], sample[i], split[i] * 4 + mode[i], 1);
 }
 
-/* status of one (query tile, key tile) pair; padding queries (past n) do not count */
-__global__ void __launch_bounds__(256) k_status(uint8_t *st, const int4 *meta, int n, int nt) {
+/* The Hopper kernels read a masked tile pair's visibility as bits instead of evaluating the rule per
+ * element (which made a masked tile cost ~3x a whole one): per 64 x 64 pair with status T_PART,
+ * k_status writes 1 KB, two tables of 64 rows x 4 u16 in the order of the threads' fragments:
+ * bit 2j + e of word [r][c4] is column 8j + 2·c4 + e (j < 8, e < 2).  The first table's rows are
+ * queries and its columns keys (the forward), the second's rows keys and columns queries (the
+ * backward).  Columns past n are never visible. */
+constexpr int MASK_WORDS = TB * 4;   /* u16 words per table */
+__device__ __forceinline__ uint32_t vis_word_q(int4 q, const int4 *mk, int c4) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int i = 0; i < 16; i++) w |= (uint32_t)vis(q, mk[(i >> 1) * 8 + 2 * c4 + (i & 1)]) << i;
+  return w;
+}
+__device__ __forceinline__ uint32_t vis_word_k(const int4 *mq, int4 k, int c4) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int i = 0; i < 16; i++) {
+    const int4 q = mq[(i >> 1) * 8 + 2 * c4 + (i & 1)];
+    w |= (uint32_t)(q.w != 0 && vis(q, k)) << i;
+  }
+  return w;
+}
+
+/* status of one (query tile, key tile) pair (padding queries, past n, do not count), and for a
+ * masked one (T_PART) its slot, counted in *count, and its bits there while slot < cap (slot -1
+ * past that: prepare grows the table and classifies again) */
+__global__ void __launch_bounds__(256) k_status(uint8_t *st, int *slot, uint16_t *bits, int *count, int cap, const int4 *meta, int n, int nt) {
   __shared__ int4 mq[TB], mk[TB];
+  __shared__ int s_slot;
   const int kt = blockIdx.x, qt = blockIdx.y, tid = threadIdx.x;
   if (tid < TB) {
     int t = qt * TB + tid;
@@ -116,17 +144,28 @@ __global__ void __launch_bounds__(256) k_status(uint8_t *st, const int4 *meta, i
     mk[tid - TB] = t < n ? meta[t] : make_int4(0, 0, 0, 0);
   }
   __syncthreads();
-  bool any = false, all = true;
-  for (int e = tid; e < TB * TB; e += 256) {
-    const int i = e / TB, j = e % TB;
-    if (qt * TB + i >= n) continue;
-    const bool v = vis(mq[i], mk[j]);
-    any |= v;
-    all &= v;
+  const int r = tid >> 2, c4 = tid & 3;   /* 256 threads: one word of each table */
+  const bool valid = qt * TB + r < n;
+  const uint32_t wq = valid ? vis_word_q(mq[r], mk, c4) : 0;
+  const bool any = __syncthreads_or(wq != 0), all = __syncthreads_and(!valid || wq == 0xffffu);
+  const uint8_t s = any ? (all ? T_FULL : T_PART) : T_NONE;
+  const size_t pair = (size_t)qt * nt + kt;
+  if (tid == 0) {
+    st[pair] = s;
+    int sl = -1;
+    if (s == T_PART) {
+      sl = atomicAdd(count, 1);
+      if (sl >= cap) sl = -1;
+    }
+    slot[pair] = sl;
+    s_slot = sl;
   }
-  any = __syncthreads_or(any);
-  all = __syncthreads_and(all);
-  if (tid == 0) st[(size_t)qt * nt + kt] = any ? (all ? T_FULL : T_PART) : T_NONE;
+  __syncthreads();
+  if (s_slot >= 0) {
+    uint16_t *b = bits + (size_t)s_slot * 2 * MASK_WORDS;
+    b[tid] = (uint16_t)wq;
+    b[MASK_WORDS + tid] = (uint16_t)vis_word_k(mq, mk[r], c4);
+  }
 }
 
 /* Blocks run roughly in launch order, and a tile whose tokens belong to two samples has about twice
@@ -584,6 +623,7 @@ __global__ void __launch_bounds__(NT) k_fa_bwd_q(FP p) {
  * when one of its two 64-key halves is for one of the two query tiles; per warpgroup it is then
  * hidden whole (both halves empty), taken whole (both full) or masked per element. */
 constexpr int WQ = 128;                /* queries per block */
+constexpr int WG_BITS = 2 * 2 * MASK_WORDS;   /* mask bits per stage (stage_key_bits), u16 */
 #if USBX_WGMMA_DEVICE
 /* The Hopper kernels' tile lists: an entry is a tile index | the mode of warpgroup w << (28 + 2w),
  * the mode saying how that warpgroup takes the tile (k_fa_fwd_tma, k_fa_bwd_q_tma, k_fa_bwd_tma). */
@@ -651,6 +691,39 @@ __device__ __forceinline__ void stage_key_meta(int4 *dst, const FP &p, int e, in
   for (int r = lane; r < WG_BK; r += 32) dst[r] = k0 + r < p.n ? p.meta[k0 + r] : make_int4(0, 0, 0, 0);
 }
 
+/* the bits of a 128-key tile for the forward: per warpgroup [2 halves][64 rows][4] u16
+ * (k_status's first table), staged by the producer warp from list entry e for the warpgroups that
+ * mask it per element (a whole or empty half as all ones or zeros) */
+__device__ __forceinline__ void stage_key_bits(uint16_t *dst, const FP &p, int e, int qt0, int lane) {
+  const int kt0 = 2 * (e & WG_IDX);
+  for (int w = 0; w < 2; w++) {
+    if (entry_mode(e, w) != WG_MASKED) continue;
+    for (int half = 0; half < 2; half++) {
+      const int kt = kt0 + half;
+      const size_t pair = (size_t)(qt0 + w) * p.nt + kt;
+      const uint8_t s = kt < p.nt ? p.status[pair] : T_NONE;
+      uint4 v = s == T_FULL ? make_uint4(~0u, ~0u, ~0u, ~0u) : make_uint4(0, 0, 0, 0);
+      if (s == T_PART) v = ((const uint4 *)(p.bits + (size_t)p.slot[pair] * 2 * MASK_WORDS))[lane];
+      ((uint4 *)(dst + (2 * w + half) * MASK_WORDS))[lane] = v;
+    }
+  }
+}
+/* the forward's mask from those bits: w this warpgroup's words of the stage, r the thread's first
+ * row among its 64 (the second is r + 8), mode the tile's for this warpgroup (WG_SKIP hides every
+ * key: its words are not staged) */
+struct BitsMask {
+  const uint16_t *w;
+  int r, mode;
+  __device__ __forceinline__ bool active() const { return mode != WG_WHOLE; }
+  __device__ __forceinline__ void bits(int lane, uint32_t &ba, uint32_t &bb) const {
+    ba = bb = 0;
+    if (mode == WG_SKIP) return;
+    const int c4 = lane & 3;
+    ba = w[r * 4 + c4] | (uint32_t)w[MASK_WORDS + r * 4 + c4] << 16;
+    bb = w[(r + 8) * 4 + c4] | (uint32_t)w[MASK_WORDS + (r + 8) * 4 + c4] << 16;
+  }
+};
+
 /* dQ of one key tile of WG_BK keys for this warpgroup's 64 query rows: S = Q·Kᵀ and dP = dO·Vᵀ
  * (16 wgmma from shared memory), P = 2^(S·sl2 − L) in fp32 (0 where hidden), dS = P∘(dP − D)
  * rounded to bf16, dQ += dS·K (8 wgmma, dS from registers, K read MN-major).  dq, ddo: the
@@ -707,8 +780,8 @@ __global__ void __launch_bounds__(384, 1) k_fa_fwd_tma(FP p, const __grid_consta
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = wg_smem_base(smem_raw);
   unsigned char *sQ = base;
-  int4 *sKM = (int4 *)(base + WQ * 256);                                /* [2 stages][WG_BK] key metadata */
-  unsigned char *sKV = (unsigned char *)(sKM + 2 * WG_BK);               /* [2 stages][K, V] */
+  uint16_t *sKB = (uint16_t *)(base + WQ * 256);                        /* [2 stages][WG_BITS] mask bits */
+  unsigned char *sKV = (unsigned char *)(sKB + 2 * WG_BITS);             /* [2 stages][K, V] */
   const WgKV kv = wg_kv_at(sKV);
   int *list = (int *)(sKV + WG_KV_SMEM);
 
@@ -729,23 +802,22 @@ __global__ void __launch_bounds__(384, 1) k_fa_fwd_tma(FP p, const __grid_consta
   __syncthreads();
 
   if (warp >= 8) {              /* producer warpgroup, its registers given to the consumers: warp 8's lane 0
-                                   issues the copies, the warp stages the keys' metadata */
+                                   issues the copies, the warp stages the masks' bits */
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (warp == 8) {
       const auto row_of = [&](int a) { return (list[a] & WG_IDX) * WG_BK; };
-      wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, row_of, lane, [&](int a, int st) { stage_key_meta(sKM + st * WG_BK, p, list[a], lane); });
+      wg_kv_produce(kv, &tm_k, &tm_v, kvh * 128, n_act, row_of, lane, [&](int a, int st) { stage_key_bits(sKB + st * WG_BITS, p, list[a], 2 * qb, lane); });
     }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int ra = warp * 16 + (lane >> 2), rb = ra + 8, ta = q0 + ra, tb = q0 + rb;
-  const int4 mqa = ta < p.n ? p.meta[ta] : make_int4(0, 0, 0, 0), mqb = tb < p.n ? p.meta[tb] : make_int4(0, 0, 0, 0);
   WgSoftmax sm = wg_softmax_init();
   float o_acc[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) o_acc[i] = 0.f;
   wg_flash_tiles<WQ>(o_acc, sm, kv, n_act, wg_desc(sQ + wg * 64 * 128, 16, 1024), p.sl2, lane, wg,
-                     [&](int a, int st) { return MetaMask{sKM + st * WG_BK, mqa, mqb, entry_mode(list[a], wg)}; });
+                     [&](int a, int st) { return BitsMask{sKB + st * WG_BITS + wg * 2 * MASK_WORDS, ra - 64 * wg, entry_mode(list[a], wg)}; });
   TRACE_END(wg);
   const float l_a = quad_sum(sm.l_a), l_b = quad_sum(sm.l_b);
   const int cb = 2 * (lane & 3);
@@ -884,8 +956,8 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
   unsigned char *sK = base, *sV = sK + FB_K * 256, *sQO = sV + FB_K * 256;   /* sQO: [2 stages][Q, dO] */
   unsigned char *sdS = sQO + 4 * FB_QT;                                       /* [2][FB_K keys][64 queries] bf16 */
   unsigned char *sdQ = sdS + 2 * FB_K * 128;   /* per warpgroup: its dQ share, two boxes of 64 rows x 32 fp32 */
-  int4 *sM = (int4 *)(sdQ + 2 * FB_Q * 256);                                 /* [2 stages][FB_Q] query metadata */
-  float *sLD = (float *)(sM + 2 * FB_Q);                                      /* [2 stages][lse·log2e, D][FB_Q] */
+  uint16_t *sB = (uint16_t *)(sdQ + 2 * FB_Q * 256);   /* [2 stages][2 warpgroups][MASK_WORDS] mask bits (k_status's second table) */
+  float *sLD = (float *)(sB + 4 * MASK_WORDS);                                     /* [2 stages][lse·log2e, D][FB_Q] */
   uint64_t *kv_full = (uint64_t *)(sLD + 4 * FB_Q), *full = kv_full + 1, *empty = full + 2;
   int *list = (int *)(empty + 2);
 
@@ -914,15 +986,18 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
     }
     for (int a = 0; a < n_act; a++) {
       const int st = a & 1, q0 = (list[a] & WG_IDX) * FB_Q;
-      const bool masked = entry_masked(list[a]);   /* only then the consumers read sM */
       if (a >= 2) mbar_wait(&empty[st], ((a >> 1) - 1) & 1);
       float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
       for (int r = lane; r < FB_Q; r += 32) {   /* padding rows: 0 (their Q and dO rows read as zeros) */
         const int t = q0 + r;
-        L[r] = t < p.n ? p.lse_in[(size_t)h * p.n + t] * LOG2E : 0.f;
+        const float l = t < p.n ? p.lse_in[(size_t)h * p.n + t] : 0.f;
+        L[r] = l > -INFINITY ? l * LOG2E : 0.f;   /* a row that sees no key: its scores are all -inf (masked) */
         Dd[r] = t < p.n ? p.D[(size_t)h * p.n + t] : 0.f;
-        if (masked) sM[st * FB_Q + r] = t < p.n ? p.meta[t] : make_int4(0, 0, 0, 0);
       }
+      for (int w = 0; w < 2; w++)   /* a masked pair's bits, for the warpgroup that masks it */
+        if (entry_mode(list[a], w) == WG_MASKED)
+          ((uint4 *)(sB + (2 * st + w) * MASK_WORDS))[lane] =
+              ((const uint4 *)(p.bits + ((size_t)p.slot[(size_t)(q0 / FB_Q) * p.nt + 2 * kb + w] * 2 + 1) * MASK_WORDS))[lane];
       if (lane == 0) {
         mbar_expect_tx(&full[st], 2 * FB_QT);
         unsigned char *sq = sQO + 2 * st * FB_QT, *so = sq + FB_QT;
@@ -931,7 +1006,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
           tma_load_2d(so + half * FB_Q * 128, &tm_o, &full[st], h * 128 + half * 64, q0);
         }
       } else {
-        mbar_arrive(&full[st]);   /* releases this lane's lse, D and metadata */
+        mbar_arrive(&full[st]);   /* releases this lane's lse, D and bits */
       }
     }
     return;
@@ -939,8 +1014,6 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
   asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
   const int wi = warp & 3, ctid = tid & 127;
   const int ra = wg * 64 + wi * 16 + (lane >> 2), rb = ra + 8;   /* this thread's key rows in the block */
-  const int4 z4 = make_int4(0, 0, 0, 0);
-  const int4 mka = k0 + ra < p.n ? p.meta[k0 + ra] : z4, mkb = k0 + rb < p.n ? p.meta[k0 + rb] : z4;
   float dk[64], dv[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) dk[i] = dv[i] = 0.f;
@@ -970,6 +1043,15 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
         wg_wait<0>();
         /* element 4j + e (+2): key row ra (rb), query column c + e, c = 8j + 2(lane % 4) */
         const float *L = sLD + st * 2 * FB_Q, *Dd = L + FB_Q;
+        if (mode == WG_MASKED) {   /* hidden scores to -inf (P = 0): bit 2j + x of the words is column c + x */
+          const uint16_t *wb = sB + (2 * st + wg) * MASK_WORDS + (ra - wg * 64) * 4 + (lane & 3);
+          const uint32_t ba = wb[0], bb = wb[32];   /* rows ra, rb = ra + 8 */
+#pragma unroll
+          for (int i = 0; i < 16; i++) {
+            if (!((ba >> i) & 1)) s[4 * (i >> 1) + (i & 1)] = -INFINITY;
+            if (!((bb >> i) & 1)) s[4 * (i >> 1) + 2 + (i & 1)] = -INFINITY;
+          }
+        }
 #pragma unroll
         for (int j = 0; j < 8; j++) {
           const int c = 8 * j + 2 * (lane & 3);
@@ -978,11 +1060,6 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
           for (int x = 0; x < 2; x++) {
             const float lq = x ? l2.y : l2.x, dd = x ? d2.y : d2.x;
             float pa = ex2(fmaf(s[4 * j + x], p.sl2, -lq)), pb = ex2(fmaf(s[4 * j + 2 + x], p.sl2, -lq));
-            if (mode == WG_MASKED) {   /* from shared memory: with this kernel's shared memory, L1 is too small to hold it */
-              const int4 mq = sM[st * FB_Q + c + x];
-              if (!vis(mq, mka)) pa = 0.f;
-              if (!vis(mq, mkb)) pb = 0.f;
-            }
             s[4 * j + x] = pa;
             s[4 * j + 2 + x] = pb;
             dp[4 * j + x] = pa * (dp[4 * j + x] - dd);
@@ -1117,7 +1194,7 @@ void trace_dump(usbx_cuda *c, const char *name, unsigned blocks) {
  * gradients wanted) */
 bool bwd_fused_tma(usbx_cuda *c, const FP &p) {
   if (!c->opt_attn_bwd_fused || !p.dq || !p.dk || !p.dv || ((uintptr_t)p.dq & 15)) return false;
-  const size_t smem = 1024 + 2 * (size_t)FB_K * 256 + 4 * (size_t)FB_QT + 2 * (size_t)FB_K * 128 + 2 * FB_Q * 256 + 2 * FB_Q * sizeof(int4) + 4 * FB_Q * sizeof(float) +
+  const size_t smem = 1024 + 2 * (size_t)FB_K * 256 + 4 * (size_t)FB_QT + 2 * (size_t)FB_K * 128 + 2 * FB_Q * 256 + 4 * MASK_WORDS * sizeof(uint16_t) + 4 * FB_Q * sizeof(float) +
                       5 * 8 + (size_t)p.nt * sizeof(int);
   CUtensorMap tk, tv, tq, to, tdq;
   if (!tma_ready(c, p, smem, &tk, &tv) || !kv_tmap(&tq, p.q, p.n, p.H, FB_Q) || !kv_tmap(&to, p.dob, p.n, p.H, FB_Q) ||
@@ -1133,7 +1210,7 @@ bool bwd_fused_tma(usbx_cuda *c, const FP &p) {
 
 /* false when they do not apply (tma_ready): the caller runs the mma.sync kernels */
 bool fwd_tma(usbx_cuda *c, const FP &p) {
-  const size_t smem = 1024 + (size_t)WQ * 256 + 2 * WG_BK * sizeof(int4) + WG_KV_SMEM + (size_t)(p.nt + 1) / 2 * sizeof(int);
+  const size_t smem = 1024 + (size_t)WQ * 256 + 2 * WG_BITS * sizeof(uint16_t) + WG_KV_SMEM + (size_t)(p.nt + 1) / 2 * sizeof(int);
   CUtensorMap tk, tv;
   if (!tma_ready(c, p, smem, &tk, &tv)) return false;
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_fwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -1160,8 +1237,9 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
   p.sl2 = p.scale * LOG2E;
   *extra_p = extra ? cu_attn_ws(c, extra) : NULL;
   const int np = (p.nt + 1) / 2;
-  const size_t meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255, order_b = ((size_t)(2 * p.nt + np) * sizeof(int) + 255) & ~(size_t)255;
-  const size_t need = meta_b + order_b + (size_t)p.nt * p.nt;
+  const size_t pairs = (size_t)p.nt * p.nt, meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255,
+               order_b = ((size_t)(2 * p.nt + np) * sizeof(int) + 255) & ~(size_t)255, st_b = (pairs + 255) & ~(size_t)255;
+  const size_t need = meta_b + order_b + st_b + pairs * sizeof(int) + sizeof(int);
   if (need > c->fa_meta_bytes) {
     if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
     CUDA_CHECK(cudaMalloc(&c->fa_meta, need));
@@ -1171,11 +1249,30 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
   int4 *meta = (int4 *)c->fa_meta;
   int *order = (int *)((char *)c->fa_meta + meta_b);
   uint8_t *st = (uint8_t *)c->fa_meta + meta_b + order_b;
+  int *slot = (int *)(st + st_b), *count = slot + pairs;
   if (!a->meta_id || a->meta_id != c->fa_meta_id) {
     k_meta<<<(p.n + 255) / 256, 256, 0, c->stream>>>(meta, a->order, a->sample, a->split, a->mode, p.n);
     CUDA_LAUNCHED();
-    k_status<<<dim3(p.nt, p.nt), 256, 0, c->stream>>>(st, meta, p.n, p.nt);
-    CUDA_LAUNCHED();
+    /* the masked pairs' count is known only after classifying: room for a few per tile row
+     * first (the trainer's batches need ~4), and if that was short, a bigger table and again.
+     * One wait for the device per batch (the layers reuse the classification). */
+    if (!c->fa_bits_slots) {
+      c->fa_bits_slots = 8 * (size_t)p.nt + 256;
+      CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
+    }
+    for (;;) {
+      CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int), c->stream));
+      k_status<<<dim3(p.nt, p.nt), 256, 0, c->stream>>>(st, slot, (uint16_t *)c->fa_bits, count, (int)std::min<size_t>(c->fa_bits_slots, INT_MAX),
+                                                         meta, p.n, p.nt);
+      CUDA_LAUNCHED();
+      int masked = 0;
+      CUDA_CHECK(cudaMemcpyAsync(&masked, count, sizeof(int), cudaMemcpyDeviceToHost, c->stream));
+      CUDA_CHECK(cudaStreamSynchronize(c->stream));
+      if ((size_t)masked <= c->fa_bits_slots) break;
+      CUDA_CHECK(cudaFree(c->fa_bits));
+      c->fa_bits_slots = (size_t)masked + (size_t)masked / 4;
+      CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
+    }
     /* 16 bytes more than the counts: ptxas loads the remainder loop's counts as one 12-byte
      * access, which compute-sanitizer (memcheck) flagged as a read past the end at nt = 1 */
     const size_t smem = (size_t)(2 * p.nt + np) * sizeof(int) + 16;
@@ -1184,6 +1281,7 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
     CUDA_LAUNCHED();
     c->fa_meta_id = a->meta_id;
   }
+  p.slot = slot; p.bits = (const uint16_t *)c->fa_bits;
   p.meta = meta; p.status = st; p.q_order = order; p.k_order = order + p.nt; p.q2_order = order + 2 * p.nt;
   return p;
 }

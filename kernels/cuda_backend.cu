@@ -390,6 +390,7 @@ static void cuda_release(usbx_cuda *c) {
   if (c->attn_scratch) cudaFree(c->attn_scratch);
   if (c->attn_ws) cudaFree(c->attn_ws);
   if (c->fa_meta) cudaFree(c->fa_meta);
+  if (c->fa_bits) cudaFree(c->fa_bits);
   if (c->sumsq_done) cudaFree(c->sumsq_done);
   if (c->workspace) cudaFree(c->workspace);
   if (c->lt) cublasLtDestroy(c->lt);

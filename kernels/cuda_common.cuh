@@ -114,6 +114,7 @@ typedef struct {
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
+  void *fa_bits; size_t fa_bits_slots;   /* the visibility bits of its masked tile pairs (1 KB each) */
   unsigned *sumsq_done;   /* cuda_train.cu: blocks of the running sumsq_acc that finished (0 between calls) */
   char name[160];
 } usbx_cuda;

@@ -1287,6 +1287,7 @@ static void test_attention_masked(void) {
       {700, 28, 4, 128, -1, false, false, -1, 1}, {333, 8, 8, 64, -1, false, false, -1, 1}, {129, 4, 1, 128, -1, false, false, -1, 1},
       {900, 28, 4, 128, -1, true, false, -1, 1}, {200, 4, 2, 16, -1, false, false, -1, 1}, {64, 2, 1, 32, -1, true, true, -1, 1},
       {4100, 12, 2, 128, -1, true, true, -1, 1},  /* the 1.59 B trainer's shape: whole tiles skipped and unmasked */
+      {2100, 4, 2, 128, -1, false, false, -1, 1}, /* 1,089 masked tile pairs: more than the first table of their bits holds */
       {37, 2, 1, 20, -1, false, false, -1, 1},    /* head dim 20: flash does not apply, the tiled kernels run */
       {150, 28, 4, 128, -1, false, false, -1, 2}, {700, 28, 4, 128, -1, false, false, -1, 2}, {129, 4, 1, 128, -1, false, false, -1, 2},
       {900, 28, 4, 128, -1, true, false, -1, 2}, {4100, 12, 2, 128, -1, true, true, -1, 2},
