@@ -205,14 +205,17 @@ static void tm_fn(void *p) {
 /* a packed batch of `ns` samples of n/ns tokens each: text (causal; `text` tokens, or 1/4 when
  * negative) + noisy image (noise) per sample, H / Hkv heads of 128, tokens in packed order; returns
  * the visible (query, key) pairs in *pairs */
-static void time_train_attn(int n, int ns, int H, int Hkv, int text_len, int reps, bool by_sample, double *fwd_ms, double *bwd_ms,
-                            double *pairs) {
+static void time_train_attn(int n, int ns, int H, int Hkv, int text_len, int reps, bool by_sample, bool expert_order, double *fwd_ms,
+                            double *bwd_ms, double *pairs) {
   const int d = 128;
   int32_t *meta = xmalloc(4 * (size_t)n * sizeof *meta);
-  int per = n / ns;
-  for (int t = 0; t < n; t++) {
+  int per = n / ns, n_text = 0;
+  /* expert_order: stored as the trainer stores them, every sample's text first, then the images */
+  for (int t = 0; t < n; t++) n_text += t - (t / per < ns ? t / per : ns - 1) * per < (text_len < 0 ? per / 4 : text_len);
+  for (int t = 0, ti = 0, ii = n_text; t < n; t++) {
     int smp = t / per < ns ? t / per : ns - 1, off = t - smp * per, text = text_len < 0 ? per / 4 : text_len;
-    meta[t] = t; meta[n + t] = smp; meta[2 * n + t] = 2 * smp + (off >= text); meta[3 * n + t] = off >= text ? 2 : 0;
+    int at = !expert_order ? t : off < text ? ti++ : ii++;   /* storage slot of packed position t */
+    meta[at] = t; meta[n + at] = smp; meta[2 * n + at] = 2 * smp + (off >= text); meta[3 * n + at] = off >= text ? 2 : 0;
   }
   double vis = 0;
   for (int q = 0; q < n; q++)
@@ -414,7 +417,7 @@ int main(int argc, char **argv) {
       int old = usbx_cuda_set_option(be, "attn_masked_tc", kind > 0), old_fl = usbx_cuda_set_option(be, "attn_masked_flash", kind >= 3);
       int old_wg = usbx_cuda_set_option(be, "attn_masked_wg", kind == 4);
       double f, b, pairs;
-      time_train_attn(tn[i][0], tn[i][1], 28, 4, -1, kind ? (reps > 10 ? 10 : reps) : 2, kind == 2, &f, &b, &pairs);
+      time_train_attn(tn[i][0], tn[i][1], 28, 4, -1, kind ? (reps > 10 ? 10 : reps) : 2, kind == 2, false, &f, &b, &pairs);
       usbx_cuda_set_option(be, "attn_masked_tc", old);
       usbx_cuda_set_option(be, "attn_masked_flash", old_fl);
       usbx_cuda_set_option(be, "attn_masked_wg", old_wg);
@@ -426,16 +429,22 @@ int main(int argc, char **argv) {
     }
   /* the 1.59 B trainer's batches (benchmark/mfu-1p5b.json): two 256x256 scenes, each a 20-token
    * caption and 4,082 noisy image tokens, 12 query heads on 2 KV heads; the default kernels */
-  /* BENCH_TRAIN_LAYOUT=n:text,...: other token counts (2 samples) and caption lengths */
+  /* BENCH_TRAIN_LAYOUT=n:text[:e],...: other token counts (2 samples) and caption lengths; e: stored
+   * in the trainer's expert order (both captions first) instead of packed order */
   out("\n1.59 B trainer layout (H = 12, Hkv = 2; 2 samples of 20 causal text + 4,082 image tokens):\n\n");
-  out("| n | samples | text per sample | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|\n");
-  const char *lay = getenv("BENCH_TRAIN_LAYOUT") ? getenv("BENCH_TRAIN_LAYOUT") : "8204:20";
+  out("| n | samples | text per sample | order | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|---|\n");
+  const char *lay = getenv("BENCH_TRAIN_LAYOUT") ? getenv("BENCH_TRAIN_LAYOUT") : "8204:20,8204:20:e";
   for (const char *q = lay; q && *q; q = strchr(q, ',') ? strchr(q, ',') + 1 : NULL) {
     int ln = 0, lt = 0;
-    if (sscanf(q, "%d:%d", &ln, &lt) != 2 || ln < 256 || lt < 0 || lt >= ln / 2) { fprintf(stderr, "BENCH_TRAIN_LAYOUT: bad entry %s\n", q); exit(2); }
+    char e = 0;
+    if (sscanf(q, "%d:%d:%c", &ln, &lt, &e) < 2 || ln < 256 || lt < 0 || lt >= ln / 2 || (e && e != 'e')) {
+      fprintf(stderr, "BENCH_TRAIN_LAYOUT: bad entry %s\n", q);
+      exit(2);
+    }
     double f, b, pairs;
-    time_train_attn(ln, 2, 12, 2, lt, reps > 10 ? 10 : reps, false, &f, &b, &pairs);
-    out("| %d | 2 | %d | %.3f | %.1f | %.3f | %.1f |\n", ln, lt, f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b, 10.0 * 128 * pairs / (b * 1e-3) / 1e12);
+    time_train_attn(ln, 2, 12, 2, lt, reps > 10 ? 10 : reps, false, e == 'e', &f, &b, &pairs);
+    out("| %d | 2 | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", ln, lt, e == 'e' ? "expert" : "packed", f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b,
+        10.0 * 128 * pairs / (b * 1e-3) / 1e12);
   }
   }
   if (SECTION("mlp")) {

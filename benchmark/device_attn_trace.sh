@@ -10,7 +10,7 @@ set -uo pipefail
 device_results /tmp/dat
 LAYOUTS=${LAYOUTS:-8192:20 8204:20 8320:20 8192:0}
 for l in $LAYOUTS; do
-  tag=${l/:/_}
+  tag=${l//:/_}
   BENCH_ONLY=train BENCH_TRAIN_LAYOUT_ONLY=1 BENCH_TRAIN_LAYOUT=$l BENCH_REPS=10 timeout 120 build/bench/bench_ops_cuda "$R/bench_$tag.md" > /dev/null 2>&1
   echo "bench $l rc=$?: $(grep "^| $(echo $l | cut -d: -f1) " "$R/bench_$tag.md")"
   USBX_ATTN_TRACE=$R/trace_$tag BENCH_ONLY=train BENCH_TRAIN_LAYOUT_ONLY=1 BENCH_TRAIN_LAYOUT=$l BENCH_REPS=3 timeout 120 \
@@ -20,7 +20,7 @@ done
 if [ "${NCU:-1}" = 1 ]; then
   export PATH=$PATH:/usr/local/cuda/bin
   for l in ${NCU_LAYOUTS:-8192:20 8204:20}; do
-    tag=${l/:/_}
+    tag=${l//:/_}
     BENCH_ONLY=train BENCH_TRAIN_LAYOUT_ONLY=1 BENCH_TRAIN_LAYOUT=$l BENCH_REPS=1 timeout 200 ncu --metrics gpu__time_duration.sum \
       build/bench/bench_ops_cuda /dev/null > "$R/ncu_$tag.txt" 2>&1
     echo "ncu $l rc=$?"

@@ -544,6 +544,9 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
     vit_forward(t, P, b, &vs, rows);
     be->scatter_rows(be, xp, rows, vit_idx, b->n_vit, D);
   }
+  /* the attention's work on the metadata, queued before the rest of the forward (after the ViT's,
+   * which has its own metadata) */
+  if (be->attention_masked_prepare) be->attention_masked_prepare(be, &aa);
   /* VAE tokens: x_t = (1 - t) x0 + t noise; vae2llm(x_t) + TimestepEmbed(t) + latent_pos_embed[pid] */
   int nv = b->n_vae;
   int32_t *vae_idx = NULL, *d_lpid = NULL;

@@ -6,7 +6,8 @@
  * Tiles are 64 tokens of the stored order.  A first pass classifies every (query tile, key tile)
  * pair by brute force over the per-token visibility rule of ops.h: none visible (skipped: other
  * samples, keys after a causal block, other noise splits), all visible (no per-element test),
- * or mixed (the rule evaluated per element from metadata staged in shared memory).
+ * or mixed (the rule evaluated per element from metadata staged in shared memory; the Hopper
+ * kernels instead read bits made once per batch by that pass, k_status).
  *
  *   forward   one block per (query tile, query head), 4 warps of 16 query rows; active key tiles
  *             double-buffered through cp.async; S = Q·Kᵀ and O += P·V by mma.sync m16n8k16 bf16
@@ -22,8 +23,9 @@
  * price of recomputing S and dP once more.  Blocks are launched longest first (k_tile_order).
  * On sm_90 at head dim 128 the forward runs as warpgroup MMAs fed by TMA instead (k_fa_fwd_tma
  * below; option attn_masked_wg), in blocks of 128 queries, and the backward as one kernel
- * (k_fa_bwd_tma, option attn_bwd_fused: dQ added up in fp32 by the TMA unit, so not bit-stable
- * in dQ's last bits) or, with that option off, the mma.sync dK/dV kernel and k_fa_bwd_q_tma.
+ * (k_fa_bwd_tma, option attn_bwd_fused: dQ, dK and dV added up in fp32 by the TMA unit, so not
+ * bit-stable in their last bits) or, with that option off, the mma.sync dK/dV kernel and
+ * k_fa_bwd_q_tma.
  *
  * Precision is FlashAttention-2's (upstream trains with it): bf16 q/k/v, dO rounded to bf16, P
  * rounded to bf16 for P·V and Pᵀ·dO, dS rounded to bf16 for its two products; row sums, lse, D,
@@ -34,6 +36,8 @@
 #include <limits.h>
 #include <math.h>
 #include <algorithm>
+#include <functional>
+#include <vector>
 
 namespace {
 
@@ -49,11 +53,13 @@ struct FP {
   float *lse;                          /* forward output, [H, n] natural log */
   const float *lse_in, *D;             /* backward inputs, [H, n] */
   float *dq, *dk, *dv;
-  float *part_k, *part_v;              /* GQA: [n, H, d] per query head, summed into dk / dv */
+  float *part_k, *part_v;              /* GQA, k_fa_bwd_kv: [n, H, d] per query head, summed into dk / dv */
   const int4 *meta;                    /* per stored token: {order, sample, split·4 + mode, 1} */
   const uint8_t *status;               /* [nt][nt]: query tile x key tile */
   const int *slot;                     /* [nt][nt]: a masked pair's bits (k_status) */
   const uint16_t *bits;
+  const int *units;                    /* the one-kernel backward's units (k_tile_order) */
+  int n_units, chunk;
   const int *q_order, *k_order;        /* query / key tiles by falling cost (k_tile_order) */
   const int *q2_order;                 /* the same for pairs of query tiles (the Hopper kernels' blocks) */
   int n, H, Hkv, G, d, nt;
@@ -181,11 +187,12 @@ __device__ void rank_by_cost(int *order, const int *cost, int m) {
     order[r] = i;
   }
 }
-/* order: query tiles [nt], key tiles [nt], query tile pairs [np] */
+/* order: query tiles [nt], key tiles [nt], query tile pairs [np], then per 128-key block (two key
+ * tiles) its active query tiles [np], which plan_units reads */
 __global__ void __launch_bounds__(1024) k_tile_order(int *order, const uint8_t *st, int nt) {
   extern __shared__ int cost[];   /* the same three lists */
   const int np = (nt + 1) / 2;
-  int *cq = cost, *ck = cq + nt, *cq2 = ck + nt;
+  int *cq = cost, *ck = cq + nt, *cq2 = ck + nt, *nkb = order + 2 * nt + np;
   for (int i = threadIdx.x; i < nt; i += blockDim.x) {
     int a = 0, b = 0;
     for (int j = 0; j < nt; j++) {
@@ -196,12 +203,62 @@ __global__ void __launch_bounds__(1024) k_tile_order(int *order, const uint8_t *
     cq[i] = a;
     ck[i] = b;
   }
+  for (int kb = threadIdx.x; kb < np; kb += blockDim.x) {
+    int c = 0;
+    for (int qt = 0; qt < nt; qt++)
+      c += st[(size_t)qt * nt + 2 * kb] != T_NONE || (2 * kb + 1 < nt && st[(size_t)qt * nt + 2 * kb + 1] != T_NONE);
+    nkb[kb] = c;
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < np; i += blockDim.x) cq2[i] = cq[2 * i] + (2 * i + 1 < nt ? cq[2 * i + 1] : 0);
   __syncthreads();
   rank_by_cost(order, cq, nt);
   rank_by_cost(order + nt, ck, nt);
   rank_by_cost(order + 2 * nt, cq2, np);
+}
+
+/* The one-kernel Hopper backward (k_fa_bwd_tma) runs units: up to `chunk` consecutive entries of a
+ * 128-key block's list of active query tiles.  A block whose keys two samples share has twice the
+ * partners of the others, and such blocks whole made a last, partial wave that ran alone (the
+ * trainer's expert order at 8204 tokens: 24 of 780 blocks; span 1,293 us against 1,083 us of work
+ * per SM, 2026-11-27).  plan_units picks the chunk among a few candidates by simulating the launch
+ * on `sms` multiprocessors: units by falling size, the H heads of a unit together, each block to
+ * the first multiprocessor free, a block costing its tiles plus UNIT_COST tiles (its own K/V loads
+ * and dK/dV reductions).  It lists the units in launch order as key block << UNIT_SHIFT | chunk
+ * index and returns the chunk. */
+constexpr int UNIT_SHIFT = 16, UNIT_COST = 2;
+int plan_units(std::vector<int> &units, const std::vector<int> &nkb, int H, int sms) {
+  int max_n = 0;
+  for (int n : nkb) max_n = std::max(max_n, n);
+  units.clear();
+  if (!max_n) return 1;
+  std::vector<int> sizes;
+  std::vector<long> load((size_t)sms);
+  int best = max_n;
+  long best_t = LONG_MAX;
+  for (int k = 1; k <= 4; k++) {   /* chunks of max_n / k (beyond 4 the units' own costs grow) */
+    const int c = (max_n + k - 1) / k;
+    sizes.clear();
+    for (int n : nkb)
+      for (int i = 0; i * c < n; i++) sizes.push_back(std::min(c, n - i * c));
+    std::sort(sizes.begin(), sizes.end(), std::greater<int>());
+    std::fill(load.begin(), load.end(), 0L);   /* a min-heap of the multiprocessors' finish times */
+    for (int sz : sizes)
+      for (int h = 0; h < H; h++) {
+        std::pop_heap(load.begin(), load.end(), std::greater<long>());
+        load.back() += sz + UNIT_COST;
+        std::push_heap(load.begin(), load.end(), std::greater<long>());
+      }
+    const long t = *std::max_element(load.begin(), load.end());
+    if (t < best_t) best_t = t, best = c;
+  }
+  struct U { int size, kb, i; };
+  std::vector<U> us;
+  for (int kb = 0; kb < (int)nkb.size(); kb++)
+    for (int i = 0; i * best < nkb[kb]; i++) us.push_back({std::min(best, nkb[kb] - i * best), kb, i});
+  std::stable_sort(us.begin(), us.end(), [](const U &x, const U &y) { return x.size > y.size; });
+  for (const U &u : us) units.push_back(u.kb << UNIT_SHIFT | u.i);
+  return best;
 }
 
 /* warp-wide: the lanes with act append their e to list[c...] in lane order; returns the new count */
@@ -916,17 +973,20 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
 }
 
 /* ---------------------------------------------------------------- Hopper backward in one kernel
- * FlashAttention-3's schedule at head dim 128: one block per (128 keys, query head), two consumer
- * warpgroups of 64 keys each (one classification tile: skipped, whole or masked per query tile),
- * K and V of the block staged once, and the active 64-query tiles of Q and dO (with their lse and D)
- * streamed through two stages by a producer warpgroup that gives its registers away.  Per query
- * tile a warpgroup computes Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64), Pᵀ and dSᵀ in registers, dV += Pᵀ·dO
- * and dK += dSᵀ·Q (A from registers), and writes dSᵀ (bf16) to shared memory; after a barrier of
- * the two warpgroups each computes dQ = dS·K for its 64 columns of d over all 128 keys, stages it
- * in shared memory, and the TMA unit adds it into dq (fp32, zeroed first; cp.reduce.async.bulk).
- * Against the two-kernel backward this drops the second computation of S and dP (7 products per
- * tile pair become 5); the price is that dQ's additions come in no fixed order.  (Per-thread
- * float2 atomics instead of the TMA reductions: 2.85 against 2.52 ms at 8192 tokens, H 28/4.) */
+ * FlashAttention-3's schedule at head dim 128: one block per unit (up to plan_units' chunk of the
+ * active query tiles of 128 keys) and query head, two consumer warpgroups of 64 keys each (one
+ * classification tile: skipped, whole or masked per query tile), K and V of the block staged once,
+ * and the unit's 64-query tiles of Q and dO (with their lse, D and mask bits) streamed through two
+ * stages by a producer warpgroup that gives its registers away.  Per query tile a warpgroup
+ * computes Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (m64n64), Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q
+ * (A from registers), and writes dSᵀ (bf16) to shared memory; after a barrier of the two
+ * warpgroups each computes dQ = dS·K for its 64 columns of d over all 128 keys, stages it in
+ * shared memory, and the TMA unit adds it into dq (fp32, zeroed first; cp.reduce.async.bulk).  At
+ * the end dK and dV go the same way into dk and dv: the G query heads of a KV head and the units
+ * of a key block add up there, with no pass summing the heads' shares.  Against the two-kernel
+ * backward this drops the second computation of S and dP (7 products per tile pair become 5); the
+ * price is that the additions come in no fixed order.  (Per-thread float2 atomics instead of the
+ * TMA reductions for dQ: 2.85 against 2.52 ms at 8192 tokens, H 28/4.) */
 constexpr int FB_Q = 64;                       /* queries per streamed tile: the classification's tile */
 constexpr int FB_K = 128;                      /* keys per block: two classification tiles */
 constexpr uint32_t FB_QT = FB_Q * 256;         /* bytes of a Q or dO tile (two 64-column halves) */
@@ -947,9 +1007,26 @@ __device__ int fb_active_tiles(int *list, const uint8_t *st, int kb, int nt) {
 }
 #endif
 
+#if USBX_WGMMA_DEVICE
+/* a warpgroup's m64n64 fp32 accumulators (rows 16·wi + lane / 4 (+ 8), columns 8j + 2·(lane % 4)),
+ * times scale, into two TMA boxes of 64 rows x 32 fp32 at dst (128-byte swizzle), as the TMA
+ * reductions into dq, dk and dv read them */
+__device__ __forceinline__ void stage_f32_64x64(unsigned char *dst, const float *acc, float scale, int wi, int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int r = wi * 16 + (lane >> 2) + half * 8;
+#pragma unroll
+    for (int j = 0; j < 8; j++)   /* box j / 4; 16-byte chunk 2(j % 4) + (lane % 4) / 2 of row r, swizzled */
+      *(float2 *)(dst + (j >> 2) * FB_Q * 128 + r * 128 + (((2 * (j & 3) + ((lane & 3) >> 1)) ^ (r & 7)) << 4) + (lane & 1) * 8) =
+          make_float2(acc[4 * j + 2 * half] * scale, acc[4 * j + 2 * half + 1] * scale);
+  }
+}
+#endif
+
 __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                                                        const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_o,
-                                                       const __grid_constant__ CUtensorMap tm_dq) {
+                                                       const __grid_constant__ CUtensorMap tm_dq, const __grid_constant__ CUtensorMap tm_dk,
+                                                       const __grid_constant__ CUtensorMap tm_dv) {
 #if USBX_WGMMA_DEVICE
   extern __shared__ unsigned char smem_raw[];
   unsigned char *base = wg_smem_base(smem_raw);
@@ -965,13 +1042,15 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   /* key blocks in stored order: ranked by cost like the query blocks they ran 0-13 % slower at 4 samples (H 28/4,
    * 2026-11-27 01:55), as neighbouring blocks then stream the same query tiles less often together */
-  const int kb = blockIdx.x / p.H, h = blockIdx.x % p.H, kvh = h / p.G, k0 = kb * FB_K;
+  const int unit = p.units[blockIdx.x / p.H], kb = unit >> UNIT_SHIFT, h = blockIdx.x % p.H, kvh = h / p.G, k0 = kb * FB_K;
   if (tid == 0) {
     mbar_init(kv_full, 1);
     for (int i = 0; i < 2; i++) { mbar_init(&full[i], 32); mbar_init(&empty[i], 8); }
     mbar_init_fence();
   }
-  const int n_act = fb_active_tiles(list, p.status, kb, p.nt);
+  /* this unit's share of the block's list: entries chunk·c .. */
+  const int first = (unit & ((1 << UNIT_SHIFT) - 1)) * p.chunk, n_act = min(fb_active_tiles(list, p.status, kb, p.nt) - first, p.chunk);
+  list += first;
   TRACE_COUNT(n_act);
 
   if (wg == 2) {   /* producer warpgroup: warp 8 loads, its lane 0 issues the copies */
@@ -1110,14 +1189,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
       unsigned char *stg = sdQ + wg * FB_Q * 256;
       if (ctid == 0) bulk_wait_read0();   /* the previous tile's reductions have read it */
       asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
-#pragma unroll
-      for (int half = 0; half < 2; half++) {
-        const int r = wi * 16 + (lane >> 2) + half * 8;
-#pragma unroll
-        for (int j = 0; j < 8; j++)   /* box j / 4; 16-byte chunk 2(j % 4) + (lane % 4) / 2 of row r, swizzled */
-          *(float2 *)(stg + (j >> 2) * FB_Q * 128 + r * 128 + (((2 * (j & 3) + ((lane & 3) >> 1)) ^ (r & 7)) << 4) + (lane & 1) * 8) =
-              make_float2(dqa[4 * j + 2 * half] * p.scale, dqa[4 * j + 2 * half + 1] * p.scale);
-      }
+      stage_f32_64x64(stg, dqa, p.scale, wi, lane);
       fence_proxy_async();
       asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
       if (ctid == 0) {   /* rows past n are outside the tensor map: left alone */
@@ -1130,19 +1202,26 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
   if (ctid == 0) bulk_wait0();
   TRACE_END(wg);
 
-  /* G = 1: straight into dk / dv (h = kvh); else this head's share into the workspace */
-  float *ok = p.G > 1 ? p.part_k : p.dk, *ov = p.G > 1 ? p.part_v : p.dv;
-  const int cb = 2 * (lane & 3);
+  /* dK and dV added into dk / dv (zeroed first) by the TMA unit: the G query heads of a KV head and
+   * the units of a key block each add their share.  Every tile's products are done (the loop ended
+   * after its last dQ product), but the other warpgroup may still read K: both first. */
+  asm volatile("bar.sync 1, 256;\n" ::: "memory");
+  constexpr int BOX = FB_Q * 128;        /* 64 rows x 32 fp32 */
+  unsigned char *stg = wg ? sQO : sK;    /* 64 KB each: dK's four boxes, then dV's */
 #pragma unroll
-  for (int half = 0; half < 2; half++) {
-    const int t = k0 + (half ? rb : ra);
-    if (t >= p.n) continue;
-    const size_t row = ((size_t)t * p.H + h) * 128;
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-      if (ok) *(float2 *)(ok + row + j * 8 + cb) = make_float2(dk[4 * j + 2 * half] * p.scale, dk[4 * j + 2 * half + 1] * p.scale);
-      if (ov) *(float2 *)(ov + row + j * 8 + cb) = make_float2(dv[4 * j + 2 * half], dv[4 * j + 2 * half + 1]);
+  for (int half = 0; half < 2; half++) {   /* columns 64·half .. */
+    stage_f32_64x64(stg + 2 * half * BOX, dk + 32 * half, p.scale, wi, lane);
+    stage_f32_64x64(stg + (4 + 2 * half) * BOX, dv + 32 * half, 1.f, wi, lane);
+  }
+  fence_proxy_async();
+  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
+  if (ctid == 0) {   /* rows past n are outside the tensor maps: left alone */
+    for (int b = 0; b < 4; b++) {
+      tma_reduce_add_2d(&tm_dk, stg + b * BOX, kvh * 128 + 32 * b, k0 + 64 * wg);
+      tma_reduce_add_2d(&tm_dv, stg + (4 + b) * BOX, kvh * 128 + 32 * b, k0 + 64 * wg);
     }
+    bulk_commit();
+    bulk_wait0();
   }
 #else
   __trap();
@@ -1191,20 +1270,25 @@ void trace_dump(usbx_cuda *c, const char *name, unsigned blocks) {
 #endif
 
 /* dK, dV and dQ by k_fa_bwd_tma; false when it does not apply (tma_ready, the option, all three
- * gradients wanted) */
+ * gradients wanted).  All three are added up by TMA reductions into zeroed fp32, in no fixed order. */
 bool bwd_fused_tma(usbx_cuda *c, const FP &p) {
-  if (!c->opt_attn_bwd_fused || !p.dq || !p.dk || !p.dv || ((uintptr_t)p.dq & 15)) return false;
+  if (!c->opt_attn_bwd_fused || !p.dq || !p.dk || !p.dv || (((uintptr_t)p.dq | (uintptr_t)p.dk | (uintptr_t)p.dv) & 15)) return false;
   const size_t smem = 1024 + 2 * (size_t)FB_K * 256 + 4 * (size_t)FB_QT + 2 * (size_t)FB_K * 128 + 2 * FB_Q * 256 + 4 * MASK_WORDS * sizeof(uint16_t) + 4 * FB_Q * sizeof(float) +
                       5 * 8 + (size_t)p.nt * sizeof(int);
-  CUtensorMap tk, tv, tq, to, tdq;
+  CUtensorMap tk, tv, tq, to, tdq, tdk, tdv;
   if (!tma_ready(c, p, smem, &tk, &tv) || !kv_tmap(&tq, p.q, p.n, p.H, FB_Q) || !kv_tmap(&to, p.dob, p.n, p.H, FB_Q) ||
-      !tmap_2d(&tdq, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dq, p.n, p.H * 128, 32, FB_Q))
+      !tmap_2d(&tdq, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dq, p.n, p.H * 128, 32, FB_Q) ||
+      !tmap_2d(&tdk, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dk, p.n, p.Hkv * 128, 32, FB_Q) ||
+      !tmap_2d(&tdv, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dv, p.n, p.Hkv * 128, 32, FB_Q))
     return false;
   CUDA_CHECK(cudaMemsetAsync(p.dq, 0, (size_t)p.n * p.H * 128 * sizeof(float), c->stream));
+  CUDA_CHECK(cudaMemsetAsync(p.dk, 0, (size_t)p.n * p.Hkv * 128 * sizeof(float), c->stream));
+  CUDA_CHECK(cudaMemsetAsync(p.dv, 0, (size_t)p.n * p.Hkv * 128 * sizeof(float), c->stream));
+  if (!p.n_units) return true;   /* no visible pair */
   CUDA_CHECK(cudaFuncSetAttribute(k_fa_bwd_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  k_fa_bwd_tma<<<(unsigned)((p.nt + 1) / 2 * p.H), 384, smem, c->stream>>>(p, tk, tv, tq, to, tdq);
+  k_fa_bwd_tma<<<(unsigned)(p.n_units * p.H), 384, smem, c->stream>>>(p, tk, tv, tq, to, tdq, tdk, tdv);
   CUDA_LAUNCHED();
-  TRACE_DUMP(c, "bwd", (unsigned)((p.nt + 1) / 2 * p.H));
+  TRACE_DUMP(c, "bwd", (unsigned)(p.n_units * p.H));
   return true;
 }
 
@@ -1220,14 +1304,116 @@ bool fwd_tma(usbx_cuda *c, const FP &p) {
   return true;
 }
 
-bool flash_ok(const usbx_attn_masked_args *a, const void *q, const void *k, const void *v, const void *o) {
+bool flash_shape_ok(const usbx_attn_masked_args *a) {
   return a->n > 0 && a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0 && a->head_dim % 8 == 0 &&
-         a->head_dim > 0 && a->head_dim <= 128 && (a->n + TB - 1) / TB <= 16384 &&
-         ((((uintptr_t)q) | ((uintptr_t)k) | ((uintptr_t)v) | ((uintptr_t)o)) & 15u) == 0;
+         a->head_dim > 0 && a->head_dim <= 128 && (a->n + TB - 1) / TB <= 8192;
+}
+bool flash_ok(const usbx_attn_masked_args *a, const void *q, const void *k, const void *v, const void *o) {
+  return flash_shape_ok(a) && ((((uintptr_t)q) | ((uintptr_t)k) | ((uintptr_t)v) | ((uintptr_t)o)) & 15u) == 0;
 }
 
-/* parameters, and the metadata and tile statuses (kept while meta_id stays the same: the layers
- * of a batch classify the tiles once); `extra` bytes of the attention workspace for the caller
+/* The metadata and tile classification of a batch (kept while meta_id stays the same: the layers
+ * of a batch classify the tiles once) in c->fa_meta; the masked pairs' bits in c->fa_bits.
+ * classify_enqueue queues the passes and the copies of what the host needs (the masked pairs'
+ * count, each key block's active query tiles) into pinned memory, then an event; classify_finish
+ * waits for the event, grows the bits' table if it was short (and classifies again), plans the
+ * backward's units and uploads them.  The trainer queues the classification at the start of a
+ * batch (ops.h attention_masked_prepare), so the host waits while the device still has the
+ * batch's first kernels to run, not with nothing queued. */
+struct Layout {
+  int np;
+  size_t meta_b, order_b, st_b, pairs;
+  int4 *meta;
+  int *order;
+  uint8_t *st;
+  int *slot, *masked, *units;
+};
+Layout layout(usbx_cuda *c, int n) {
+  Layout L;
+  const int nt = (n + TB - 1) / TB;
+  L.np = (nt + 1) / 2;
+  L.pairs = (size_t)nt * nt;
+  L.meta_b = ((size_t)n * sizeof(int4) + 255) & ~(size_t)255;
+  L.order_b = ((size_t)(2 * nt + 2 * L.np + 5 * L.np) * sizeof(int) + 255) & ~(size_t)255;   /* orders, nkb, units (plan_units: <= 5 np) */
+  L.st_b = (L.pairs + 255) & ~(size_t)255;
+  const size_t need = L.meta_b + L.order_b + L.st_b + L.pairs * sizeof(int) + sizeof(int);
+  if (need > c->fa_meta_bytes) {
+    if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
+    CUDA_CHECK(cudaMalloc(&c->fa_meta, need));
+    c->fa_meta_bytes = need;
+    c->fa_meta_id = 0;
+  }
+  L.meta = (int4 *)c->fa_meta;
+  L.order = (int *)((char *)c->fa_meta + L.meta_b);
+  L.st = (uint8_t *)c->fa_meta + L.meta_b + L.order_b;
+  L.slot = (int *)(L.st + L.st_b);
+  L.masked = L.slot + L.pairs;
+  L.units = L.order + 2 * nt + 2 * L.np;
+  return L;
+}
+/* the classification passes, and the copy of the masked count and nkb into c->fa_host */
+void classify_passes(usbx_cuda *c, const usbx_attn_masked_args *a, const Layout &L) {
+  const int n = a->n, nt = (n + TB - 1) / TB;
+  CUDA_CHECK(cudaMemsetAsync(L.masked, 0, sizeof(int), c->stream));
+  k_status<<<dim3(nt, nt), 256, 0, c->stream>>>(L.st, L.slot, (uint16_t *)c->fa_bits, L.masked, (int)std::min<size_t>(c->fa_bits_slots, INT_MAX),
+                                                 L.meta, n, nt);
+  CUDA_LAUNCHED();
+  /* 16 bytes more than the counts: ptxas loads the remainder loop's counts as one 12-byte
+   * access, which compute-sanitizer (memcheck) flagged as a read past the end at nt = 1 */
+  const size_t smem = (size_t)(2 * nt + L.np) * sizeof(int) + 16;
+  if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_tile_order, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  k_tile_order<<<1, 1024, smem, c->stream>>>(L.order, L.st, nt);
+  CUDA_LAUNCHED();
+  CUDA_CHECK(cudaMemcpyAsync(c->fa_host, L.masked, sizeof(int), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_CHECK(cudaMemcpyAsync(c->fa_host + 1, L.order + 2 * nt + L.np, (size_t)L.np * sizeof(int), cudaMemcpyDeviceToHost, c->stream));
+}
+void classify_enqueue(usbx_cuda *c, const usbx_attn_masked_args *a) {
+  const Layout L = layout(c, a->n);
+  const int nt = (a->n + TB - 1) / TB;
+  /* pinned room for the count, nkb, then the units (<= 5 np) */
+  const size_t host_n = 1 + 6 * (size_t)L.np;
+  if (host_n > c->fa_host_n) {
+    if (c->fa_host) CUDA_CHECK(cudaFreeHost(c->fa_host));   /* synchronising: no copy pending */
+    CUDA_CHECK(cudaMallocHost(&c->fa_host, host_n * sizeof(int)));
+    c->fa_host_n = host_n;
+  }
+  if (!c->fa_ev) CUDA_CHECK(cudaEventCreateWithFlags(&c->fa_ev, cudaEventDisableTiming));
+  if (!c->fa_bits_slots) {   /* room for a few masked pairs per tile row (the trainer's batches need ~4) */
+    c->fa_bits_slots = 8 * (size_t)nt + 256;
+    CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
+  }
+  k_meta<<<(a->n + 255) / 256, 256, 0, c->stream>>>(L.meta, a->order, a->sample, a->split, a->mode, a->n);
+  CUDA_LAUNCHED();
+  classify_passes(c, a, L);
+  CUDA_CHECK(cudaEventRecord(c->fa_ev, c->stream));
+  c->fa_meta_id = 0;   /* the buffers now hold the pending batch's */
+  c->fa_pending_id = a->meta_id;
+}
+void classify_finish(usbx_cuda *c, const usbx_attn_masked_args *a) {
+  const Layout L = layout(c, a->n);
+  CUDA_CHECK(cudaEventSynchronize(c->fa_ev));
+  if ((size_t)c->fa_host[0] > c->fa_bits_slots) {   /* the bits' table was short: a bigger one, and again */
+    CUDA_CHECK(cudaFree(c->fa_bits));
+    c->fa_bits_slots = (size_t)c->fa_host[0] + (size_t)c->fa_host[0] / 4;
+    CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
+    classify_passes(c, a, L);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  }
+  std::vector<int> nkb(c->fa_host + 1, c->fa_host + 1 + L.np), units;
+  c->fa_chunk = plan_units(units, nkb, a->n_heads, c->prop.multiProcessorCount);
+  c->fa_units = (int)units.size();
+  /* into the pinned buffer's tail: the previous batch's upload from there is done (stream order:
+   * it came before this classification, whose event was waited for) */
+  int *hu = c->fa_host + 1 + L.np;
+  std::copy(units.begin(), units.end(), hu);
+  if (!units.empty()) CUDA_CHECK(cudaMemcpyAsync(L.units, hu, units.size() * sizeof(int), cudaMemcpyHostToDevice, c->stream));
+  c->fa_meta_id = a->meta_id;
+  c->fa_meta_H = a->n_heads;
+  c->fa_pending_id = 0;
+}
+
+/* parameters, and the metadata, tile statuses and units of a's batch (classified now unless
+ * attention_masked_prepare queued it); `extra` bytes of the attention workspace for the caller
  * (in *extra_p) */
 FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **extra_p) {
   FP p = {};
@@ -1236,53 +1422,15 @@ FP prepare(usbx_cuda *c, const usbx_attn_masked_args *a, size_t extra, void **ex
   p.scale = 1.0f / sqrtf((float)p.d);
   p.sl2 = p.scale * LOG2E;
   *extra_p = extra ? cu_attn_ws(c, extra) : NULL;
-  const int np = (p.nt + 1) / 2;
-  const size_t pairs = (size_t)p.nt * p.nt, meta_b = ((size_t)p.n * sizeof(int4) + 255) & ~(size_t)255,
-               order_b = ((size_t)(2 * p.nt + np) * sizeof(int) + 255) & ~(size_t)255, st_b = (pairs + 255) & ~(size_t)255;
-  const size_t need = meta_b + order_b + st_b + pairs * sizeof(int) + sizeof(int);
-  if (need > c->fa_meta_bytes) {
-    if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
-    CUDA_CHECK(cudaMalloc(&c->fa_meta, need));
-    c->fa_meta_bytes = need;
-    c->fa_meta_id = 0;
+  /* the units depend on H too (the layers of a batch share it) */
+  if (!a->meta_id || a->meta_id != c->fa_meta_id || p.H != c->fa_meta_H) {
+    if (!a->meta_id || a->meta_id != c->fa_pending_id) classify_enqueue(c, a);
+    classify_finish(c, a);
   }
-  int4 *meta = (int4 *)c->fa_meta;
-  int *order = (int *)((char *)c->fa_meta + meta_b);
-  uint8_t *st = (uint8_t *)c->fa_meta + meta_b + order_b;
-  int *slot = (int *)(st + st_b), *count = slot + pairs;
-  if (!a->meta_id || a->meta_id != c->fa_meta_id) {
-    k_meta<<<(p.n + 255) / 256, 256, 0, c->stream>>>(meta, a->order, a->sample, a->split, a->mode, p.n);
-    CUDA_LAUNCHED();
-    /* the masked pairs' count is known only after classifying: room for a few per tile row
-     * first (the trainer's batches need ~4), and if that was short, a bigger table and again.
-     * One wait for the device per batch (the layers reuse the classification). */
-    if (!c->fa_bits_slots) {
-      c->fa_bits_slots = 8 * (size_t)p.nt + 256;
-      CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
-    }
-    for (;;) {
-      CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int), c->stream));
-      k_status<<<dim3(p.nt, p.nt), 256, 0, c->stream>>>(st, slot, (uint16_t *)c->fa_bits, count, (int)std::min<size_t>(c->fa_bits_slots, INT_MAX),
-                                                         meta, p.n, p.nt);
-      CUDA_LAUNCHED();
-      int masked = 0;
-      CUDA_CHECK(cudaMemcpyAsync(&masked, count, sizeof(int), cudaMemcpyDeviceToHost, c->stream));
-      CUDA_CHECK(cudaStreamSynchronize(c->stream));
-      if ((size_t)masked <= c->fa_bits_slots) break;
-      CUDA_CHECK(cudaFree(c->fa_bits));
-      c->fa_bits_slots = (size_t)masked + (size_t)masked / 4;
-      CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
-    }
-    /* 16 bytes more than the counts: ptxas loads the remainder loop's counts as one 12-byte
-     * access, which compute-sanitizer (memcheck) flagged as a read past the end at nt = 1 */
-    const size_t smem = (size_t)(2 * p.nt + np) * sizeof(int) + 16;
-    if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(k_tile_order, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    k_tile_order<<<1, 1024, smem, c->stream>>>(order, st, p.nt);
-    CUDA_LAUNCHED();
-    c->fa_meta_id = a->meta_id;
-  }
-  p.slot = slot; p.bits = (const uint16_t *)c->fa_bits;
-  p.meta = meta; p.status = st; p.q_order = order; p.k_order = order + p.nt; p.q2_order = order + 2 * p.nt;
+  const Layout L = layout(c, p.n);
+  p.units = L.units; p.n_units = c->fa_units; p.chunk = c->fa_chunk;
+  p.slot = L.slot; p.bits = (const uint16_t *)c->fa_bits;
+  p.meta = L.meta; p.status = L.st; p.q_order = L.order; p.k_order = L.order + p.nt; p.q2_order = L.order + 2 * p.nt;
   return p;
 }
 
@@ -1306,12 +1454,19 @@ void sum_heads(usbx_cuda *c, const FP &p) {
   CUDA_LAUNCHED();
 }
 template <int DP>
-void bwd(usbx_cuda *c, const FP &p) {
-  if (DP == 128 && bwd_fused_tma(c, p)) {
-    sum_heads(c, p);
-    return;
-  }
+void bwd(usbx_cuda *c, FP p) {
+  if (DP == 128 && bwd_fused_tma(c, p)) return;
   if (p.dk || p.dv) {
+    if (p.G > 1) {   /* the heads' dK and dV shares (fa_parts, grown on demand) */
+      const size_t nq = (size_t)p.n * p.H * p.d, bytes = 2 * nq * sizeof(float);
+      if (bytes > c->fa_parts_bytes) {
+        if (c->fa_parts) CUDA_CHECK(cudaFree(c->fa_parts));   /* synchronising: no user left */
+        CUDA_CHECK(cudaMalloc(&c->fa_parts, bytes));
+        c->fa_parts_bytes = bytes;
+      }
+      p.part_k = (float *)c->fa_parts;
+      p.part_v = p.part_k + nq;
+    }
     launch(c, k_fa_bwd_kv<DP>, dim3(p.nt * p.H), Smem<DP>::bwd(p.nt), p);
     sum_heads(c, p);
   }
@@ -1319,6 +1474,14 @@ void bwd(usbx_cuda *c, const FP &p) {
 }
 
 }  // namespace
+
+void cu_attn_masked_prepare_flash(usbx_backend *be, const usbx_attn_masked_args *a) {
+  usbx_cuda *c = CU(be);
+  if (!c->opt_attn_masked_flash || !a->meta_id || a->meta_id == c->fa_meta_id || a->meta_id == c->fa_pending_id ||
+      !flash_shape_ok(a))
+    return;
+  classify_enqueue(c, a);
+}
 
 bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                               const usbx_attn_masked_args *a) {
@@ -1338,17 +1501,12 @@ bool cu_attn_masked_bwd_flash(usbx_backend *be, float *dq, float *dk, float *dv,
   if (!flash_ok(a, q, k, v, NULL) || ((((uintptr_t)dq) | ((uintptr_t)dk) | ((uintptr_t)dv)) & 7u)) return false;
   usbx_cuda *c = CU(be);
   const size_t nq = (size_t)a->n * a->n_heads * a->head_dim;
-  const bool parts = a->n_heads > a->n_kv_heads && (dk || dv);
-  void *ws;   /* dO in bf16, then (GQA) the per-head dK and dV shares */
-  FP p = prepare(c, a, nq * sizeof(bf16) + (parts ? 2 * nq * sizeof(float) + 256 : 0), &ws);
+  void *ws;   /* dO in bf16 */
+  FP p = prepare(c, a, nq * sizeof(bf16), &ws);
   bf16 *dob = (bf16 *)ws;
   cu_attn_D(c, D, dob, dout, out, a->n, a->n_heads, a->head_dim);
   p.q = q; p.k = k; p.v = v; p.dob = dob; p.lse_in = lse; p.D = D;
   p.dq = dq; p.dk = dk; p.dv = dv;
-  if (parts) {
-    p.part_k = (float *)((char *)ws + ((nq * sizeof(bf16) + 255) & ~(size_t)255));
-    p.part_v = p.part_k + nq;
-  }
   if (p.d <= 32) bwd<32>(c, p);
   else if (p.d <= 64) bwd<64>(c, p);
   else bwd<128>(c, p);

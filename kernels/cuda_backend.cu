@@ -391,6 +391,9 @@ static void cuda_release(usbx_cuda *c) {
   if (c->attn_ws) cudaFree(c->attn_ws);
   if (c->fa_meta) cudaFree(c->fa_meta);
   if (c->fa_bits) cudaFree(c->fa_bits);
+  if (c->fa_parts) cudaFree(c->fa_parts);
+  if (c->fa_host) cudaFreeHost(c->fa_host);
+  if (c->fa_ev) cudaEventDestroy(c->fa_ev);
   if (c->sumsq_done) cudaFree(c->sumsq_done);
   if (c->workspace) cudaFree(c->workspace);
   if (c->lt) cublasLtDestroy(c->lt);

@@ -115,6 +115,11 @@ typedef struct {
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
   void *fa_bits; size_t fa_bits_slots;   /* the visibility bits of its masked tile pairs (1 KB each) */
+  void *fa_parts; size_t fa_parts_bytes;  /* k_fa_bwd_kv's per-head dK and dV shares (GQA) */
+  int fa_units, fa_chunk, fa_meta_H;     /* the one-kernel backward's units and their size (plan_units), for H heads */
+  uint64_t fa_pending_id;                /* a classification queued by attention_masked_prepare */
+  cudaEvent_t fa_ev;                     /* ... recorded after it */
+  int *fa_host; size_t fa_host_n;        /* pinned: its masked count, per key block its active query tiles, the units */
   unsigned *sumsq_done;   /* cuda_train.cu: blocks of the running sumsq_acc that finished (0 between calls) */
   char name[160];
 } usbx_cuda;
@@ -166,6 +171,7 @@ bool cu_attn_masked_bwd_gemm(usbx_backend *be, float *dq, float *dk, float *dv, 
 
 /* cuda_attn_flash.cu: attention_masked and its backward as flash attention; false when the head dim
  * is not a multiple of 8 up to 128 or a pointer is not 16-byte aligned */
+void cu_attn_masked_prepare_flash(usbx_backend *be, const usbx_attn_masked_args *a);
 bool cu_attn_masked_fwd_flash(usbx_backend *be, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                               const usbx_attn_masked_args *a);
 /* (the backward computes D = rowsum(dout·out) into D itself, with dout's bf16 copy: cu_attn_D) */

@@ -36,8 +36,9 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *                  MMAs fed by TMA (k_fa_fwd_tma, k_fa_bwd_q_tma); 0 the mma.sync kernels.
  *                  Env USBX_CUDA_ATTN_MASKED_WG.
  *   "attn_bwd_fused" [1] with that option, the backward as one kernel (k_fa_bwd_tma: dK, dV and dQ
- *                  of a 128-key block together, dQ added into fp32 by the TMA unit's reductions in no
- *                  fixed order, so repeated backwards may differ in dQ's last bits); 0 the
+ *                  of a 128-key block together, all three added into fp32 by the TMA unit's
+ *                  reductions in no fixed order, so repeated backwards may differ in their last
+ *                  bits); 0 the
  *                  deterministic dK/dV and dQ kernels (usbx-train --deterministic).
  *                  Env USBX_CUDA_ATTN_BWD_FUSED.
  *   "attn_masked_tc" [1] attention_masked(_bwd) through the tiled tensor-core kernels (else the

@@ -701,6 +701,9 @@ static void c_attention_masked(usbx_backend *be, void *out, float *lse, const vo
                                                                      (const bf16 *)v, m);
   CUDA_LAUNCHED();
 }
+static void c_attention_masked_prepare(usbx_backend *be, const usbx_attn_masked_args *a) {
+  if (a->n > 0) cu_attn_masked_prepare_flash(be, a);
+}
 static void c_attention_masked_bwd(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const void *q,
                                    const void *k, const void *v, const void *out, const float *lse,
                                    const usbx_attn_masked_args *a) {
@@ -961,6 +964,7 @@ void cu_install_train_ops(usbx_backend *be) {
   be->embed_bwd = c_embed_bwd;
   be->attention_masked = c_attention_masked;
   be->attention_masked_bwd = c_attention_masked_bwd;
+  be->attention_masked_prepare = c_attention_masked_prepare;
   be->cross_entropy = c_cross_entropy;
   be->adamw = c_adamw;
   be->sumsq_acc = c_sumsq_acc;

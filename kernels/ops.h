@@ -211,6 +211,10 @@ struct usbx_backend {
                            const usbx_attn_masked_args *a);
   void (*attention_masked_bwd)(usbx_backend *be, float *dq, float *dk, float *dv, const float *dout, const void *q, const void *k,
                                const void *v, const void *out, const float *lse, const usbx_attn_masked_args *a);
+  /* optional (NULL where it has nothing to do): start what the attention of a's batch needs from
+   * its metadata alone, before the first attention_masked call with a->meta_id (CUDA: the tile
+   * classification, which the host must wait for; queued early, the wait finds work still queued) */
+  void (*attention_masked_prepare)(usbx_backend *be, const usbx_attn_masked_args *a);
   /* cross entropy rows: loss[i] = logsumexp(logits[i]) - logits[i, labels[i]];
    * dlogits (overwrite, may alias logits) = (softmax - onehot) * scale */
   void (*cross_entropy)(usbx_backend *be, float *loss, float *dlogits, const float *logits, const int32_t *labels, int n, int V, float scale);
