@@ -33,11 +33,10 @@
  * (cpu_attention_masked.c). */
 #include "cuda_mma.cuh"
 #include "cuda_wgmma.cuh"
+#include "attn_units.h"
 #include <limits.h>
 #include <math.h>
 #include <algorithm>
-#include <functional>
-#include <vector>
 
 namespace {
 
@@ -188,7 +187,7 @@ __device__ void rank_by_cost(int *order, const int *cost, int m) {
   }
 }
 /* order: query tiles [nt], key tiles [nt], query tile pairs [np], then per 128-key block (two key
- * tiles) its active query tiles [np], which plan_units reads */
+ * tiles) its active query tiles [np], which usbx_attn_plan_units reads */
 __global__ void __launch_bounds__(1024) k_tile_order(int *order, const uint8_t *st, int nt) {
   extern __shared__ int cost[];   /* the same three lists */
   const int np = (nt + 1) / 2;
@@ -218,48 +217,8 @@ __global__ void __launch_bounds__(1024) k_tile_order(int *order, const uint8_t *
 }
 
 /* The one-kernel Hopper backward (k_fa_bwd_tma) runs units: up to `chunk` consecutive entries of a
- * 128-key block's list of active query tiles.  A block whose keys two samples share has twice the
- * partners of the others, and such blocks whole made a last, partial wave that ran alone (the
- * trainer's expert order at 8204 tokens: 24 of 780 blocks; span 1,293 us against 1,083 us of work
- * per SM, 2026-11-27).  plan_units picks the chunk among a few candidates by simulating the launch
- * on `sms` multiprocessors: units by falling size, the H heads of a unit together, each block to
- * the first multiprocessor free, a block costing its tiles plus UNIT_COST tiles (its own K/V loads
- * and dK/dV reductions).  It lists the units in launch order as key block << UNIT_SHIFT | chunk
- * index and returns the chunk. */
-constexpr int UNIT_SHIFT = 16, UNIT_COST = 2;
-int plan_units(std::vector<int> &units, const std::vector<int> &nkb, int H, int sms) {
-  int max_n = 0;
-  for (int n : nkb) max_n = std::max(max_n, n);
-  units.clear();
-  if (!max_n) return 1;
-  std::vector<int> sizes;
-  std::vector<long> load((size_t)sms);
-  int best = max_n;
-  long best_t = LONG_MAX;
-  for (int k = 1; k <= 4; k++) {   /* chunks of max_n / k (beyond 4 the units' own costs grow) */
-    const int c = (max_n + k - 1) / k;
-    sizes.clear();
-    for (int n : nkb)
-      for (int i = 0; i * c < n; i++) sizes.push_back(std::min(c, n - i * c));
-    std::sort(sizes.begin(), sizes.end(), std::greater<int>());
-    std::fill(load.begin(), load.end(), 0L);   /* a min-heap of the multiprocessors' finish times */
-    for (int sz : sizes)
-      for (int h = 0; h < H; h++) {
-        std::pop_heap(load.begin(), load.end(), std::greater<long>());
-        load.back() += sz + UNIT_COST;
-        std::push_heap(load.begin(), load.end(), std::greater<long>());
-      }
-    const long t = *std::max_element(load.begin(), load.end());
-    if (t < best_t) best_t = t, best = c;
-  }
-  struct U { int size, kb, i; };
-  std::vector<U> us;
-  for (int kb = 0; kb < (int)nkb.size(); kb++)
-    for (int i = 0; i * best < nkb[kb]; i++) us.push_back({std::min(best, nkb[kb] - i * best), kb, i});
-  std::stable_sort(us.begin(), us.end(), [](const U &x, const U &y) { return x.size > y.size; });
-  for (const U &u : us) units.push_back(u.kb << UNIT_SHIFT | u.i);
-  return best;
-}
+ * 128-key block's list of active query tiles, planned on the host (usbx_attn_plan_units). */
+constexpr int UNIT_SHIFT = USBX_ATTN_UNIT_SHIFT;
 
 /* warp-wide: the lanes with act append their e to list[c...] in lane order; returns the new count */
 __device__ __forceinline__ int warp_append(int *list, int c, bool act, int e, int lane) {
@@ -973,7 +932,7 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_q_tma(FP p, const __grid_cons
 }
 
 /* ---------------------------------------------------------------- Hopper backward in one kernel
- * FlashAttention-3's schedule at head dim 128: one block per unit (up to plan_units' chunk of the
+ * FlashAttention-3's schedule at head dim 128: one block per unit (up to usbx_attn_plan_units' chunk of the
  * active query tiles of 128 keys) and query head, two consumer warpgroups of 64 keys each (one
  * classification tile: skipped, whole or masked per query tile), K and V of the block staged once,
  * and the unit's 64-query tiles of Q and dO (with their lse, D and mask bits) streamed through two
@@ -1334,7 +1293,7 @@ Layout layout(usbx_cuda *c, int n) {
   L.np = (nt + 1) / 2;
   L.pairs = (size_t)nt * nt;
   L.meta_b = ((size_t)n * sizeof(int4) + 255) & ~(size_t)255;
-  L.order_b = ((size_t)(2 * nt + 2 * L.np + 5 * L.np) * sizeof(int) + 255) & ~(size_t)255;   /* orders, nkb, units (plan_units: <= 5 np) */
+  L.order_b = ((size_t)(2 * nt + 2 * L.np + 5 * L.np) * sizeof(int) + 255) & ~(size_t)255;   /* orders, nkb, units (<= 5 np) */
   L.st_b = (L.pairs + 255) & ~(size_t)255;
   const size_t need = L.meta_b + L.order_b + L.st_b + L.pairs * sizeof(int) + sizeof(int);
   if (need > c->fa_meta_bytes) {
@@ -1399,14 +1358,11 @@ void classify_finish(usbx_cuda *c, const usbx_attn_masked_args *a) {
     classify_passes(c, a, L);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
   }
-  std::vector<int> nkb(c->fa_host + 1, c->fa_host + 1 + L.np), units;
-  c->fa_chunk = plan_units(units, nkb, a->n_heads, c->prop.multiProcessorCount);
-  c->fa_units = (int)units.size();
   /* into the pinned buffer's tail: the previous batch's upload from there is done (stream order:
    * it came before this classification, whose event was waited for) */
   int *hu = c->fa_host + 1 + L.np;
-  std::copy(units.begin(), units.end(), hu);
-  if (!units.empty()) CUDA_CHECK(cudaMemcpyAsync(L.units, hu, units.size() * sizeof(int), cudaMemcpyHostToDevice, c->stream));
+  c->fa_chunk = usbx_attn_plan_units(c->fa_host + 1, L.np, a->n_heads, c->prop.multiProcessorCount, hu, &c->fa_units);
+  if (c->fa_units) CUDA_CHECK(cudaMemcpyAsync(L.units, hu, (size_t)c->fa_units * sizeof(int), cudaMemcpyHostToDevice, c->stream));
   c->fa_meta_id = a->meta_id;
   c->fa_meta_H = a->n_heads;
   c->fa_pending_id = 0;

@@ -116,7 +116,7 @@ typedef struct {
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
   void *fa_bits; size_t fa_bits_slots;   /* the visibility bits of its masked tile pairs (1 KB each) */
   void *fa_parts; size_t fa_parts_bytes;  /* k_fa_bwd_kv's per-head dK and dV shares (GQA) */
-  int fa_units, fa_chunk, fa_meta_H;     /* the one-kernel backward's units and their size (plan_units), for H heads */
+  int fa_units, fa_chunk, fa_meta_H;     /* the one-kernel backward's units and their size (usbx_attn_plan_units), for H heads */
   uint64_t fa_pending_id;                /* a classification queued by attention_masked_prepare */
   cudaEvent_t fa_ev;                     /* ... recorded after it */
   int *fa_host; size_t fa_host_n;        /* pinned: its masked count, per key block its active query tiles, the units */
