@@ -57,7 +57,7 @@ struct FP {
   const uint8_t *status;               /* [nt][nt]: query tile x key tile */
   const int *slot;                     /* [nt][nt]: a masked pair's bits (k_status) */
   const uint16_t *bits;
-  const int *units;                    /* the one-kernel backward's units (k_tile_order) */
+  const int *units;                    /* the one-kernel backward's units (usbx_attn_plan_units) */
   int n_units, chunk;
   const int *q_order, *k_order;        /* query / key tiles by falling cost (k_tile_order) */
   const int *q2_order;                 /* the same for pairs of query tiles (the Hopper kernels' blocks) */
@@ -118,6 +118,7 @@ __global__ void k_meta(int4 *meta, const int32_t *order, const int32_t *sample, 
  * queries and its columns keys (the forward), the second's rows keys and columns queries (the
  * backward).  Columns past n are never visible. */
 constexpr int MASK_WORDS = TB * 4;   /* u16 words per table */
+constexpr size_t MASK_BYTES = 2 * MASK_WORDS * sizeof(uint16_t);   /* a masked pair's two tables */
 __device__ __forceinline__ uint32_t vis_word_q(int4 q, const int4 *mk, int c4) {
   uint32_t w = 0;
 #pragma unroll
@@ -999,8 +1000,9 @@ __global__ void __launch_bounds__(384, 1) k_fa_bwd_tma(FP p, const __grid_consta
 
   TRACE_START();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-  /* key blocks in stored order: ranked by cost like the query blocks they ran 0-13 % slower at 4 samples (H 28/4,
-   * 2026-11-27 01:55), as neighbouring blocks then stream the same query tiles less often together */
+  /* units in usbx_attn_plan_units' order: by falling size, then key block (ranked by cost alone the key blocks ran
+   * 0-13 % slower at 4 samples, H 28/4, 2026-11-27 01:55: neighbouring blocks then stream the same query tiles less
+   * often together) */
   const int unit = p.units[blockIdx.x / p.H], kb = unit >> UNIT_SHIFT, h = blockIdx.x % p.H, kvh = h / p.G, k0 = kb * FB_K;
   if (tid == 0) {
     mbar_init(kv_full, 1);
@@ -1281,7 +1283,7 @@ bool flash_ok(const usbx_attn_masked_args *a, const void *q, const void *k, cons
  * batch's first kernels to run, not with nothing queued. */
 struct Layout {
   int np;
-  size_t meta_b, order_b, st_b, pairs;
+  size_t pairs;
   int4 *meta;
   int *order;
   uint8_t *st;
@@ -1292,20 +1294,14 @@ Layout layout(usbx_cuda *c, int n) {
   const int nt = (n + TB - 1) / TB;
   L.np = (nt + 1) / 2;
   L.pairs = (size_t)nt * nt;
-  L.meta_b = ((size_t)n * sizeof(int4) + 255) & ~(size_t)255;
-  L.order_b = ((size_t)(2 * nt + 2 * L.np + 5 * L.np) * sizeof(int) + 255) & ~(size_t)255;   /* orders, nkb, units (<= 5 np) */
-  L.st_b = (L.pairs + 255) & ~(size_t)255;
-  const size_t need = L.meta_b + L.order_b + L.st_b + L.pairs * sizeof(int) + sizeof(int);
-  if (need > c->fa_meta_bytes) {
-    if (c->fa_meta) CUDA_CHECK(cudaFree(c->fa_meta));   /* synchronising: no user left */
-    CUDA_CHECK(cudaMalloc(&c->fa_meta, need));
-    c->fa_meta_bytes = need;
-    c->fa_meta_id = 0;
-  }
+  const size_t meta_b = ((size_t)n * sizeof(int4) + 255) & ~(size_t)255,
+               order_b = ((size_t)(2 * nt + 2 * L.np + 5 * L.np) * sizeof(int) + 255) & ~(size_t)255,   /* orders, nkb, units (<= 5 np) */
+               st_b = (L.pairs + 255) & ~(size_t)255;
+  if (cu_grow(&c->fa_meta, &c->fa_meta_bytes, meta_b + order_b + st_b + L.pairs * sizeof(int) + sizeof(int))) c->fa_meta_id = 0;
   L.meta = (int4 *)c->fa_meta;
-  L.order = (int *)((char *)c->fa_meta + L.meta_b);
-  L.st = (uint8_t *)c->fa_meta + L.meta_b + L.order_b;
-  L.slot = (int *)(L.st + L.st_b);
+  L.order = (int *)((char *)c->fa_meta + meta_b);
+  L.st = (uint8_t *)c->fa_meta + meta_b + order_b;
+  L.slot = (int *)(L.st + st_b);
   L.masked = L.slot + L.pairs;
   L.units = L.order + 2 * nt + 2 * L.np;
   return L;
@@ -1314,7 +1310,7 @@ Layout layout(usbx_cuda *c, int n) {
 void classify_passes(usbx_cuda *c, const usbx_attn_masked_args *a, const Layout &L) {
   const int n = a->n, nt = (n + TB - 1) / TB;
   CUDA_CHECK(cudaMemsetAsync(L.masked, 0, sizeof(int), c->stream));
-  k_status<<<dim3(nt, nt), 256, 0, c->stream>>>(L.st, L.slot, (uint16_t *)c->fa_bits, L.masked, (int)std::min<size_t>(c->fa_bits_slots, INT_MAX),
+  k_status<<<dim3(nt, nt), 256, 0, c->stream>>>(L.st, L.slot, (uint16_t *)c->fa_bits, L.masked, (int)std::min<size_t>(c->fa_bits_bytes / MASK_BYTES, INT_MAX),
                                                  L.meta, n, nt);
   CUDA_LAUNCHED();
   /* 16 bytes more than the counts: ptxas loads the remainder loop's counts as one 12-byte
@@ -1337,10 +1333,8 @@ void classify_enqueue(usbx_cuda *c, const usbx_attn_masked_args *a) {
     c->fa_host_n = host_n;
   }
   if (!c->fa_ev) CUDA_CHECK(cudaEventCreateWithFlags(&c->fa_ev, cudaEventDisableTiming));
-  if (!c->fa_bits_slots) {   /* room for a few masked pairs per tile row (the trainer's batches need ~4) */
-    c->fa_bits_slots = 8 * (size_t)nt + 256;
-    CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
-  }
+  if (!c->fa_bits_bytes)   /* room for a few masked pairs per tile row (the trainer's batches need ~4) */
+    cu_grow(&c->fa_bits, &c->fa_bits_bytes, (8 * (size_t)nt + 256) * MASK_BYTES);
   k_meta<<<(a->n + 255) / 256, 256, 0, c->stream>>>(L.meta, a->order, a->sample, a->split, a->mode, a->n);
   CUDA_LAUNCHED();
   classify_passes(c, a, L);
@@ -1351,10 +1345,9 @@ void classify_enqueue(usbx_cuda *c, const usbx_attn_masked_args *a) {
 void classify_finish(usbx_cuda *c, const usbx_attn_masked_args *a) {
   const Layout L = layout(c, a->n);
   CUDA_CHECK(cudaEventSynchronize(c->fa_ev));
-  if ((size_t)c->fa_host[0] > c->fa_bits_slots) {   /* the bits' table was short: a bigger one, and again */
-    CUDA_CHECK(cudaFree(c->fa_bits));
-    c->fa_bits_slots = (size_t)c->fa_host[0] + (size_t)c->fa_host[0] / 4;
-    CUDA_CHECK(cudaMalloc(&c->fa_bits, c->fa_bits_slots * 2 * MASK_WORDS * sizeof(uint16_t)));
+  const size_t masked = (size_t)c->fa_host[0];
+  if (masked * MASK_BYTES > c->fa_bits_bytes) {   /* the bits' table was short: a bigger one, and again */
+    cu_grow(&c->fa_bits, &c->fa_bits_bytes, (masked + masked / 4) * MASK_BYTES);
     classify_passes(c, a, L);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
   }
@@ -1415,11 +1408,7 @@ void bwd(usbx_cuda *c, FP p) {
   if (p.dk || p.dv) {
     if (p.G > 1) {   /* the heads' dK and dV shares (fa_parts, grown on demand) */
       const size_t nq = (size_t)p.n * p.H * p.d, bytes = 2 * nq * sizeof(float);
-      if (bytes > c->fa_parts_bytes) {
-        if (c->fa_parts) CUDA_CHECK(cudaFree(c->fa_parts));   /* synchronising: no user left */
-        CUDA_CHECK(cudaMalloc(&c->fa_parts, bytes));
-        c->fa_parts_bytes = bytes;
-      }
+      cu_grow(&c->fa_parts, &c->fa_parts_bytes, bytes);
       p.part_k = (float *)c->fa_parts;
       p.part_v = p.part_k + nq;
     }

@@ -157,22 +157,21 @@ static void c_upload_convert(usbx_backend *be, void *dst, bool to_mm, const void
   }
 }
 
+bool cu_grow(void **buf, size_t *cap, size_t bytes) {
+  if (bytes <= *cap) return false;
+  if (*buf) CUDA_CHECK(cudaFree(*buf));   /* synchronising: no user left */
+  CUDA_CHECK(cudaMalloc(buf, bytes));
+  *cap = bytes;
+  return true;
+}
+
 void *cu_scratch(usbx_cuda *c, size_t bytes) {
-  if (bytes > c->attn_scratch_bytes) {
-    if (c->attn_scratch) CUDA_CHECK(cudaFree(c->attn_scratch));   /* synchronising: no user left */
-    size_t cap = std::max(bytes, (size_t)8 << 20);
-    CUDA_CHECK(cudaMalloc(&c->attn_scratch, cap));
-    c->attn_scratch_bytes = cap;
-  }
+  cu_grow(&c->attn_scratch, &c->attn_scratch_bytes, std::max(bytes, (size_t)8 << 20));
   return c->attn_scratch;
 }
 
 void *cu_attn_ws(usbx_cuda *c, size_t bytes) {
-  if (bytes > c->attn_ws_bytes) {
-    if (c->attn_ws) CUDA_CHECK(cudaFree(c->attn_ws));   /* synchronising: no user left */
-    CUDA_CHECK(cudaMalloc(&c->attn_ws, bytes));
-    c->attn_ws_bytes = bytes;
-  }
+  cu_grow(&c->attn_ws, &c->attn_ws_bytes, bytes);
   return c->attn_ws;
 }
 

@@ -114,7 +114,7 @@ typedef struct {
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
-  void *fa_bits; size_t fa_bits_slots;   /* the visibility bits of its masked tile pairs (1 KB each) */
+  void *fa_bits; size_t fa_bits_bytes;   /* the visibility bits of its masked tile pairs (1 KB each) */
   void *fa_parts; size_t fa_parts_bytes;  /* k_fa_bwd_kv's per-head dK and dV shares (GQA) */
   int fa_units, fa_chunk, fa_meta_H;     /* the one-kernel backward's units and their size (usbx_attn_plan_units), for H heads */
   uint64_t fa_pending_id;                /* a classification queued by attention_masked_prepare */
@@ -159,6 +159,9 @@ void cu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, i
 void cu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a);
 void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float *k, const float *v, const usbx_attn_args *a);
 /* device scratch of at least `bytes` (stream-ordered reuse; grows with a synchronising free) */
+/* a device buffer *buf of *cap bytes made at least `bytes` (the old contents are lost; synchronising
+ * when it grows); true when it did */
+bool cu_grow(void **buf, size_t *cap, size_t bytes);
 void *cu_scratch(usbx_cuda *c, size_t bytes);
 /* a second such scratch, for cuda_attn_gemm.cu (which runs while cu_scratch holds D) */
 void *cu_attn_ws(usbx_cuda *c, size_t bytes);

@@ -18,7 +18,7 @@ static int check_plan(const char *name, const int *nkb, int np, int H, int expec
     if (kb < 0 || kb >= np) continue;
     const int first = c * chunk, size = nkb[kb] - first < chunk ? nkb[kb] - first : chunk;
     CHECKF(size > 0, "%s: unit %d: empty (block %d, chunk index %d)", name, u, kb, c);
-    CHECKF(size < prev_size || (size == prev_size && kb > prev_kb) || (size == prev_size && kb == prev_kb),
+    CHECKF(size < prev_size || (size == prev_size && kb >= prev_kb),
            "%s: unit %d out of launch order", name, u);
     covered[kb] += size;
     prev_size = size;
