@@ -429,21 +429,27 @@ int main(int argc, char **argv) {
     }
   /* the 1.59 B trainer's batches (benchmark/mfu-1p5b.json): two 256x256 scenes, each a 20-token
    * caption and 4,082 noisy image tokens, 12 query heads on 2 KV heads; the default kernels */
-  /* BENCH_TRAIN_LAYOUT=n:text[:e],...: other token counts (2 samples) and caption lengths; e: stored
-   * in the trainer's expert order (both captions first) instead of packed order */
-  out("\n1.59 B trainer layout (H = 12, Hkv = 2; 2 samples of 20 causal text + 4,082 image tokens):\n\n");
+  /* BENCH_TRAIN_LAYOUT=n:text[:e][:sN],...: other token counts and caption lengths; e: stored in the
+   * trainer's expert order (every caption first) instead of packed order; sN: N samples (default 2;
+   * s8 is the one-batch 32k step's eight) */
+  out("\n1.59 B trainer layout (H = 12, Hkv = 2; samples of 20 causal text + 4,082 image tokens):\n\n");
   out("| n | samples | text per sample | order | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |\n|---|---|---|---|---|---|---|---|\n");
   const char *lay = getenv("BENCH_TRAIN_LAYOUT") ? getenv("BENCH_TRAIN_LAYOUT") : "8204:20,8204:20:e";
   for (const char *q = lay; q && *q; q = strchr(q, ',') ? strchr(q, ',') + 1 : NULL) {
-    int ln = 0, lt = 0;
-    char e = 0;
-    if (sscanf(q, "%d:%d:%c", &ln, &lt, &e) < 2 || ln < 256 || lt < 0 || lt >= ln / 2 || (e && e != 'e')) {
+    int ln = 0, lt = 0, ns = 2, used = 0;
+    bool expert = false, bad = sscanf(q, "%d:%d%n", &ln, &lt, &used) < 2;
+    for (const char *r = q + used; !bad && *r == ':'; ) {   /* the optional fields */
+      if (r[1] == 'e') { expert = true; r += 2; }
+      else if (r[1] == 's' && sscanf(r + 2, "%d%n", &ns, &used) == 1) r += 2 + used;
+      else bad = true;
+    }
+    if (bad || ln < 256 || lt < 0 || ns < 1 || lt >= ln / ns / 2) {
       fprintf(stderr, "BENCH_TRAIN_LAYOUT: bad entry %s\n", q);
       exit(2);
     }
     double f, b, pairs;
-    time_train_attn(ln, 2, 12, 2, lt, reps > 10 ? 10 : reps, false, e == 'e', &f, &b, &pairs);
-    out("| %d | 2 | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", ln, lt, e == 'e' ? "expert" : "packed", f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b,
+    time_train_attn(ln, ns, 12, 2, lt, reps > 10 ? 10 : reps, false, expert, &f, &b, &pairs);
+    out("| %d | %d | %d | %s | %.3f | %.1f | %.3f | %.1f |\n", ln, ns, lt, expert ? "expert" : "packed", f, 4.0 * 128 * pairs / (f * 1e-3) / 1e12, b,
         10.0 * 128 * pairs / (b * 1e-3) / 1e12);
   }
   }

@@ -9,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* written: G was asked for g since the last zero_grads; dirty: since the last memset of g */
-typedef struct { void *w; float *g; int64_t n; char *name; void **dst; bool written, dirty; } gslot;
+/* written: G was asked for g since the last zero_grads; dirty: since the last memset of g; stale:
+ * zero_grads found it dirty and left it so, as zero in meaning, for its first writer to overwrite
+ * (G_dw) or clear (G), or settle_grads to clear */
+typedef struct { void *w; float *g; int64_t n; char *name; void **dst; bool written, dirty, stale; } gslot;
 
 /* Step buffers.  A step allocates its activations in nearly the same pattern every time, so
  * buffers are kept between steps as spares instead of being returned to the device allocator: no
@@ -92,14 +94,27 @@ static gslot *slot_of(usbx_trainer *t, const void *w) {
     if (!t->slots[i].w) return NULL;
   }
 }
-/* gradient buffer of weight w, or NULL when frozen / not trained */
-/* the gradient of weight w, for writing (NULL: not trained) */
+/* the gradient of weight w, for adding to (NULL: not trained) */
 static float *G(usbx_trainer *t, const void *w) {
   gslot *s = slot_of(t, w);
   if (!s) return NULL;
+  if (s->stale) t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
   s->written = s->dirty = true;
+  s->stale = false;
   return s->g;
 }
+/* the same for a writer that sets every value (a product's dW): *add false when the gradient holds
+ * no contribution yet, so the writer overwrites it instead of its being cleared first */
+static float *G_dw(usbx_trainer *t, const void *w, bool writes_all, bool *add) {
+  gslot *s = slot_of(t, w);
+  *add = true;
+  if (!s || !writes_all || !s->stale) return G(t, w);
+  *add = false;
+  s->written = s->dirty = true;
+  s->stale = false;
+  return s->g;
+}
+static bool trained(usbx_trainer *t, const void *w) { return slot_of(t, w) != NULL; }
 
 bool usbx_trainer_grad_written(usbx_trainer *t, const void *w) {
   gslot *s = slot_of(t, w);
@@ -123,7 +138,7 @@ usbx_trainer *usbx_trainer_new(usbx_bagel *m, const char *const *frozen) {
     int64_t n = usbx_shape_numel(d->ndim, d->shape);
     size_t h = hash_ptr(*d->dst, t->cap);
     while (t->slots[h].w) h = (h + 1) & (size_t)(t->cap - 1);
-    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name, d->dst, false, true};
+    t->slots[h] = (gslot){*d->dst, t->be->alloc(t->be, sizeof(float) * (size_t)n), n, d->name, d->dst, false, true, false};
     t->nslots++;
   }
   t->loss_sum = t->be->alloc(t->be, 2 * sizeof(double));
@@ -237,8 +252,9 @@ static void lin_f32(usbx_backend *be, float *y, void *xm, const float *x, const 
  * b) for the bias gradient */
 static void lin_bwd_given(usbx_trainer *t, float *dx, bool dx_add, const void *dym, const float *dy, const void *xm, const void *w,
                           const float *b, int M, int N, int K) {
-  float *dw = G(t, w), *db = b ? G(t, b) : NULL;
-  if (dx || dw || db) t->be->matmul_bwd(t->be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add);
+  bool dw_add;
+  float *dw = G_dw(t, w, (dym || dy) && M > 0 && N > 0 && K > 0, &dw_add), *db = b ? G(t, b) : NULL;
+  if (dx || dw || db) t->be->matmul_bwd(t->be, dx, dw, db, dym, dy, xm, w, M, N, K, dx_add, dw_add);
 }
 /* the same from an f32 dy, converted here.  dy's mm copy lives only for the product, so one buffer
  * serves every call (stream order keeps it safe; growing it frees the old one, which waits for the
@@ -246,7 +262,7 @@ static void lin_bwd_given(usbx_trainer *t, float *dx, bool dx_add, const void *d
 static void lin_bwd_dx(usbx_trainer *t, float *dx, bool dx_add, const float *dy, const void *xm, const void *w, const float *b, int M, int N,
                        int K) {
   usbx_backend *be = t->be;
-  if (!dx && !G(t, w) && !(b && G(t, b))) return;   /* nothing to compute: no conversion */
+  if (!dx && !trained(t, w) && !(b && trained(t, b))) return;   /* nothing to compute: no conversion */
   size_t bytes = MMB(be) * (size_t)M * N;
   if (bytes > t->dy_cap) {
     if (t->dy_mm) be->free(be, t->dy_mm);
@@ -399,13 +415,23 @@ void usbx_trainer_zero_grads(usbx_trainer *t) {
     gslot *s = &t->slots[i];
     if (!s->w) continue;
     s->written = false;
-    /* a gradient nothing wrote since its last clearing is still zero */
+    /* a gradient nothing wrote since its last clearing is still zero; a shared layer buffer is
+     * cleared whole below */
     if (!s->dirty || (t->layer_ws && usbx_bagel_layer_of(s->name) >= 0)) continue;
-    t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
+    s->stale = true;
     s->dirty = false;
   }
   if (t->layer_ws) t->be->memset0(t->be, t->layer_ws, sizeof(float) * t->layer_ws_n);
   t->be->memset0(t->be, t->loss_sum, 2 * sizeof(double));
+}
+
+void usbx_trainer_settle_grads(usbx_trainer *t) {
+  for (int i = 0; i < t->cap; i++) {
+    gslot *s = &t->slots[i];
+    if (!s->w || !s->stale) continue;
+    t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
+    s->stale = false;
+  }
 }
 
 void usbx_trainer_losses(usbx_trainer *t, double *ce, double *mse) {
@@ -483,6 +509,7 @@ static void layer_forward(const layer_ctx *L, int l, llm_saved *s, const float *
 void usbx_trainer_step_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out) {
   usbx_trainer_zero_grads(t);
   usbx_trainer_add_grads(t, b, ce_weight, mse_weight, out);
+  usbx_trainer_settle_grads(t);
 }
 
 void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce_weight, float mse_weight, usbx_train_out *out) {
@@ -748,7 +775,7 @@ void usbx_trainer_add_grads(usbx_trainer *t, const usbx_train_batch *b, float ce
   /* ---- back to packed order, then into the embeddings */
   float *dxp = F32(P, (size_t)n * D);
   be->gather_rows(be, dxp, dx, d_inv, n, D);
-  if (n_text && G(t, m->embed)) {
+  if (n_text && trained(t, m->embed)) {
     be->gather_rows(be, rows, dxp, text_idx, n_text, D);
     be->embed_bwd(be, G(t, m->embed), rows, text_ids, n_text, D);
   }

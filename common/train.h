@@ -51,10 +51,14 @@ typedef struct {
  * Σ_tokens mean_P(err²) / n_mse, as upstream; with ce_den/mse_den set those replace n_ce/n_mse,
  * and a batch adds its share of a step made of several batches).
  * add_grads adds the batch's gradients to those held and its CE and MSE to the sums kept on the
- * device; step_grads and zero_grads zero both first.  usbx_trainer_losses reads the sums (waiting
+ * device; step_grads and zero_grads zero both first.  zero_grads clears lazily (a product's
+ * weight gradient is then written, not added, by the step's first batch): after the step's last
+ * add_grads, settle_grads clears what no batch reached, before anything reads the gradients
+ * (step_grads does).  usbx_trainer_losses reads the sums (waiting
  * for the device).  out (nullable) gets those sums after this batch, and, where asked, this
  * batch's per-token CE and per-element squared errors. */
 void usbx_trainer_zero_grads(usbx_trainer *t);
+void usbx_trainer_settle_grads(usbx_trainer *t);
 void usbx_trainer_losses(usbx_trainer *t, double *ce, double *mse);
 /* Whether the gradient of weight w (the model's pointer) was written since the last zero_grads.
  * One no batch reached (lm_head without text answers, the generation expert without images)

@@ -743,6 +743,7 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_trainer_add_grads(S.tr, &bs[j], (float)o->ce_weight, (float)o->mse_weight, NULL);
       usbx_lane_wait(be, 0, 1);   /* the last layers' reductions (overlap) */
     }
+    usbx_trainer_settle_grads(S.tr);   /* the gradients no batch reached: cleared now */
     for (int i = 0; i < S.np; i++) {   /* the embedding rows this step's batches reach (every rank builds them all) */
       param *p = &S.p[i];
       if (!p->seen) continue;
@@ -803,7 +804,9 @@ int usbx_train_run(const usbx_train_opts *o) {
       usbx_dist_group_end(dist);
     }
     S.resident[0] = S.resident[1] = -1;   /* ZeRO-3: the layers changed; gathered again when next used */
-    be->sync(be);
+    /* one process: no wait for the update, so the next step's host work (its batch's uploads and
+     * x_t) is queued while AdamW runs; the next step's norm download waits for it anyway */
+    if (W > 1 || profile) be->sync(be);
     tp3 = usbx_now();
     if (profile && step >= 2) {
       prof[0] += tp0 - t0; prof[1] += tp1 - tp0; prof[2] += tp2 - tp1; prof[3] += tp3 - tp2;

@@ -65,7 +65,7 @@ int main(int argc, char **argv) {
     {"device", USBX_OPT_STR, &o.device, "cpu|cpu-bf16|cuda|auto", "backend (default auto)", false},
     {"accum", USBX_OPT_INT, &o.accum, "N", "packed batches per process and step, gradients summed (default 1)", false},
     {"recompute", USBX_OPT_FLAG, &o.recompute, NULL, "recompute each decoder layer in the backward instead of keeping its activations", false},
-    {"deterministic", USBX_OPT_FLAG, &deterministic, NULL, "on H100/H200, the attention backward as two deterministic kernels (slower)", false},
+    {"deterministic", USBX_OPT_FLAG, &deterministic, NULL, "on the GPU, the attention backward as two deterministic kernels and untimed product algorithms (slower)", false},
     {"zero", USBX_OPT_INT, &zero, "1|2|3", "data parallel sharding: 1 optimizer state, 2 also gradients (default), 3 also the decoder layers' weights", false},
     {"gpus", USBX_OPT_INT, &gpus, "N", "data parallel over N processes on this host, one per GPU (default 1)", false},
     {"freeze-llm", USBX_OPT_FLAG, &o.freeze_llm, NULL, "keep the language model fixed", true},
@@ -85,7 +85,9 @@ int main(int argc, char **argv) {
                  "OUT/<step:07d>/ (model.safetensors fp32, ema.safetensors, optimizer state, train_state.json).", &files, &nfiles);
   (void)set_gen; (void)set_und;
   /* before any backend exists, and inherited by the --gpus processes */
-  if (deterministic && setenv("USBX_CUDA_ATTN_BWD_FUSED", "0", 1) != 0) usbx_die("--deterministic: setenv failed");
+  /* the attention backward's deterministic kernels, and products whose algorithm does not depend on timing */
+  if (deterministic && (setenv("USBX_CUDA_ATTN_BWD_FUSED", "0", 1) != 0 || setenv("USBX_CUDA_GEMM_TUNE", "0", 1) != 0))
+    usbx_die("--deterministic: setenv failed");
   if (!o.model || !o.out) usbx_usage_die("--model and --out are required");
   if (!freeze_vae) usbx_usage_die("--no-freeze-vae: training the autoencoder is not supported");
   if (strcmp(schedule, "constant") == 0) o.cosine = false;

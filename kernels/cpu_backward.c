@@ -11,17 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* dx[M,K] (+)= dy·W ; dw[N,K] += dyᵀ·x ; db[N] += Σ_rows dy.  On the CPU mm is f32, so dy_mm and
+/* dx[M,K] (+)= dy·W ; dw[N,K] (+)= dyᵀ·x ; db[N] += Σ_rows dy.  On the CPU mm is f32, so dy_mm and
  * dy hold the same numbers; either may be NULL (the other is then used). */
 void usbx_cpu_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                         const void *x, const void *w, int M, int N, int K, bool dx_add) {
+                         const void *x, const void *w, int M, int N, int K, bool dx_add, bool dw_add) {
   const float *g = dy_mm ? (const float *)dy_mm : dy;
   const float *gf = dy ? dy : (const float *)dy_mm;
   if (!g || M <= 0 || N <= 0) return;
   if (dx && K > 0)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, g, N, (const float *)w, K, dx_add ? 1.0f : 0.0f, dx, K);
   if (dw && K > 0)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, g, N, (const float *)x, K, 1.0f, dw, K);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, g, N, (const float *)x, K, dw_add ? 1.0f : 0.0f, dw, K);
   if (db) {
     double *acc = xcalloc((size_t)N, sizeof(double));
     for (int i = 0; i < M; i++) {
@@ -147,7 +147,7 @@ void usbx_cpu_silu_mul_bwd_mm(usbx_backend *be, void *dgate, void *dup, const vo
   usbx_cpu_silu_mul_bwd(be, dgate, dup, dout, gate, up, T, F);
 }
 void usbx_cpu_matmul_dx_mm(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K) {
-  usbx_cpu_matmul_bwd(be, dx, NULL, NULL, dy, NULL, NULL, w, M, N, K, false);
+  usbx_cpu_matmul_bwd(be, dx, NULL, NULL, dy, NULL, NULL, w, M, N, K, false, true);
 }
 
 /* gelu(x) = ½x(1 + tanh u), u = k(x + c·x³):

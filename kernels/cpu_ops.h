@@ -27,7 +27,7 @@ void usbx_cpu_group_norm(usbx_backend *be, float *out, const float *x, const flo
 void usbx_cpu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
 /* training (cpu_backward.c, cpu_attention_masked.c) */
 void usbx_cpu_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                         const void *x, const void *w, int M, int N, int K, bool dx_add);
+                         const void *x, const void *w, int M, int N, int K, bool dx_add, bool dw_add);
 void usbx_cpu_rmsnorm_bwd(usbx_backend *be, float *dx, void *dx_mm, float *dw, const float *dy, const float *x, const float *w,
                           int rows, int dim, float eps);
 void usbx_cpu_layernorm_bwd(usbx_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,

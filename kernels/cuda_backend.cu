@@ -179,12 +179,6 @@ void *cu_attn_ws(usbx_cuda *c, size_t bytes) {
  * Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is column-major yᵀ[N,M] = op_T(W as K×N)·(x as K×M): one "TN"
  * product with m = N, n = M, k = K.  cublasLt with the BIAS epilogue adds bias[N] per column of
  * yᵀ (per row of y) in the same kernel; accumulate sets beta = 1. */
-static int ptr_align(const void *p) {
-  uintptr_t u = (uintptr_t)p;
-  int a = 256;
-  while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
-  return a;
-}
 static void plan_destroy(usbx_cuda_plan *p) {
   if (p->desc) cublasLtMatmulDescDestroy(p->desc);
   if (p->la) cublasLtMatrixLayoutDestroy(p->la);
@@ -192,49 +186,149 @@ static void plan_destroy(usbx_cuda_plan *p) {
   if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
   memset(p, 0, sizeof *p);
 }
-static usbx_cuda_plan *get_plan(usbx_cuda *c, int M, int N, int K, bool bias, bool acc, int align, int kind) {
-  for (int i = 0; i < c->n_plans; i++) {
-    usbx_cuda_plan *p = &c->plans[i];
-    if (p->M == M && p->N == N && p->K == K && p->bias == bias && p->acc == acc && p->align == align && p->kind == kind) return p;
+static size_t dtype_bytes(int t) { return t == CUDA_R_32F ? 4 : 2; }
+bool cu_gemm_tunes(const usbx_cuda *c, int m, int n, int k) {
+  return c->opt_gemm_tune > 0 && 2.0 * m * n * k >= c->opt_gemm_tune * 1e6;
+}
+/* the bucket of a tuned key: its token dimension (n where B, the activations, is not transposed;
+ * k in the weight gradient's NT product; the leading dimensions never follow it) rounded up to a
+ * power of two up to 2,048, to a multiple of 2,048 above */
+static usbx_gemm_key tune_bucket(const usbx_gemm_key *k) {
+  usbx_gemm_key b = *k;
+  int *t = b.tb == CUBLAS_OP_N ? &b.n : &b.k, r = 64;
+  if (*t > 2048) r = (*t + 2047) / 2048 * 2048;
+  else while (r < *t) r *= 2;
+  *t = r;
+  return b;
+}
+/* times each of cublasLt's candidates for p (one warm-up, then three runs between two events) on
+ * the operands given, the products going to D (C = D: beta 1 reads what the previous run left) */
+static int plan_time(usbx_cuda *c, usbx_cuda_plan *p, const cublasLtMatmulHeuristicResult_t *res, int count, const void *A,
+                     const void *B, void *D) {
+  const float one = 1.f, zero = 0.f;
+  const float *beta = p->key.acc ? &one : &zero;
+  cudaEvent_t e[2];
+  CUDA_CHECK(cudaEventCreate(&e[0]));
+  CUDA_CHECK(cudaEventCreate(&e[1]));
+  int best = 0;
+  float best_ms = 1e30f;
+  for (int i = 0; i < count; i++) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > c->workspace_bytes) continue;
+    bool ok = true;
+    for (int r = 0; r < 4 && ok; r++) {
+      if (r == 1) CUDA_CHECK(cudaEventRecord(e[0], c->stream));
+      ok = cublasLtMatmul(c->lt, p->desc, &one, A, p->la, B, p->lb, beta, D, p->lc, D, p->lc, &res[i].algo, c->workspace,
+                          res[i].workspaceSize, c->stream) == CUBLAS_STATUS_SUCCESS;
+    }
+    if (!ok) continue;   /* a candidate that will not launch is not chosen */
+    CUDA_CHECK(cudaEventRecord(e[1], c->stream));
+    CUDA_CHECK(cudaEventSynchronize(e[1]));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e[0], e[1]));
+    if (ms < best_ms) { best_ms = ms; best = i; }
   }
+  CUDA_CHECK(cudaEventDestroy(e[0]));
+  CUDA_CHECK(cudaEventDestroy(e[1]));
+  return best;
+}
+/* k's plan: cached, else made with cublasLt's heuristic; a tuned product takes its bucket's timed
+ * algorithm where cublasLt accepts it for these sizes, else times the candidates on the caller's
+ * operands (into D itself when it is overwritten anyway, into a stream-ordered temporary of D's
+ * size when it accumulates; without memory for that, the first candidate is kept) */
+static usbx_cuda_plan *gemm_plan(usbx_cuda *c, const usbx_gemm_key *k, const void *A, const void *B, void *D, const float *bias) {
+  for (int i = 0; i < c->n_plans; i++)
+    if (!memcmp(&c->plans[i].key, k, sizeof *k)) return &c->plans[i];
   usbx_cuda_plan *p;
   if (c->n_plans < USBX_CUDA_PLAN_CACHE) p = &c->plans[c->n_plans++];
-  else { p = &c->plans[(M + N + K) % USBX_CUDA_PLAN_CACHE]; plan_destroy(p); }
+  else { p = &c->plans[(unsigned)(k->m + k->n + k->k) % USBX_CUDA_PLAN_CACHE]; plan_destroy(p); }
   memset(p, 0, sizeof *p);
-  p->M = M; p->N = N; p->K = K; p->bias = bias; p->acc = acc; p->align = align; p->kind = kind;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, kind == 2 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+  p->key = *k;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, (cublasComputeType_t)k->compute, CUDA_R_32F));
+  cublasOperation_t tA = (cublasOperation_t)k->ta, tB = (cublasOperation_t)k->tb;
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB));
-  if (bias) {
+  if (k->bias) {
     cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
     cudaDataType_t bt = CUDA_R_32F;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   }
-  const cudaDataType_t in_t = kind == 1 || kind == 2 ? CUDA_R_32F : CUDA_R_16BF;
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, in_t, K, N, K));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, in_t, K, M, K));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, kind == 3 ? CUDA_R_16BF : CUDA_R_32F, N, M, N));
+  const cudaDataType_t ab = (cudaDataType_t)k->ab, cd = (cudaDataType_t)k->cd;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ab, tA == CUBLAS_OP_N ? k->m : k->k, tA == CUBLAS_OP_N ? k->k : k->m, k->lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ab, tB == CUBLAS_OP_N ? k->k : k->n, tB == CUBLAS_OP_N ? k->n : k->k, k->ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, cd, k->m, k->n, k->ldc));
+  const bool tune = ab == CUDA_R_16BF && cu_gemm_tunes(c, k->m, k->n, k->k);
+  usbx_gemm_key bucket;
+  if (tune) {
+    bucket = tune_bucket(k);
+    for (int i = 0; i < c->n_tuned; i++) {
+      usbx_cuda_tuned *t = &c->tuned[i];
+      cublasLtMatmulHeuristicResult_t chk;
+      if (memcmp(&t->bucket, &bucket, sizeof bucket) ||
+          cublasLtMatmulAlgoCheck(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, &t->algo, &chk) != CUBLAS_STATUS_SUCCESS ||
+          chk.state != CUBLAS_STATUS_SUCCESS || chk.workspaceSize > c->workspace_bytes)
+        continue;
+      p->algo = t->algo;
+      p->ws = chk.workspaceSize;
+      p->ok = true;
+      return p;
+    }
+  }
   cublasLtMatmulPreference_t pref;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   size_t ws = c->workspace_bytes;
-  uint32_t al = (uint32_t)align;
+  uint32_t al = (uint32_t)k->align;
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
-  cublasLtMatmulHeuristicResult_t res;
+  cublasLtMatmulHeuristicResult_t res[8];
   int count = 0;
-  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &count);
+  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, tune ? 8 : 1, res, &count);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (s == CUBLAS_STATUS_SUCCESS && count > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
-    p->algo = res.algo;
-    p->ws = res.workspaceSize;
-    p->ok = true;
+  if (s != CUBLAS_STATUS_SUCCESS || count < 1 || res[0].state != CUBLAS_STATUS_SUCCESS) return p;
+  int pick = 0;
+  if (tune && count > 1) {
+    void *T = D;
+    if (k->acc) {
+      const size_t bytes = (size_t)k->ldc * k->n * dtype_bytes(cd);
+      if (cudaMallocAsync(&T, bytes, c->stream) != cudaSuccess) { cudaGetLastError(); T = NULL; }
+      else CUDA_CHECK(cudaMemsetAsync(T, 0, bytes, c->stream));
+    }
+    if (T) {
+      pick = plan_time(c, p, res, count, A, B, T);
+      if (T != D) CUDA_CHECK(cudaFreeAsync(T, c->stream));
+      usbx_cuda_tuned *t = &c->tuned[c->n_tuned < USBX_CUDA_TUNED_CACHE ? c->n_tuned++ : (unsigned)bucket.m % USBX_CUDA_TUNED_CACHE];
+      t->bucket = bucket;
+      t->algo = res[pick].algo;
+      t->ws = res[pick].workspaceSize;
+    }
   }
+  p->algo = res[pick].algo;
+  p->ws = res[pick].workspaceSize;
+  p->ok = true;
   return p;
+}
+bool cu_gemm(usbx_cuda *c, const usbx_gemm_key *k, const void *A, const void *B, const void *C, void *D, const float *bias) {
+  usbx_cuda_plan *p = gemm_plan(c, k, A, B, D, bias);
+  if (!p->ok) return false;
+  if (k->bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  const float one = 1.f, zero = 0.f;
+  CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &one, A, p->la, B, p->lb, k->acc ? &one : &zero, k->acc ? C : D, p->lc, D, p->lc,
+                              &p->algo, c->workspace, p->ws, c->stream));
+  return true;
+}
+/* the TN key of row-major y[M,N] = x[M,K]·W[N,K]ᵀ (ab: the operands' type, cd: y's) */
+static usbx_gemm_key tn_key(int M, int N, int K, int ab, int cd, int compute, bool bias, bool acc, int align) {
+  usbx_gemm_key k;
+  memset(&k, 0, sizeof k);
+  k.m = N; k.n = M; k.k = K; k.lda = K; k.ldb = K; k.ldc = N;
+  k.ta = CUBLAS_OP_T; k.tb = CUBLAS_OP_N;
+  k.ab = ab; k.cd = cd; k.compute = compute;
+  k.bias = bias; k.acc = acc; k.align = align;
+  return k;
 }
 /* y = (res +) x·Wᵀ (+ bias): res NULL overwrites, res == y accumulates in place, another res is
  * read as cublasLt's C beside the output D */
@@ -255,13 +349,8 @@ static void matmul_into(usbx_cuda *c, float *y, const float *res, const void *x,
   float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   if (c->opt_lt) {
     int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(std::min(ptr_align(y), res ? ptr_align(res) : 256), bias ? ptr_align(bias) : 256));
-    usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al, 0);
-    if (p->ok) {
-      if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, res ? res : y, p->lc, y, p->lc, &p->algo,
-                                  c->workspace, p->ws, c->stream));
-      return;
-    }
+    const usbx_gemm_key k = tn_key(M, N, K, CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, bias != NULL, accumulate, al);
+    if (cu_gemm(c, &k, w, x, res, y, bias)) return;
   }
   res_into_y();
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K,
@@ -283,12 +372,8 @@ static void c_matmul_mm(usbx_backend *be, void *y, const void *x, const void *w,
   float alpha = 1.f, beta = 0.f;
   if (c->opt_lt) {
     int al = std::min(std::min(ptr_align(x), ptr_align(w)), ptr_align(y));
-    usbx_cuda_plan *p = get_plan(c, M, N, K, false, false, al, 3);
-    if (p->ok) {
-      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, y, p->lc, y, p->lc, &p->algo,
-                                  c->workspace, p->ws, c->stream));
-      return;
-    }
+    const usbx_gemm_key k = tn_key(M, N, K, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, false, false, al);
+    if (cu_gemm(c, &k, w, x, NULL, y, NULL)) return;
   }
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K,
                             &beta, y, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -351,13 +436,9 @@ static void c_matmul_f32(usbx_backend *be, float *y, const float *x, const float
   const int kind = c->opt_f32_mode == 1 ? 2 : 1;
   if (c->opt_lt) {
     int al = std::min(std::min(ptr_align(x), ptr_align(w)), std::min(ptr_align(y), bias ? ptr_align(bias) : 256));
-    usbx_cuda_plan *p = get_plan(c, M, N, K, bias != NULL, accumulate, al, kind);
-    if (p->ok) {
-      if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-      CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, x, p->lb, &beta, y, p->lc, y, p->lc, &p->algo,
-                                  c->workspace, p->ws, c->stream));
-      return;
-    }
+    const usbx_gemm_key k = tn_key(M, N, K, CUDA_R_32F, CUDA_R_32F, kind == 2 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                   bias != NULL, accumulate, al);
+    if (cu_gemm(c, &k, w, x, y, y, bias)) return;
   }
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, CUDA_R_32F, K, x, CUDA_R_32F, K, &beta, y,
                             CUDA_R_32F, N, kind == 2 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -463,6 +544,8 @@ extern "C" usbx_backend *usbx_backend_cuda(char *err, size_t errlen) {
   if (getenv("USBX_CUDA_ATTN_BWD_FUSED")) c->opt_attn_bwd_fused = atoi(getenv("USBX_CUDA_ATTN_BWD_FUSED"));
   c->opt_rms_bwd_fused = 1;
   if (getenv("USBX_CUDA_RMS_BWD_FUSED")) c->opt_rms_bwd_fused = atoi(getenv("USBX_CUDA_RMS_BWD_FUSED"));
+  c->opt_gemm_tune = 2048;
+  if (getenv("USBX_CUDA_GEMM_TUNE")) c->opt_gemm_tune = atoi(getenv("USBX_CUDA_GEMM_TUNE"));
   c->opt_gate_up_fused = 1;
   if (getenv("USBX_CUDA_GATEUP_FUSED")) c->opt_gate_up_fused = atoi(getenv("USBX_CUDA_GATEUP_FUSED"));
   snprintf(c->name, sizeof c->name, "cuda (%s, %d SMs, cc %d.%d)", c->prop.name, c->prop.multiProcessorCount,
@@ -546,6 +629,7 @@ extern "C" int usbx_cuda_set_option(usbx_backend *be, const char *name, int valu
          : !strcmp(name, "attn_bwd_fused") ? &c->opt_attn_bwd_fused
          : !strcmp(name, "gate_up_fused") ? &c->opt_gate_up_fused
          : !strcmp(name, "rms_bwd_fused") ? &c->opt_rms_bwd_fused
+         : !strcmp(name, "gemm_tune") ? &c->opt_gemm_tune
          : !strcmp(name, "attn_masked_flash") ? &c->opt_attn_masked_flash : NULL;
   if (!strcmp(name, "gateup_bf16")) {
     int old = be->silu_mul_gu != NULL;

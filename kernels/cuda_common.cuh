@@ -8,6 +8,7 @@
 #include <cublas_v2.h>
 #include <cublasLt.h>
 #include <stdint.h>
+#include <algorithm>
 
 /* util.h declares usbx_die with C11's _Noreturn, which nvcc's C++ front end does not know. */
 #define _Noreturn [[noreturn]]
@@ -58,6 +59,14 @@ __device__ __forceinline__ uint4 f_to_bf8(const float *f) {
   return u;
 }
 
+/* a pointer's alignment in bytes, up to 256 (cublasLt's alignment preferences) */
+static inline int ptr_align(const void *p) {
+  uintptr_t u = (uintptr_t)p;
+  int a = 256;
+  while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
+  return a;
+}
+static inline int gemm_align(const void *d, const void *a, const void *b) { return std::min(ptr_align(d), std::min(ptr_align(a), ptr_align(b))); }
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 /* store 4 floats to bf16 (8 bytes) or f32 (16 bytes) */
 __device__ __forceinline__ void store4(void *out, bool mm, size_t i, float4 v) {
@@ -72,14 +81,28 @@ __device__ __forceinline__ void store4(void *out, bool mm, size_t i, float4 v) {
 }
 /* Private state behind be->impl. */
 #define USBX_CUDA_PLAN_CACHE 96
+#define USBX_CUDA_TUNED_CACHE 128
+/* a cublasLt product, column-major D[m,n] = op(A)·op(B) (+ C) (+ bias per row of D): its key
+ * (ints only, compared with memcmp).  ab: A and B's cudaDataType_t, cd: C and D's; compute: the
+ * cublasComputeType_t; acc: beta = 1 (C is read); align: the smallest pointer alignment in bytes. */
 typedef struct {
-  int M, N, K; bool bias, acc; int align; int kind; /* key; kind: 0 bf16, 1 f32, 2 f32 via TF32, 3 bf16 with bf16 output */
+  int m, n, k, lda, ldb, ldc, ta, tb, ab, cd, compute, bias, acc, align;
+} usbx_gemm_key;
+typedef struct {
+  usbx_gemm_key key;
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
   cublasLtMatmulAlgo_t algo;
-  bool ok;                                         /* false: heuristic found nothing */
+  bool ok;                                         /* false: the heuristic found nothing */
   size_t ws;
 } usbx_cuda_plan;
+/* an algorithm chosen by timing (option gemm_tune) for a key whose token dimension is rounded up
+ * to a multiple of 2,048 (its bucket), so that batches of slightly different lengths reuse it */
+typedef struct {
+  usbx_gemm_key bucket;
+  cublasLtMatmulAlgo_t algo;
+  size_t ws;
+} usbx_cuda_tuned;
 
 typedef struct {
   int device;
@@ -100,6 +123,7 @@ typedef struct {
   struct { cudaStream_t stream; void *workspace; void *scratch; size_t scratch_bytes; } lanes[2];
   cudaEvent_t lane_ev[2];   /* recorded on lane i for a wait of the other */
   usbx_cuda_plan plans[USBX_CUDA_PLAN_CACHE]; int n_plans;
+  usbx_cuda_tuned tuned[USBX_CUDA_TUNED_CACHE]; int n_tuned;
   /* options (cuda_extra.h) */
   int opt_gemv, opt_lt, opt_attn_split, opt_attn_variant;
   int opt_f32_mode;         /* matmul_f32 / attention_f32: 0 fp32, 1 TF32, 2 bf16x3 split, 3 bf16x3 at N >= 256 (cuda_extra.h) */
@@ -111,6 +135,7 @@ typedef struct {
   int opt_gate_up_fused;    /* gate_up_silu: 1 the fused sm_90 kernel (cuda_gate_up.cu), 0 off (matmul + silu_mul) */
   int opt_attn_bwd_fused;   /* that Hopper path's backward: 1 dK, dV and dQ in one kernel (dQ by TMA reductions), 0 two kernels */
   int opt_rms_bwd_fused;    /* rmsnorm_bwd: 1 dx and the weight gradient's partials in one pass where dim = 512·k <= 4096, 0 two passes */
+  int opt_gemm_tune;        /* bf16 products of at least this many MFLOP: algorithm chosen by timing (cu_gemm); 0 off */
   void *attn_ws; size_t attn_ws_bytes;   /* workspace of cuda_attn_gemm.cu (grown on demand) */
   /* cuda_attn_flash.cu: per-token metadata and tile statuses of the last meta_id (ops.h) */
   void *fa_meta; size_t fa_meta_bytes; uint64_t fa_meta_id;
@@ -162,6 +187,13 @@ void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float 
 /* a device buffer *buf of *cap bytes made at least `bytes` (the old contents are lost; synchronising
  * when it grows); true when it did */
 bool cu_grow(void **buf, size_t *cap, size_t bytes);
+/* D = op(A)·op(B) (+ C when key->acc; C may be D) (+ bias) through cublasLt with k's cached plan;
+ * bf16 products of at least opt_gemm_tune MFLOP get the fastest of cublasLt's candidates, timed
+ * once per bucket (usbx_cuda_tuned).  False when cublasLt offers no algorithm (the caller falls
+ * back to cublasGemmEx). */
+bool cu_gemm(usbx_cuda *c, const usbx_gemm_key *k, const void *A, const void *B, const void *C, void *D, const float *bias);
+/* whether a bf16 product of these dimensions is timed (then cu_gemm beats cublasGemmEx's choice) */
+bool cu_gemm_tunes(const usbx_cuda *c, int m, int n, int k);
 void *cu_scratch(usbx_cuda *c, size_t bytes);
 /* a second such scratch, for cuda_attn_gemm.cu (which runs while cu_scratch holds D) */
 void *cu_attn_ws(usbx_cuda *c, size_t bytes);

@@ -54,6 +54,12 @@ void usbx_backend_cuda_free(struct usbx_backend *be);
  *   "rms_bwd_fused" [1] rmsnorm_bwd in one pass (dx, its mm copy and the weight gradient's column
  *                  partials) where dim is a multiple of 512 up to 4096; 0 the two-pass kernels.
  *                  Env USBX_CUDA_RMS_BWD_FUSED.
+ *   "gemm_tune"  [2048] bf16 products (matmul, matmul_mm, matmul_res, matmul_bwd, matmul_dx_mm) of at
+ *                  least this many MFLOP take the fastest of cublasLt's candidates (up to 8), timed
+ *                  once on the first call's own operands (an accumulating product into a temporary);
+ *                  shapes whose token dimension falls in the same bucket reuse the choice; 0 = off
+ *                  (cublasLt's first heuristic for the forward products, cublasGemmEx for the
+ *                  backward's, as before).  Env USBX_CUDA_GEMM_TUNE (usbx-train --deterministic: 0).
  *   "gateup_bf16" [0] where gate_up_fused does not apply, inference's MLP gate|up product rounded to
  *                  bf16 (ops.h silu_mul_gu, NULL when off; the trainer always keeps gate and up in bf16).  Env
  *                  USBX_CUDA_GATEUP_BF16=1.

@@ -84,14 +84,29 @@ static int row_chunks(int rows) { return std::max(1, std::min(256, rows / 32)); 
 
 /* ---------------------------------------------------------------- matmul_bwd */
 /* dxᵀ[K,M] (+)= (W as stored, K×N column-major) · dyᵀ[N,M]: dx in f32 (CUDA_R_32F) or bf16 (CUDA_R_16BF,
- * rounded once); beta 1 accumulates */
+ * rounded once); beta 1 accumulates.  Products large enough to be tuned go through cu_gemm. */
 static void dx_product(usbx_cuda *c, void *dx, cudaDataType dx_type, float beta, const void *dy_mm, const void *w, int M, int N, int K) {
   const float one = 1.f;
+  if (cu_gemm_tunes(c, K, M, N)) {
+    const usbx_gemm_key k = {K, M, N, K, N, K, CUBLAS_OP_N, CUBLAS_OP_N, CUDA_R_16BF, dx_type, CUBLAS_COMPUTE_32F, 0, beta != 0.f, gemm_align(dx, dy_mm, w)};
+    if (cu_gemm(c, &k, w, dy_mm, dx, dx, NULL)) return;
+  }
   CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w, CUDA_R_16BF, K, dy_mm, CUDA_R_16BF, N, &beta, dx, dx_type, K,
                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
+/* dwᵀ[K,N] (+)= xᵀ[K,M] · dy[M,N] (f32; beta 1 accumulates) */
+static void dw_product(usbx_cuda *c, float *dw, float beta, const void *x, const void *g, int M, int N, int K) {
+  const float one = 1.f;
+  if (cu_gemm_tunes(c, K, N, M)) {
+    const usbx_gemm_key k = {K, N, M, K, N, K, CUBLAS_OP_N, CUBLAS_OP_T, CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, 0, beta != 0.f,
+                             gemm_align(dw, x, g)};
+    if (cu_gemm(c, &k, x, g, dw, dw, NULL)) return;
+  }
+  CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, x, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
+                            &beta, dw, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
 static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                         const void *x, const void *w, int M, int N, int K, bool dx_add) {
+                         const void *x, const void *w, int M, int N, int K, bool dx_add, bool dw_add) {
   usbx_cuda *c = CU(be);
   if ((!dy_mm && !dy) || M <= 0 || N <= 0) return;
   /* one scratch request for everything (a later, larger request would reallocate it) */
@@ -104,11 +119,8 @@ static void c_matmul_bwd(usbx_backend *be, float *dx, float *dw, float *db, cons
     cu_to_mm(be, scr, N, dy, M, N);
     g = scr;
   }
-  const float one = 1.f;
   if (dx && K > 0) dx_product(c, dx, CUDA_R_32F, dx_add ? 1.f : 0.f, g, w, M, N, K);
-  if (dw && K > 0)   /* dwᵀ[K,N] += xᵀ[K,M] · dy[M,N] */
-    CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, x, CUDA_R_16BF, K, g, CUDA_R_16BF, N,
-                              &one, dw, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (dw && K > 0) dw_product(c, dw, dw_add ? 1.f : 0.f, x, g, M, N, K);
   if (db) {
     float *part = (float *)(scr + conv_bytes);
     dim3 grid((N + 255) / 256, ch);

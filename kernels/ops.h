@@ -175,10 +175,11 @@ struct usbx_backend {
   /* ---------------------------------------------------------------- training
    * Backward ops: dy are gradients of an op's output (f32; dy_mm is the same in mm type, made by
    * the caller with to_mm).  Outputs marked += accumulate; NULL outputs are skipped. */
-  /* dx[M,K] += dy·W (dx_add; else dx = dy·W, no need to clear it) ; dw[N,K] += dyᵀ·x ;
+  /* dx[M,K] += dy·W (dx_add; else dx = dy·W, no need to clear it) ; dw[N,K] += dyᵀ·x (dw_add;
+   * else dw = dyᵀ·x, as the first contribution of a step to a gradient not cleared since the last) ;
    * db[N] += Σ_rows dy.  x, w mm. */
   void (*matmul_bwd)(usbx_backend *be, float *dx, float *dw, float *db, const void *dy_mm, const float *dy,
-                     const void *x, const void *w, int M, int N, int K, bool dx_add);
+                     const void *x, const void *w, int M, int N, int K, bool dx_add, bool dw_add);
   /* dx[M,K] (mm, overwrite) = dy[M,N] (mm) · W[N,K] (mm, as stored): an input gradient written in
    * mm for the op after it (as PyTorch's bf16 autocast rounds it) */
   void (*matmul_dx_mm)(usbx_backend *be, void *dx, const void *dy, const void *w, int M, int N, int K);

@@ -127,7 +127,7 @@ static void test_matmul(usbx_backend *be) {
     CHECK_FWD(what, y, yd, ny, TOL_FWD);
     float *dx0 = rand_f(nx, 1), *dw0 = rand_f(nw, 1), *db0 = rand_f(N, 1);
     float *dx = copy_f(dx0, nx), *dw = copy_f(dw0, nw), *db = copy_f(db0, N);
-    be->matmul_bwd(be, dx, dw, db, R, R, x, w, M, N, K, true);
+    be->matmul_bwd(be, dx, dw, db, R, R, x, w, M, N, K, true, true);
     sub_init(dx, dx0, nx); sub_init(dw, dw0, nw); sub_init(db, db0, N);
     snprintf(what, sizeof what, "matmul %dx%dx%d dx", M, N, K); CHECK_GRAD(what, dx, c.x, nx, mm_loss, &c, 1000);
     snprintf(what, sizeof what, "matmul %dx%dx%d dw", M, N, K); CHECK_GRAD(what, dw, c.w, nw, mm_loss, &c, 1000);
@@ -135,7 +135,7 @@ static void test_matmul(usbx_backend *be) {
     /* each output NULL in turn: the others unchanged (bit for bit), the NULL one untouched */
     for (int skip = 0; skip < 3; skip++) {
       float *ex = copy_f(dx0, nx), *ew = copy_f(dw0, nw), *eb = copy_f(db0, N);
-      be->matmul_bwd(be, skip == 0 ? NULL : ex, skip == 1 ? NULL : ew, skip == 2 ? NULL : eb, R, R, x, w, M, N, K, true);
+      be->matmul_bwd(be, skip == 0 ? NULL : ex, skip == 1 ? NULL : ew, skip == 2 ? NULL : eb, R, R, x, w, M, N, K, true, true);
       sub_init(ex, dx0, nx); sub_init(ew, dw0, nw); sub_init(eb, db0, N);
       if (skip != 0) CHECK(same_f(ex, dx, nx));
       if (skip != 1) CHECK(same_f(ew, dw, nw));
@@ -148,13 +148,13 @@ static void test_matmul(usbx_backend *be) {
     }
     /* dy_mm == dy on the CPU: dy_mm alone (dy NULL) gives the same result */
     float *fx = copy_f(dx0, nx), *fw = copy_f(dw0, nw), *fb = copy_f(db0, N);
-    be->matmul_bwd(be, fx, fw, fb, R, NULL, x, w, M, N, K, true);
+    be->matmul_bwd(be, fx, fw, fb, R, NULL, x, w, M, N, K, true, true);
     sub_init(fx, dx0, nx); sub_init(fw, dw0, nw); sub_init(fb, db0, N);
     CHECK(same_f(fx, dx, nx) && same_f(fw, dw, nw) && same_f(fb, db, N));
     free(fx); free(fw); free(fb);
     /* dx_add false: dx = dy·W whatever it held (NaN here) */
     float *sx = fill_f(nx, NAN);
-    be->matmul_bwd(be, sx, NULL, NULL, R, R, x, w, M, N, K, false);
+    be->matmul_bwd(be, sx, NULL, NULL, R, R, x, w, M, N, K, false, true);
     double *sref = xmalloc(sizeof(double) * nx);
     for (int i = 0; i < M; i++)
       for (int k = 0; k < K; k++) {
@@ -165,6 +165,12 @@ static void test_matmul(usbx_backend *be) {
     snprintf(what, sizeof what, "matmul %dx%dx%d dx set", M, N, K);
     CHECK_FWD(what, sx, sref, nx, TOL_FWD);
     free(sx); free(sref);
+    /* dw_add false: dw = dyᵀ·x whatever it held (NaN here), the same values as added to zero */
+    float *sw = fill_f(nw, NAN), *zw = fill_f(nw, 0);
+    be->matmul_bwd(be, NULL, sw, NULL, R, R, x, w, M, N, K, true, false);
+    be->matmul_bwd(be, NULL, zw, NULL, R, R, x, w, M, N, K, true, true);
+    CHECK(same_f(sw, zw, nw));
+    free(sw); free(zw);
     free(x); free(w); free(b); free(R); free(y); free(yd); free(dx0); free(dw0); free(db0); free(dx); free(dw); free(db);
     free(c.x); free(c.w); free(c.b); free(c.R);
   }

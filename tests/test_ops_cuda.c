@@ -1072,18 +1072,21 @@ static void test_matmul_bwd(void) {
     float *x = randn((size_t)M * K, 1.0), *w = randn((size_t)N * K, 0.1), *dy = randn((size_t)M * N, 1.0);
     round_mm(x, (size_t)M * K); round_mm(w, (size_t)N * K); round_mm(dy, (size_t)M * N);
     float *dx0 = randn((size_t)M * K, 1.0), *dw0 = randn((size_t)N * K, 1.0), *db0 = randn(N, 1.0);
-    if (!add) for (size_t i = 0; i < (size_t)M * K; i++) dx0[i] = NAN;   /* overwritten, never read */
+    if (!add) {   /* dx and dw overwritten, never read */
+      for (size_t i = 0; i < (size_t)M * K; i++) dx0[i] = NAN;
+      for (size_t i = 0; i < (size_t)N * K; i++) dw0[i] = NAN;
+    }
     void *dxm = dev_mm(x, (size_t)M * K), *dwm = dev_mm(w, (size_t)N * K);
     void *ddym = form != 2 ? dev_mm(dy, (size_t)M * N) : NULL;
     float *ddy = form != 1 ? dev_f32(dy, (size_t)M * N) : NULL;
     float *ddx = dev_f32(dx0, (size_t)M * K), *ddw = dev_f32(dw0, (size_t)N * K), *ddb = dev_f32(db0, N);
-    be->matmul_bwd(be, ddx, ddw, ddb, ddym, ddy, dxm, dwm, M, N, K, add);
+    be->matmul_bwd(be, ddx, ddw, ddb, ddym, ddy, dxm, dwm, M, N, K, add, add);
     float *gx = get_f32(ddx, (size_t)M * K), *gw = get_f32(ddw, (size_t)N * K), *gb = get_f32(ddb, N);
     float *cx = copyf(dx0, (size_t)M * K), *cw = copyf(dw0, (size_t)N * K), *cb = copyf(db0, N);
-    cpu->matmul_bwd(cpu, cx, cw, cb, form != 2 ? dy : NULL, form != 1 ? dy : NULL, x, w, M, N, K, add);
+    cpu->matmul_bwd(cpu, cx, cw, cb, form != 2 ? dy : NULL, form != 1 ? dy : NULL, x, w, M, N, K, add, add);
     char cas[96];
     snprintf(cas, sizeof cas, "M=%d N=%d K=%d %s%s", M, N, K, form == 0 ? "dy+dy_mm" : form == 1 ? "dy_mm only" : "dy only",
-             add ? "" : ", dx set");
+             add ? "" : ", dx and dw set");
     report("matmul_bwd dx vs cpu", cas, relerr_f(gx, cx, (size_t)M * K), 1e-4);
     report("matmul_bwd dw vs cpu", cas, relerr_f(gw, cw, (size_t)N * K), 1e-4);
     report("matmul_bwd db vs cpu", cas, relerr_f(gb, cb, N), 1e-5);
@@ -1494,6 +1497,22 @@ static void test_optim(void) {
 static const char *only;   /* argv[1]: run only the groups whose call contains it */
 #define RUN(call) do { if (!only || strstr(#call, only)) call; } while (0)
 
+/* the products again with option gemm_tune at 1 MFLOP, so that each shape's algorithm is chosen by
+ * timing cublasLt's candidates on the call's own operands: the accumulating ones into a temporary
+ * (their output must come out as without tuning), then a second shape in the same bucket (301 rows)
+ * takes the timed algorithm without timing */
+static void test_gemm_tune(void) {
+  const int old = set_opt("gemm_tune", 1);
+  if (old < 0) return;
+  test_matmul_case(300, 100, 200, true, true);
+  test_matmul_case(301, 100, 200, true, true);
+  test_matmul_case(300, 3584, 3584, true, false);
+  test_gate_up();
+  test_matmul_res();
+  test_matmul_bwd();
+  set_opt("gemm_tune", old);
+}
+
 int main(int argc, char **argv) {
   only = argc > 1 ? argv[1] : NULL;
   usbx_set_progname("test_ops_cuda");
@@ -1553,6 +1572,7 @@ int main(int argc, char **argv) {
   RUN(test_im2col_f32());
   RUN(test_attention_f32());
   RUN(test_matmul_bwd());
+  RUN(test_gemm_tune());
   RUN(test_norm_bwd(false));
   RUN(test_norm_bwd(true));
   RUN(test_qk_bwd());
