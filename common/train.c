@@ -94,25 +94,27 @@ static gslot *slot_of(usbx_trainer *t, const void *w) {
     if (!t->slots[i].w) return NULL;
   }
 }
+/* a stale gradient cleared now */
+static void clear_stale(usbx_trainer *t, gslot *s) {
+  if (!s->stale) return;
+  t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
+  s->stale = false;
+}
 /* the gradient of weight w, for adding to (NULL: not trained) */
 static float *G(usbx_trainer *t, const void *w) {
   gslot *s = slot_of(t, w);
   if (!s) return NULL;
-  if (s->stale) t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
+  clear_stale(t, s);
   s->written = s->dirty = true;
-  s->stale = false;
   return s->g;
 }
 /* the same for a writer that sets every value (a product's dW): *add false when the gradient holds
  * no contribution yet, so the writer overwrites it instead of its being cleared first */
 static float *G_dw(usbx_trainer *t, const void *w, bool writes_all, bool *add) {
   gslot *s = slot_of(t, w);
-  *add = true;
-  if (!s || !writes_all || !s->stale) return G(t, w);
-  *add = false;
-  s->written = s->dirty = true;
-  s->stale = false;
-  return s->g;
+  *add = !(s && writes_all && s->stale);
+  if (!*add) s->stale = false;
+  return G(t, w);
 }
 static bool trained(usbx_trainer *t, const void *w) { return slot_of(t, w) != NULL; }
 
@@ -426,12 +428,8 @@ void usbx_trainer_zero_grads(usbx_trainer *t) {
 }
 
 void usbx_trainer_settle_grads(usbx_trainer *t) {
-  for (int i = 0; i < t->cap; i++) {
-    gslot *s = &t->slots[i];
-    if (!s->w || !s->stale) continue;
-    t->be->memset0(t->be, s->g, sizeof(float) * (size_t)s->n);
-    s->stale = false;
-  }
+  for (int i = 0; i < t->cap; i++)
+    if (t->slots[i].w) clear_stale(t, &t->slots[i]);
 }
 
 void usbx_trainer_losses(usbx_trainer *t, double *ce, double *mse) {

@@ -303,7 +303,6 @@ static usbx_cuda_plan *gemm_plan(usbx_cuda *c, const usbx_gemm_key *k, const voi
       usbx_cuda_tuned *t = &c->tuned[c->n_tuned < USBX_CUDA_TUNED_CACHE ? c->n_tuned++ : (unsigned)bucket.m % USBX_CUDA_TUNED_CACHE];
       t->bucket = bucket;
       t->algo = res[pick].algo;
-      t->ws = res[pick].workspaceSize;
     }
   }
   p->algo = res[pick].algo;

@@ -96,12 +96,11 @@ typedef struct {
   bool ok;                                         /* false: the heuristic found nothing */
   size_t ws;
 } usbx_cuda_plan;
-/* an algorithm chosen by timing (option gemm_tune) for a key whose token dimension is rounded up
- * to a multiple of 2,048 (its bucket), so that batches of slightly different lengths reuse it */
+/* an algorithm chosen by timing (option gemm_tune) for a bucket of keys (the token dimension
+ * rounded up: cuda_backend.cu tune_bucket), so that batches of slightly different lengths reuse it */
 typedef struct {
   usbx_gemm_key bucket;
   cublasLtMatmulAlgo_t algo;
-  size_t ws;
 } usbx_cuda_tuned;
 
 typedef struct {
@@ -183,7 +182,6 @@ void cu_group_norm(usbx_backend *be, float *out, const float *x, const float *w,
 void cu_upsample2x(usbx_backend *be, float *out, const float *x, int H, int W, int C);
 void cu_im2col_f32(usbx_backend *be, float *out, const float *x, const usbx_im2col_args *a);
 void cu_attention_f32(usbx_backend *be, float *out, const float *q, const float *k, const float *v, const usbx_attn_args *a);
-/* device scratch of at least `bytes` (stream-ordered reuse; grows with a synchronising free) */
 /* a device buffer *buf of *cap bytes made at least `bytes` (the old contents are lost; synchronising
  * when it grows); true when it did */
 bool cu_grow(void **buf, size_t *cap, size_t bytes);
@@ -194,6 +192,7 @@ bool cu_grow(void **buf, size_t *cap, size_t bytes);
 bool cu_gemm(usbx_cuda *c, const usbx_gemm_key *k, const void *A, const void *B, const void *C, void *D, const float *bias);
 /* whether a bf16 product of these dimensions is timed (then cu_gemm beats cublasGemmEx's choice) */
 bool cu_gemm_tunes(const usbx_cuda *c, int m, int n, int k);
+/* device scratch of at least `bytes` (stream-ordered reuse; grows with a synchronising free) */
 void *cu_scratch(usbx_cuda *c, size_t bytes);
 /* a second such scratch, for cuda_attn_gemm.cu (which runs while cu_scratch holds D) */
 void *cu_attn_ws(usbx_cuda *c, size_t bytes);
